@@ -1,0 +1,40 @@
+# Tollgate: `make up` runs the whole system on this machine, `make test` runs the test suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+RUN := $(UV) run --frozen
+
+.PHONY: help bootstrap up down status test lint fmt bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+bootstrap: ## install what is missing: uv, Python deps, JDK, Maven, PostgreSQL, Redis, Kafka jars
+	@bash deploy/bootstrap.sh
+
+up: bootstrap ## start Kafka, PostgreSQL, Redis and the Tollgate services (reuses what runs)
+	@$(RUN) python -m deploy.stack up
+
+down: ## stop everything `make up` started, by PID
+	@$(RUN) python -m deploy.stack down
+
+status: ## what runs, with PIDs
+	@$(RUN) python -m deploy.stack status
+
+test: bootstrap ## the whole test suite against real Kafka, PostgreSQL and Redis
+	@$(RUN) pytest
+
+lint: bootstrap ## ruff and mypy (strict)
+	@$(RUN) ruff check .
+	@$(RUN) ruff format --check .
+	@$(RUN) mypy .
+
+fmt: bootstrap ## format and autofix with ruff
+	@$(RUN) ruff format .
+	@$(RUN) ruff check --fix .
+
+bench: bootstrap ## the benchmarks under bench/
+	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+clean: down ## stop everything and delete the run folder (data included)
+	rm -rf .run

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what Tollgate needs and is missing; safe to run again (each step checks first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v java >/dev/null || need_apt+=(default-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v runuser >/dev/null || need_apt+=(util-linux)
+command -v setsid >/dev/null || need_apt+=(util-linux)
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing system packages: ${need_apt[*]}; install them (apt-get install ${need_apt[*]})" >&2
+    exit 1
+  fi
+  echo "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v uv >/dev/null && [[ ! -x "$HOME/.local/bin/uv" ]]; then
+  echo "installing uv"
+  python3 -m pip install --quiet --user "uv==0.13.8" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "uv==0.13.8"
+fi
+UV=$(command -v uv || echo "$HOME/.local/bin/uv")
+"$UV" sync --frozen --quiet
+"$UV" run --frozen python -c "from deploy.servers import fetch_kafka; fetch_kafka()"

@@ -1,0 +1,90 @@
+"""PID files, liveness and stopping: the stack stops exactly the processes it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The PID on the first line of pid_file, or None when there is no readable one."""
+    try:
+        first = pid_file.read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def is_running(pid: int) -> bool:
+    """True while pid names a live process (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def stop_pid(pid_file: Path, sig: signal.Signals, timeout: float) -> None:
+    """Send sig to the PID in pid_file, wait up to timeout, then SIGKILL what is left."""
+    pid = read_pid(pid_file)
+    if pid is None or not is_running(pid):
+        pid_file.unlink(missing_ok=True)
+        return
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and is_running(pid):
+        time.sleep(0.1)
+    if is_running(pid):
+        os.kill(pid, signal.SIGKILL)
+        while is_running(pid):
+            time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
+
+
+def spawn_detached(
+    argv: list[str] | tuple[str, ...],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start argv in a session of its own, output appended to log, and return its PID.
+
+    A short-lived shell starts it in the background and exits, so the process is not our
+    child: it outlives the command that started it and is reaped by init when it ends.
+    """
+    launcher = 'exec 0</dev/null; "$@" >>"$TOLLGATE_LOG" 2>&1 & echo $!'
+    done = subprocess.run(
+        ["setsid", "sh", "-c", launcher, "sh", *argv],
+        env={**(env if env is not None else os.environ), "TOLLGATE_LOG": str(log)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.strip())
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

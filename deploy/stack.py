@@ -1,0 +1,218 @@
+"""The local stack without Docker: ``python -m deploy.stack up|down|status|env``.
+
+``make up``, ``make down`` and the test fixtures all go through this module. ``up`` installs
+nothing (``make bootstrap`` does), starts Kafka, PostgreSQL and Redis as private instances
+under the run folder (``.run/`` by default), waits until each answers, then starts the
+Tollgate services listed in ``deploy.services``. A second ``up`` reuses what already runs.
+``down`` stops exactly the processes that ``up`` recorded, by PID, and checks their ports
+are free again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import redis
+
+from deploy.process import is_running, port_open, tail
+from deploy.servers import REPO, Kafka, Ports, Postgres, Redis, StackError
+
+DEFAULT_RUN_DIR = Path(os.environ.get("TOLLGATE_RUN_DIR", REPO / ".run"))
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the running servers answer."""
+
+    kafka_bootstrap: str
+    database_url: str
+    redis_url: str
+
+    def as_env(self) -> dict[str, str]:
+        return {
+            "TOLLGATE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "TOLLGATE_DATABASE_URL": self.database_url,
+            "TOLLGATE_REDIS_URL": self.redis_url,
+        }
+
+
+@dataclass
+class Stack:
+    """Kafka, PostgreSQL and Redis under one run folder."""
+
+    run_dir: Path = DEFAULT_RUN_DIR
+    ports: Ports = field(default_factory=Ports)
+
+    def __post_init__(self) -> None:
+        self.kafka = Kafka(self.run_dir, self.ports)
+        self.postgres = Postgres(self.run_dir, self.ports)
+        self.redis = Redis(self.run_dir, self.ports)
+
+    @property
+    def servers(self) -> tuple[Kafka | Postgres | Redis, ...]:
+        return (self.postgres, self.redis, self.kafka)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Several test sessions or `make up`s may start at once: one of them starts the servers.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "stack.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self.kafka.bootstrap, self.postgres.dsn, self.redis.url)
+
+    def up(self) -> Endpoints:
+        """Start what is not running, wait until all answer, and say where they are."""
+        with self._locked():
+            for server, port, ready, deadline in (
+                (self.postgres, self.ports.postgres, self._postgres_ready, 60.0),
+                (self.redis, self.ports.redis, self._redis_ready, 30.0),
+                (self.kafka, self.ports.kafka, self._kafka_ready, 120.0),
+            ):
+                pid = server.pid()
+                if pid is None or not is_running(pid):
+                    if port_open(port):
+                        raise StackError(
+                            f"{server.name}: port {port} is taken by a process this stack did "
+                            "not start; stop it or choose other ports"
+                        )
+                    server.start()
+                _wait_ready(server.name, ready, deadline, server.log)
+            endpoints = self.endpoints()
+            (self.run_dir / "stack.env").write_text(
+                "".join(f"{k}={v}\n" for k, v in endpoints.as_env().items())
+            )
+            return endpoints
+
+    def down(self) -> None:
+        """Stop the servers this stack started, then check that their ports are free."""
+        with self._locked():
+            for server in reversed(self.servers):
+                server.stop()
+            busy = [
+                p for p in (self.ports.kafka, self.ports.postgres, self.ports.redis) if port_open(p)
+            ]
+            if busy:
+                raise StackError(f"ports still in use after stopping the stack: {busy}")
+
+    def status(self) -> dict[str, int | None]:
+        """PID of each server that runs, None for one that does not."""
+        out: dict[str, int | None] = {}
+        for server in self.servers:
+            pid = server.pid()
+            out[server.name] = pid if pid is not None and is_running(pid) else None
+        return out
+
+    def _postgres_ready(self) -> bool:
+        return asyncio.run(_postgres_ready(self.postgres))
+
+    def _redis_ready(self) -> bool:
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def _kafka_ready(self) -> bool:
+        return asyncio.run(_kafka_ready(self.kafka.bootstrap))
+
+
+async def _postgres_ready(pg: Postgres) -> bool:
+    admin_dsn = pg.dsn.rsplit("/", 1)[0] + "/postgres"
+    try:
+        conn = await asyncpg.connect(admin_dsn, timeout=2)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", pg.database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{pg.database}"')
+    finally:
+        await conn.close()
+    return True
+
+
+async def _kafka_ready(bootstrap: str) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    host, port = bootstrap.rsplit(":", 1)
+    if not port_open(int(port), host):
+        return False
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await admin.close()
+    return True
+
+
+def _wait_ready(name: str, ready: Callable[[], bool], deadline_s: float, log: Path) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.3)
+    raise StackError(
+        f"{name} did not become ready within {deadline_s:.0f}s; its log is {log}:\n{tail(log)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: up, down, status, env."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "env", "infra"])
+    args = parser.parse_args(argv)
+    stack = Stack()
+    from deploy import services
+
+    try:
+        if args.command in ("up", "infra"):
+            started = time.monotonic()
+            endpoints = stack.up()
+            print(f"kafka     {endpoints.kafka_bootstrap}   log {stack.kafka.log}")
+            print(f"postgres  127.0.0.1:{stack.ports.postgres}   log {stack.postgres.log}")
+            print(f"redis     {endpoints.redis_url}   log {stack.redis.log}")
+            if args.command == "up":
+                services.up(stack.run_dir, endpoints)
+            print(f"ready in {time.monotonic() - started:.1f}s")
+        elif args.command == "down":
+            services.down(stack.run_dir)
+            stack.down()
+            print("stopped")
+        elif args.command == "status":
+            for name, pid in {**stack.status(), **services.status(stack.run_dir)}.items():
+                print(f"{name:10} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        else:
+            for key, value in stack.endpoints().as_env().items():
+                print(f"export {key}={value}")
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tollgate gateway service."""

@@ -1,0 +1,1 @@
+"""Tollgate keys service."""

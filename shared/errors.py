@@ -1,0 +1,131 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "code", "param"}}``.
+
+    ApiError                      500 server_error
+    ├── BadRequest                400 invalid_request_error
+    ├── Unauthorized              401 invalid_api_key
+    ├── NotFound                  404 not_found
+    ├── Conflict                  409 conflict
+    └── ServiceUnavailable        503 service_unavailable
+
+Each service derives its own errors from these; ``install_error_handlers`` turns them, and
+FastAPI's own validation and HTTP errors, into OpenAI's error body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Base of every error a Tollgate API answers with."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.instance_code = code or self.code
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.instance_code, self.param)
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = None
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+
+
+def error_body(
+    message: str, error_type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error body."""
+    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
+
+
+_STATUS_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 429: "requests"}
+
+
+def _validation_param(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request.", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request.", None
+    where = f" for '{param}'" if param else ""
+    return f"Invalid value{where}: {first.get('msg', 'invalid')}.", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error of app in OpenAI's shape."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        message, param = _validation_param(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", None, param), 400)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        error_type = _STATUS_TYPES.get(exc.status_code, "invalid_request_error")
+        if exc.status_code >= 500:
+            error_type = "server_error"
+        return JSONResponse(
+            error_body(str(exc.detail), error_type, None, None),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(
+            error_body("The server had an error while processing your request.", "server_error"),
+            status_code=500,
+        )
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

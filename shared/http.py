@@ -1,0 +1,83 @@
+"""HTTP plumbing shared by the APIs: request ids and constant-time bearer-token checks."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Header
+from pydantic import SecretStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import Unauthorized
+from shared.ids import resource_id
+from shared.logs import request_id_var
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Give every request an id (the caller's ``X-Request-Id`` if sane), in logs and headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-request-id"),
+            None,
+        )
+        request_id = given if given and _SAFE_REQUEST_ID.match(given) else resource_id("req", 20)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (scheme case-insensitive)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def token_matches(given: str | None, expected: SecretStr) -> bool:
+    """Constant-time comparison of a presented token with the configured one."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
+def require_bearer(
+    expected: SecretStr, what: str = "operator token"
+) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency that lets a request through only with the expected bearer token."""
+
+    async def guard(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not token_matches(bearer_token(authorization), expected):
+            raise Unauthorized(
+                f"Missing or incorrect {what}. Send it as 'Authorization: Bearer <token>'.",
+                code="invalid_api_key",
+            )
+
+    return guard

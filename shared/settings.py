@@ -1,0 +1,53 @@
+"""Settings base: every service reads its own ``TOLLGATE_<SERVICE>_`` variables.
+
+Settings are built in each service's app factory (never at import), so tests can pass their
+own. Secrets are ``SecretStr`` and placeholder values are refused at start.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin"})
+
+
+class ServiceSettings(BaseSettings):
+    """What every Tollgate service needs; subclasses set ``env_prefix`` and add their own."""
+
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://tollgate@127.0.0.1:15432/tollgate"),
+        description="PostgreSQL DSN",
+    )
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL")
+    topic_prefix: str = Field("", description="prefix on every topic name (tests isolate by it)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="where traces and metrics go; off by default"
+    )
+    otel_endpoint: str = Field("http://127.0.0.1:4318", description="OTLP/HTTP collector")
+
+
+def require_real_secret(value: SecretStr, name: str) -> SecretStr:
+    """Refuse a missing or placeholder secret, with the setting's name in the error."""
+    raw = value.get_secret_value()
+    if raw.strip().lower() in PLACEHOLDER_SECRETS or len(raw) < 16:
+        raise ValueError(f"{name} must be set to a real secret of at least 16 characters")
+    return value
+
+
+class TokenGuardedSettings(ServiceSettings):
+    """A service whose HTTP API is guarded by the operator token."""
+
+    admin_token: SecretStr = Field(SecretStr(""), description="operator token (Bearer)")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_is_real(cls, value: SecretStr) -> SecretStr:
+        return require_real_secret(value, "ADMIN_TOKEN")

@@ -1,0 +1,81 @@
+"""Session fixtures on the real servers, and per-test isolation on top of them.
+
+The servers are the ones the ``TOLLGATE_TEST_*`` variables point at, or else the local stack
+(``deploy.stack``), started here when it is not running. A server that cannot be reached
+fails the suite with its name and log; nothing is ever skipped for a missing server.
+Each test gets its own topic prefix, consumer groups, database schema and Redis prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from deploy.stack import Endpoints, Stack
+from shared.kafka import ensure_topics
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[Endpoints]:
+    """Kafka, PostgreSQL and Redis for the whole session."""
+    given = {
+        "kafka": os.environ.get("TOLLGATE_TEST_KAFKA_BOOTSTRAP"),
+        "postgres": os.environ.get("TOLLGATE_TEST_DATABASE_URL"),
+        "redis": os.environ.get("TOLLGATE_TEST_REDIS_URL"),
+    }
+    if all(given.values()):
+        yield Endpoints(given["kafka"] or "", given["postgres"] or "", given["redis"] or "")
+        return
+    try:
+        found = Stack().up()
+    except Exception as exc:
+        pytest.fail(f"the test servers could not be started: {exc}", pytrace=False)
+    yield found
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id no other test shares."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def topic_prefix(endpoints: Endpoints, unique: str) -> str:
+    """A topic prefix of this test's own, with Tollgate's topics created under it."""
+    prefix = f"test-{unique}."
+    await ensure_topics(endpoints.kafka_bootstrap, prefix=prefix)
+    return prefix
+
+
+@pytest.fixture
+async def pg_schema(endpoints: Endpoints, unique: str) -> AsyncIterator[str]:
+    """A database schema name of this test's own, dropped afterwards."""
+    schema = f"t_{unique}"
+    yield schema
+    conn = await asyncpg.connect(endpoints.database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis_client(endpoints: Endpoints) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client; tests key everything under ``redis_prefix``."""
+    client = aioredis.Redis.from_url(endpoints.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_prefix(redis_client: aioredis.Redis, unique: str) -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own, cleared afterwards."""
+    prefix = f"test:{unique}:"
+    yield prefix
+    async for key in redis_client.scan_iter(match=prefix + "*"):
+        await redis_client.delete(key)
