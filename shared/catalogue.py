@@ -51,7 +51,7 @@ class Price(_Frozen):
     @classmethod
     def _no_floats(cls, value: object) -> object:
         if isinstance(value, float):
-            raise ValueError('write prices as strings ("0.150"), not floats')
+            raise ValueError('write prices as strings ("0.150"), not floats')  # noqa: TRY004
         return value
 
 
