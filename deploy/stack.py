@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis
@@ -120,19 +122,13 @@ class Stack:
         return out
 
     def _postgres_ready(self) -> bool:
-        return asyncio.run(_postgres_ready(self.postgres))
+        return _run(_postgres_ready(self.postgres))
 
     def _redis_ready(self) -> bool:
-        client = redis.Redis.from_url(self.redis.url, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return _redis_ping(self.redis.url)
 
     def _kafka_ready(self) -> bool:
-        return asyncio.run(_kafka_ready(self.kafka.bootstrap))
+        return _run(_kafka_ready(self.kafka.bootstrap))
 
 
 async def _postgres_ready(pg: Postgres) -> bool:
@@ -167,6 +163,39 @@ async def _kafka_ready(bootstrap: str) -> bool:
     finally:
         await admin.close()
     return True
+
+
+def start_one(server: Kafka | Postgres | Redis, deadline_s: float = 120.0) -> None:
+    """Start one server on its own (tests stop and start private ones) and wait until ready."""
+    server.start()
+    if isinstance(server, Kafka):
+        bootstrap = server.bootstrap
+        _wait_ready(server.name, lambda: _run(_kafka_ready(bootstrap)), deadline_s, server.log)
+    elif isinstance(server, Postgres):
+        pg = server
+        _wait_ready(server.name, lambda: _run(_postgres_ready(pg)), deadline_s, server.log)
+    else:
+        _wait_ready(server.name, lambda: _redis_ping(server.url), deadline_s, server.log)
+
+
+def _run(coro: Coroutine[Any, Any, bool]) -> bool:
+    """Run a readiness coroutine to its end, also from code that runs inside an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _redis_ping(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def _wait_ready(name: str, ready: Callable[[], bool], deadline_s: float, log: Path) -> None:

@@ -79,3 +79,6 @@ async def redis_prefix(redis_client: aioredis.Redis, unique: str) -> AsyncIterat
     yield prefix
     async for key in redis_client.scan_iter(match=prefix + "*"):
         await redis_client.delete(key)
+
+
+pytest_plugins = ["tests.private_servers"]

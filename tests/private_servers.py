@@ -1,0 +1,92 @@
+"""Private servers that a test may stop and start (outages) without touching the shared ones.
+
+Each runs on free ports under the test's tmp folder and is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.servers import Kafka, Ports, Postgres, Redis
+from deploy.stack import start_one
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def private_ports() -> Ports:
+    return Ports(
+        kafka=free_port(), kafka_controller=free_port(), postgres=free_port(), redis=free_port()
+    )
+
+
+class Private:
+    """One private server: ``start()``, ``stop()``, and where it answers."""
+
+    def __init__(self, server: Kafka | Postgres | Redis) -> None:
+        self.server = server
+
+    def start(self) -> None:
+        start_one(self.server)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    async def astart(self) -> None:
+        """start(), off the event loop, so the code under test keeps running meanwhile."""
+        await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        """stop(), off the event loop."""
+        await asyncio.to_thread(self.stop)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        assert isinstance(self.server, Kafka)
+        return self.server.bootstrap
+
+    @property
+    def database_url(self) -> str:
+        assert isinstance(self.server, Postgres)
+        return self.server.dsn
+
+    @property
+    def redis_url(self) -> str:
+        assert isinstance(self.server, Redis)
+        return self.server.url
+
+
+def _private(kind: type[Kafka | Postgres | Redis], tmp: Path) -> Iterator[Private]:
+    private = Private(kind(tmp / "run", private_ports()))
+    private.start()
+    try:
+        yield private
+    finally:
+        private.stop()
+
+
+@pytest.fixture
+def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
+    """A Kafka node of this test's own (about 5 s to start); the test may stop and start it."""
+    yield from _private(Kafka, tmp_path_factory.mktemp("kafka"))
+
+
+@pytest.fixture
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
+    """A PostgreSQL of this test's own; the test may stop and start it."""
+    yield from _private(Postgres, tmp_path_factory.mktemp("postgres"))
+
+
+@pytest.fixture
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
+    """A Redis of this test's own; the test may stop and start it."""
+    yield from _private(Redis, tmp_path_factory.mktemp("redis"))
