@@ -1,5 +1,7 @@
 """The events on Tollgate's topics: one frozen, versioned pydantic model per event type.
 
+``KeyState`` is also the body of the key service's verify answer (the gateway's cache miss).
+
 ``KeyEvent`` (on ``keys.events``) carries a key's whole current state, never its secret.
 ``UsageRecorded`` (on ``usage.events``) is one authenticated request's usage.
 ``DeadLetter`` (on ``usage.events.dlq``) is a record a consumer could not parse or apply.
@@ -39,10 +41,11 @@ class Event(BaseModel):
         return self.model_dump_json().encode()
 
 
-class KeyEvent(Event):
-    """A key's whole current state after a change (event-carried state transfer)."""
+class KeyState(BaseModel):
+    """A key's whole current state, never its secret: what caches hold and verify answers."""
 
-    type: KeyEventType = Field(examples=["key.created"])
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     key_id: str = Field(examples=["key_4f2k9..."])
     project_id: str = Field(examples=["proj_8d0a..."])
     name: str = Field(examples=["production-app"])
@@ -57,6 +60,16 @@ class KeyEvent(Event):
     expires_at: AwareDatetime | None = None
     created_at: AwareDatetime | None = None
     version: int = Field(ge=1, description="monotonic per key; older versions are ignored")
+
+
+class KeyEvent(Event, KeyState):
+    """A key's whole current state after a change (event-carried state transfer)."""
+
+    type: KeyEventType = Field(examples=["key.created"])
+
+    def state(self) -> KeyState:
+        """The state this event carries, without the event's own fields."""
+        return KeyState.model_validate(self.model_dump(include=set(KeyState.model_fields)))
 
 
 class UsageRecorded(Event):
