@@ -9,6 +9,7 @@ strings in the YAML, never floats.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -103,8 +104,24 @@ class Catalogue(_Frozen):
         return next((m for m in self.models if m.id == model_id), None)
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` with the environment's values."""
+
+    def value(match: re.Match[str]) -> str:
+        found = os.environ.get(match.group(1))
+        if found is not None:
+            return found
+        if match.group(2) is not None:
+            return match.group(2)
+        raise ValueError(f"the catalogue refers to ${{{match.group(1)}}}, which is not set")
+
+    return _ENV_REFERENCE.sub(value, text)
+
+
 def load_catalogue(path: Path) -> Catalogue:
-    """Read and validate the catalogue YAML at path."""
-    with path.open() as fh:
-        raw = yaml.safe_load(fh)
+    """Read and validate the catalogue YAML at path (``${VAR:-default}`` expanded)."""
+    raw = yaml.safe_load(expand_env(path.read_text()))
     return Catalogue.model_validate(raw)
