@@ -39,6 +39,17 @@ class Ports:
     postgres: int = 15432
     redis: int = 16379
 
+    @classmethod
+    def from_env(cls) -> Ports:
+        """Defaults, each overridable: TOLLGATE_{KAFKA,KAFKA_CONTROLLER,POSTGRES,REDIS}_PORT."""
+        defaults = cls()
+        return cls(
+            **{
+                name: int(os.environ.get(f"TOLLGATE_{name.upper()}_PORT", getattr(defaults, name)))
+                for name in ("kafka", "kafka_controller", "postgres", "redis")
+            }
+        )
+
 
 def kafka_libs() -> Path:
     """Folder that holds the Kafka jars fetched from Maven Central."""

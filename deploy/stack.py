@@ -54,7 +54,7 @@ class Stack:
     """Kafka, PostgreSQL and Redis under one run folder."""
 
     run_dir: Path = DEFAULT_RUN_DIR
-    ports: Ports = field(default_factory=Ports)
+    ports: Ports = field(default_factory=Ports.from_env)
 
     def __post_init__(self) -> None:
         self.kafka = Kafka(self.run_dir, self.ports)
