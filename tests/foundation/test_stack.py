@@ -8,7 +8,7 @@ import pytest
 
 from deploy.process import is_running, port_open
 from deploy.servers import Ports, StackError
-from deploy.stack import Stack
+from deploy.stack import Endpoints, Stack
 
 
 @pytest.mark.slow
@@ -32,8 +32,9 @@ def test_up_reuses_and_down_leaves_nothing(tmp_path: Path, endpoints: object) ->
     assert all(pid is None for pid in stack.status().values())
 
 
-def test_port_taken_by_a_stranger_is_a_clear_error(tmp_path: Path, endpoints: object) -> None:
-    # The session's Redis holds 16379: a stack in another folder must not adopt it.
-    stack = Stack(run_dir=tmp_path / "run", ports=Ports(postgres=16379))
-    with pytest.raises(StackError, match="postgres: port 16379 is taken"):
+def test_port_taken_by_a_stranger_is_a_clear_error(tmp_path: Path, endpoints: Endpoints) -> None:
+    # The session's Redis holds its port: a stack in another folder must not adopt it.
+    taken = int(endpoints.redis_url.rsplit(":", 1)[1].split("/")[0])
+    stack = Stack(run_dir=tmp_path / "run", ports=Ports(postgres=taken))
+    with pytest.raises(StackError, match=f"postgres: port {taken} is taken"):
         stack.up()
