@@ -8,6 +8,8 @@ command -v java >/dev/null || need_apt+=(default-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+# Headless Chromium for the console's end-to-end tests (Playwright drives Debian's build).
+command -v chromium >/dev/null || need_apt+=(chromium)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 command -v setsid >/dev/null || need_apt+=(util-linux)
 if ((${#need_apt[@]})); then
