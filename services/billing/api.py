@@ -1,0 +1,95 @@
+"""Billing's HTTP API: the Costs API (OpenAI's costs shape), a rounded total, and health."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import JSONResponse
+
+from services.billing import repository
+from services.billing.errors import LedgerUnavailable
+from services.billing.money import dumps_exact, to_cents
+from services.billing.service import GROUP_FIELDS, WIDTHS, costs_page
+from services.billing.settings import BillingSettings
+from shared.events import utc_now
+from shared.http import require_bearer
+from shared.ledger_retry import READ_ERRORS, RETRYABLE
+from shared.usage_query import parse_usage_query
+
+ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+def _exact_json(body: dict[str, Any]) -> Response:
+    # Amounts go out as exact JSON numbers: a client parsing them as Decimal loses nothing.
+    return Response(dumps_exact(body), media_type="application/json")
+
+
+def costs_router(settings: BillingSettings) -> APIRouter:
+    """The Costs API, guarded by the operator token and scoped to the project in the path."""
+    router = APIRouter(dependencies=[Depends(require_bearer(settings.admin_token))])
+
+    @router.get("/v1/projects/{project_id}/costs")
+    async def get_costs(project_id: ProjectId, request: Request) -> Response:
+        """Exact costs per day bucket, optionally per key, model and line item."""
+        query = parse_usage_query(
+            request.query_params, widths=WIDTHS, group_fields=GROUP_FIELDS, now=utc_now()
+        )
+        try:
+            rows = await repository.sum_buckets(request.app.state.pool, project_id, query)
+        except RETRYABLE as exc:
+            raise LedgerUnavailable("The cost ledger is unavailable; retry shortly.") from exc
+        return _exact_json(costs_page(project_id, query, rows))
+
+    @router.get("/v1/projects/{project_id}/costs/total")
+    async def get_total(project_id: ProjectId, request: Request) -> Response:
+        """The total over the range as shown or invoiced: summed exactly, then cents half-up."""
+        query = parse_usage_query(
+            request.query_params, widths=WIDTHS, group_fields=GROUP_FIELDS, now=utc_now()
+        )
+        try:
+            exact = await repository.total(request.app.state.pool, project_id, query)
+        except RETRYABLE as exc:
+            raise LedgerUnavailable("The cost ledger is unavailable; retry shortly.") from exc
+        return _exact_json(
+            {
+                "object": "costs.total",
+                "project_id": project_id,
+                "start_time": query.start_time // 86400 * 86400,
+                "end_time": query.end_time,
+                "amount": {"value": to_cents(exact), "currency": "usd"},
+                "exact_amount": {"value": exact, "currency": "usd"},
+            }
+        )
+
+    return router
+
+
+health_router = APIRouter()
+
+
+@health_router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> JSONResponse:
+    """The database answers and the consumer (when this process runs one) is consuming."""
+    consumer = request.app.state.consumer
+    try:
+        await request.app.state.pool.fetchval("SELECT 1")
+    except READ_ERRORS:
+        return JSONResponse({"status": "database unavailable"}, status_code=503)
+    if consumer is not None and not consumer.running:
+        return JSONResponse({"status": "consumer stopped"}, status_code=503)
+    stats = consumer.stats if consumer is not None else None
+    return JSONResponse(
+        {
+            "status": "ok",
+            "partitions": sorted(tp.partition for tp in stats.assigned) if stats else [],
+            "applied": stats.applied if stats else 0,
+            "dead_letters": stats.dead_letters if stats else 0,
+        }
+    )

@@ -1,0 +1,136 @@
+"""Billing's logic, free of frameworks: price usage events, sum costs into pages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, Inexact
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.billing.money import cost
+from shared.catalogue import Catalogue
+from shared.events import UsageRecorded
+from shared.ledger_consumer import Poison
+from shared.usage_query import UsageQuery
+
+GROUP_FIELDS = ("api_key_id", "model", "line_item", "project_id")
+WIDTHS = ("1d",)  # the ledger is per day, as OpenAI's costs API
+
+
+@dataclass(frozen=True)
+class CostLine:
+    """One line item of one event: its tokens and their exact cost."""
+
+    line_item: str
+    tokens: int
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class PricedUsage:
+    """A usage event with its costs, ready for the ledger."""
+
+    event_id: Any
+    occurred_at: datetime
+    project_id: str
+    key_id: str
+    model: str
+    lines: tuple[CostLine, ...]
+
+
+class Pricer:
+    """Prices usage events with the catalogue's price in force at each ``occurred_at``."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+
+    def __call__(self, value: bytes | None) -> PricedUsage:
+        """A priced event from a record's bytes, or Poison saying why it cannot be one."""
+        if value is None:
+            raise Poison("empty record (tombstone)")
+        try:
+            event = UsageRecorded.model_validate_json(value)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+            raise Poison(f"invalid usage event: {where}: {first.get('msg')}") from None
+        return self.price(event)
+
+    def price(self, event: UsageRecorded) -> PricedUsage:
+        """The event's cost lines; Poison for an unknown model or a time before any price."""
+        if event.cached_input_tokens > event.input_tokens:
+            raise Poison("invalid usage event: cached_input_tokens exceeds input_tokens")
+        entry = self.catalogue.get(event.model)
+        if entry is None:
+            raise Poison(f"unknown model {event.model!r}: not in the price book")
+        price = entry.price_at(event.occurred_at)
+        if price is None:
+            raise Poison(
+                f"no price for model {event.model!r} in force at {event.occurred_at.isoformat()}"
+            )
+        # Input tokens include the cached ones; those are billed at the cached price if any.
+        cached_price = price.cached_input_per_million
+        if cached_price is None:
+            cached_price = price.input_per_million
+        wanted = (
+            ("input", event.input_tokens - event.cached_input_tokens, price.input_per_million),
+            ("cached input", event.cached_input_tokens, cached_price),
+            ("output", event.output_tokens, price.output_per_million),
+        )
+        try:
+            lines = tuple(CostLine(n, t, cost(t, p)) for n, t, p in wanted if t > 0)
+        except Inexact:
+            raise Poison(f"price of {event.model!r} has more decimals than the ledger") from None
+        return PricedUsage(
+            event.event_id, event.occurred_at, event.project_id, event.key_id, event.model, lines
+        )
+
+
+CostKey = tuple[str, date, str, str, str]  # project, day, key, model, line item
+
+
+def cost_deltas(events: Iterable[PricedUsage]) -> dict[CostKey, tuple[int, Decimal]]:
+    """Sum priced events into the UTC day of their ``occurred_at``, per line item."""
+    deltas: dict[CostKey, tuple[int, Decimal]] = {}
+    for e in events:
+        day = e.occurred_at.astimezone(UTC).date()
+        for line in e.lines:
+            key = (e.project_id, day, e.key_id, e.model, line.line_item)
+            tokens, amount = deltas.get(key, (0, Decimal(0)))
+            deltas[key] = (tokens + line.tokens, amount + line.amount)
+    return deltas
+
+
+def costs_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[str, Any]:
+    """The Costs API's answer: every bucket of the page, exact amounts per result."""
+    by_bucket: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        line = f"{r['model']}, {r['line_item']}" if r["line_item"] is not None else None
+        by_bucket.setdefault(int(r["bucket"].timestamp()), []).append(
+            {
+                "object": "organization.costs.result",
+                "amount": {"value": r["amount"], "currency": "usd"},
+                "line_item": line,
+                "project_id": project_id,
+                "api_key_id": r["key_id"],
+                "model": r["model"],
+            }
+        )
+    data = [
+        {
+            "object": "bucket",
+            "start_time": b.start,
+            "end_time": b.end,
+            "results": by_bucket.get(b.start, []),
+        }
+        for b in query.buckets()
+    ]
+    return {
+        "object": "page",
+        "data": data,
+        "has_more": query.has_more,
+        "next_page": query.next_page,
+    }

@@ -1,0 +1,68 @@
+"""Metering's HTTP API: the Usage API (OpenAI's organization usage shape) and health."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+
+from services.metering import repository
+from services.metering.errors import LedgerUnavailable
+from services.metering.service import GROUP_FIELDS, WIDTHS, usage_page
+from services.metering.settings import MeteringSettings
+from shared.events import utc_now
+from shared.http import require_bearer
+from shared.ledger_retry import READ_ERRORS, RETRYABLE
+from shared.usage_query import parse_usage_query
+
+ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+def usage_router(settings: MeteringSettings) -> APIRouter:
+    """The Usage API, guarded by the operator token and scoped to the project in the path."""
+    router = APIRouter(dependencies=[Depends(require_bearer(settings.admin_token))])
+
+    @router.get("/v1/projects/{project_id}/usage")
+    async def get_usage(project_id: ProjectId, request: Request) -> dict[str, Any]:
+        """Token and request totals per time bucket, optionally per key and model."""
+        query = parse_usage_query(
+            request.query_params, widths=WIDTHS, group_fields=GROUP_FIELDS, now=utc_now()
+        )
+        try:
+            rows = await repository.sum_buckets(request.app.state.pool, project_id, query)
+        except RETRYABLE as exc:
+            raise LedgerUnavailable("The usage ledger is unavailable; retry shortly.") from exc
+        return usage_page(project_id, query, rows)
+
+    return router
+
+
+health_router = APIRouter()
+
+
+@health_router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> JSONResponse:
+    """The database answers and the consumer (when this process runs one) is consuming."""
+    consumer = request.app.state.consumer
+    try:
+        await request.app.state.pool.fetchval("SELECT 1")
+    except READ_ERRORS:
+        return JSONResponse({"status": "database unavailable"}, status_code=503)
+    if consumer is not None and not consumer.running:
+        return JSONResponse({"status": "consumer stopped"}, status_code=503)
+    stats = consumer.stats if consumer is not None else None
+    return JSONResponse(
+        {
+            "status": "ok",
+            "partitions": sorted(tp.partition for tp in stats.assigned) if stats else [],
+            "applied": stats.applied if stats else 0,
+            "dead_letters": stats.dead_letters if stats else 0,
+        }
+    )

@@ -1,0 +1,362 @@
+"""Exactly-once ledgers from at-least-once Kafka delivery: the plumbing metering and billing share.
+
+Each batch of records is parsed by the service (good events, or ``Poison`` with a reason);
+poison goes to the DLQ with its original bytes *before* anything is stored, so a crash
+can duplicate a dead letter but never lose one. Then, in one PostgreSQL transaction:
+the batch's event ids go into ``processed_events`` (a replay or a producer retry is
+dropped there), the service applies the fresh events to its ledgers, and the next offset
+of every partition goes into ``consumer_offsets``. Kafka's own committed offsets are
+written only after that commit, as a courtesy for lag monitoring: on every partition
+assignment the consumer seeks to the offsets stored in PostgreSQL, which are the truth.
+
+aiokafka is used directly rather than through FastStream: FastStream (0.7.8) hands a
+rebalance listener no consumer to seek with, acknowledges per message instead of
+committing an offset map we computed, and has no DLQ; we would bypass all of it.
+
+Tables the service's migrations must create (see services/*/migrations/0001_*.sql):
+``processed_events(event_id uuid primary key, seen_at timestamptz)`` and
+``consumer_offsets(consumer_group, topic, partition, next_offset)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.errors import KafkaError
+
+from shared.events import DeadLetter, utc_now
+from shared.kafka import idempotent_producer
+from shared.ledger_retry import RETRYABLE, backoff
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A connection, whether taken from a pool or opened on its own.
+    Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+log = logging.getLogger(__name__)
+
+
+class Poison(Exception):
+    """A record that can never be applied; it goes to the DLQ with this reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Identified(Protocol):
+    """What the plumbing needs of a parsed event: its dedupe key and its time."""
+
+    @property
+    def event_id(self) -> uuid.UUID: ...
+
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+T = TypeVar("T", bound=Identified)
+Apply: TypeAlias = "Callable[[Conn, list[T]], Awaitable[None]]"
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """Where to read, who we are, and the knobs that matter for exactness and speed."""
+
+    bootstrap: str
+    topic: str
+    dlq_topic: str
+    group_id: str
+    client_id: str
+    max_batch: int = 5000
+    poll_timeout_ms: int = 200
+    session_timeout_ms: int = 10_000
+    future_tolerance: timedelta = timedelta(minutes=5)
+    dedupe_window: timedelta = timedelta(days=8)
+    cleanup_interval_s: float = 600.0
+
+
+@dataclass
+class ConsumerStats:
+    """Counters for health and tests; never used for correctness."""
+
+    batches: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    db_retries: int = 0
+    last_error: str | None = None
+    assigned: set[TopicPartition] = field(default_factory=set)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: LedgerConsumer[Any]) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Let the batch in flight finish (and commit) before the partitions move on.
+        async with self.owner.batch_lock:
+            self.owner.epoch += 1
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Nothing is fetched from a new partition until its offset came from PostgreSQL.
+        self.owner.epoch += 1
+        self.owner.stats.assigned = set(assigned)
+        if assigned:
+            self.owner.consumer.pause(*assigned)
+            self.owner.pending_seek |= set(assigned)
+
+
+class LedgerConsumer(Generic[T]):
+    """One consumer-group member feeding one service's ledgers, exactly once."""
+
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        pool: asyncpg.Pool,
+        parse: Callable[[bytes | None], T],
+        apply: Apply[T],
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.parse = parse
+        self.apply = apply
+        self.stats = ConsumerStats()
+        self.batch_lock = asyncio.Lock()
+        self.epoch = 0
+        self.pending_seek: set[TopicPartition] = set()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.bootstrap,
+            group_id=config.group_id,
+            client_id=config.client_id,
+            # Offsets live in PostgreSQL; Kafka's are written by hand after each commit.
+            enable_auto_commit=False,
+            # A new group must start from the oldest event, never skip to the newest.
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, config.session_timeout_ms // 4),
+            max_poll_interval_ms=300_000,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+        )
+        self.producer = idempotent_producer(config.bootstrap, f"{config.client_id}-dlq")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Join the group and start consuming in the background."""
+        await self.producer.start()
+        self.consumer.subscribe([self.config.topic], listener=_Listener(self))
+        await self.consumer.start()
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"{self.config.group_id}-consume"),
+            asyncio.create_task(self._cleanup_loop(), name=f"{self.config.group_id}-cleanup"),
+        ]
+
+    async def stop(self) -> None:
+        """Leave the group cleanly: the batch in flight finishes first."""
+        async with self.batch_lock:
+            for task in self._tasks:
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    async def _run(self) -> None:
+        while True:
+            if self.pending_seek:
+                await self._seek_pending()
+            epoch = self.epoch
+            batch = await self.consumer.getmany(
+                timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
+            )
+            if not batch:
+                continue
+            async with self.batch_lock:
+                if epoch != self.epoch or self.pending_seek:
+                    # A rebalance happened while fetching: the new owner (maybe us again,
+                    # after a seek) reads these records from the offsets in PostgreSQL.
+                    continue
+                await self._process(batch)
+
+    async def _seek_pending(self) -> None:
+        """Seek each newly assigned partition to its offset in PostgreSQL, then resume it."""
+        async with self.batch_lock:
+            wanted = set(self.pending_seek) & self.consumer.assignment()
+            stored = await self._retrying(lambda conn: _read_offsets(conn, self.config, wanted))
+            for tp in wanted:
+                if tp in stored:
+                    self.consumer.seek(tp, stored[tp])
+                else:
+                    await self.consumer.seek_to_beginning(tp)
+            self.consumer.resume(*wanted)
+            self.pending_seek -= wanted | (self.pending_seek - self.consumer.assignment())
+            self.epoch += 1
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        now = utc_now()
+        good: dict[uuid.UUID, T] = {}
+        poison: list[tuple[Any, str]] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            for record in records:
+                offsets[tp] = record.offset + 1
+                try:
+                    item = self._parse(record.value, now)
+                except Poison as exc:
+                    poison.append((record, exc.reason))
+                    continue
+                # The same event twice in one batch (a producer retry) counts once.
+                good.setdefault(item.event_id, item)
+        if poison:
+            await self._dead_letter(poison)
+        items = list(good.values())
+
+        async def store(conn: Conn) -> int:
+            async with conn.transaction():
+                fresh = await _claim(conn, items)
+                await self.apply(conn, fresh)
+                await _write_offsets(conn, self.config, offsets)
+                return len(fresh)
+
+        fresh_count = await self._retrying(store)
+        self.stats.batches += 1
+        self.stats.applied += fresh_count
+        self.stats.duplicates += len(items) - fresh_count
+        self.stats.dead_letters += len(poison)
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:  # advisory only: PostgreSQL holds the truth
+            log.warning("kafka offset commit failed", extra={"error": repr(exc)})
+
+    def _parse(self, value: bytes | None, now: datetime) -> T:
+        item = self.parse(value)
+        if item.occurred_at > now + self.config.future_tolerance:
+            raise Poison(f"occurred_at {item.occurred_at.isoformat()} is too far in the future")
+        return item
+
+    async def _dead_letter(self, poison: Sequence[tuple[Any, str]]) -> None:
+        futures = []
+        for record, reason in poison:
+            letter = DeadLetter(
+                occurred_at=utc_now(),
+                consumer_group=self.config.group_id,
+                source_topic=record.topic,
+                source_partition=record.partition,
+                source_offset=record.offset,
+                reason=reason,
+                payload_base64=base64.b64encode(record.value or b"").decode(),
+            )
+            log.warning(
+                "dead letter",
+                extra={"reason": reason, "partition": record.partition, "offset": record.offset},
+            )
+            futures.append(
+                await self.producer.send(self.config.dlq_topic, letter.to_bytes(), key=record.key)
+            )
+        # Every dead letter is acknowledged before the offsets past it can be stored.
+        await asyncio.gather(*futures)
+
+    async def _retrying(self, work: Callable[[Conn], Awaitable[Any]]) -> Any:
+        """Run work on a pooled connection until it succeeds; retryable errors wait and retry."""
+        attempt = 0
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    return await work(conn)
+            except RETRYABLE as exc:
+                attempt += 1
+                self.stats.db_retries += 1
+                self.stats.last_error = repr(exc)
+                log.warning("database error, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff(attempt))
+            except asyncpg.PostgresError as exc:
+                # Not known to be transient (a missing table, a broken constraint): stall
+                # loudly and keep trying rather than skip or drop anything.
+                attempt += 1
+                self.stats.db_retries += 1
+                self.stats.last_error = repr(exc)
+                log.exception("database error that may not pass, retrying")
+                await asyncio.sleep(max(1.0, backoff(attempt, cap=30.0)))
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cleanup_interval_s)
+            try:
+                await self.cleanup_dedupe()
+            except RETRYABLE as exc:
+                log.warning("dedupe cleanup failed", extra={"error": repr(exc)})
+
+    async def cleanup_dedupe(self) -> int:
+        """Forget event ids older than the dedupe window (kept at least the topic's retention)."""
+        deleted = 0
+        while True:
+            status = await self.pool.execute(
+                "DELETE FROM processed_events WHERE event_id IN (SELECT event_id"
+                " FROM processed_events WHERE seen_at < now() - $1::interval LIMIT 10000)",
+                self.config.dedupe_window,
+            )
+            count = int(status.rsplit(" ", 1)[-1])
+            deleted += count
+            if count < 10000:
+                return deleted
+
+
+async def _claim(conn: Conn, items: Sequence[Identified]) -> list[Any]:
+    """Record the batch's event ids; return only the items not seen before."""
+    if not items:
+        return []
+    rows = await conn.fetch(
+        "INSERT INTO processed_events (event_id) SELECT unnest($1::uuid[])"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        [i.event_id for i in items],
+    )
+    fresh = {r["event_id"] for r in rows}
+    return [i for i in items if i.event_id in fresh]
+
+
+async def _write_offsets(
+    conn: Conn, config: ConsumerConfig, offsets: dict[TopicPartition, int]
+) -> None:
+    # GREATEST: a zombie finishing an old batch late never moves an offset backwards.
+    await conn.execute(
+        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
+        " SELECT $1, unnest($2::text[]), unnest($3::int[]), unnest($4::bigint[])"
+        " ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET"
+        " next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),"
+        " updated_at = now()",
+        config.group_id,
+        [tp.topic for tp in offsets],
+        [tp.partition for tp in offsets],
+        list(offsets.values()),
+    )
+
+
+async def _read_offsets(
+    conn: Conn, config: ConsumerConfig, tps: set[TopicPartition]
+) -> dict[TopicPartition, int]:
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset FROM consumer_offsets"
+        " WHERE consumer_group = $1 AND topic = ANY($2::text[])",
+        config.group_id,
+        sorted({tp.topic for tp in tps}),
+    )
+    stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    return {tp: offset for tp, offset in stored.items() if tp in tps}

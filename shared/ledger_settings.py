@@ -1,0 +1,53 @@
+"""Settings every ledger consumer service shares (metering, billing), and its consumer config."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field, field_validator
+
+from shared.ledger_consumer import ConsumerConfig
+from shared.settings import TokenGuardedSettings
+from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ, USAGE_RETENTION_MS, topic_name
+
+RETENTION_S = USAGE_RETENTION_MS // 1000
+
+
+class LedgerServiceSettings(TokenGuardedSettings):
+    """A service that consumes ``usage.events`` into ledgers and serves them over HTTP."""
+
+    db_schema: str = Field(description="PostgreSQL schema of the ledgers")
+    consumer_group: str = Field(description="Kafka consumer group; replicas share it")
+    consume: bool = Field(True, description="run the consumer in this process")
+    max_batch: int = Field(5000, ge=1, le=100_000, description="records per transaction, at most")
+    session_timeout_ms: int = Field(10_000, ge=6_000, description="Kafka group session timeout")
+    future_tolerance_s: int = Field(300, ge=0, description="events further ahead go to the DLQ")
+    dedupe_window_s: int = Field(
+        RETENTION_S + 86_400,
+        description="how long event ids are remembered; at least usage.events' retention",
+    )
+    dedupe_cleanup_interval_s: float = Field(600.0, gt=0)
+    db_pool_size: int = Field(5, ge=2, le=50)
+
+    @field_validator("dedupe_window_s")
+    @classmethod
+    def _covers_retention(cls, value: int) -> int:
+        # A replay can bring back any event still in the topic: forget none of those ids.
+        if value < RETENTION_S:
+            raise ValueError(f"dedupe_window_s must be at least the retention ({RETENTION_S} s)")
+        return value
+
+    def consumer_config(self, client_id: str) -> ConsumerConfig:
+        """The consumer's configuration, topics prefixed as the settings say."""
+        return ConsumerConfig(
+            bootstrap=self.kafka_bootstrap,
+            topic=topic_name(USAGE_EVENTS, self.topic_prefix),
+            dlq_topic=topic_name(USAGE_EVENTS_DLQ, self.topic_prefix),
+            group_id=self.consumer_group,
+            client_id=client_id,
+            max_batch=self.max_batch,
+            session_timeout_ms=self.session_timeout_ms,
+            future_tolerance=timedelta(seconds=self.future_tolerance_s),
+            dedupe_window=timedelta(seconds=self.dedupe_window_s),
+            cleanup_interval_s=self.dedupe_cleanup_interval_s,
+        )
