@@ -99,6 +99,18 @@ class ConsumerStats:
     last_error: str | None = None
     assigned: set[TopicPartition] = field(default_factory=set)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as JSON-ready values."""
+        return {
+            "partitions": sorted(tp.partition for tp in self.assigned),
+            "batches": self.batches,
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters,
+            "db_retries": self.db_retries,
+            "last_error": self.last_error,
+        }
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: LedgerConsumer[Any]) -> None:

@@ -78,18 +78,12 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """The database answers and the consumer (when this process runs one) is consuming."""
     consumer = request.app.state.consumer
+    stats = consumer.stats.as_dict() if consumer is not None else {}
+    status, code = "ok", 200
     try:
         await request.app.state.pool.fetchval("SELECT 1")
     except READ_ERRORS:
-        return JSONResponse({"status": "database unavailable"}, status_code=503)
+        status, code = "database unavailable", 503
     if consumer is not None and not consumer.running:
-        return JSONResponse({"status": "consumer stopped"}, status_code=503)
-    stats = consumer.stats if consumer is not None else None
-    return JSONResponse(
-        {
-            "status": "ok",
-            "partitions": sorted(tp.partition for tp in stats.assigned) if stats else [],
-            "applied": stats.applied if stats else 0,
-            "dead_letters": stats.dead_letters if stats else 0,
-        }
-    )
+        status, code = "consumer stopped", 503
+    return JSONResponse({"status": status, **stats}, status_code=code)

@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -115,7 +115,9 @@ def usage(
     )
 
 
-def stream_of(count: int, *, projects: int = 2, keys: int = 12, seed: int = 0) -> list[UsageRecorded]:
+def stream_of(
+    count: int, *, projects: int = 2, keys: int = 12, seed: int = 0
+) -> list[UsageRecorded]:
     """count varied events over three days, across the price change, keys and both models."""
     out = []
     for i in range(count):
@@ -137,7 +139,10 @@ def stream_of(count: int, *, projects: int = 2, keys: int = 12, seed: int = 0) -
 
 
 async def produce(
-    bootstrap: str, topic: str, events: Iterable[UsageRecorded | bytes], partition: int | None = None
+    bootstrap: str,
+    topic: str,
+    events: Iterable[UsageRecorded | bytes],
+    partition: int | None = None,
 ) -> None:
     """Send events (or raw bytes) keyed by key id, and wait until the broker has them all."""
     producer = idempotent_producer(bootstrap, "test-producer", linger_ms=20)
@@ -145,45 +150,59 @@ async def produce(
     try:
         futures = []
         for e in events:
-            value, key = (e, b"poison") if isinstance(e, bytes) else (e.to_bytes(), e.key_id.encode())
+            value, key = (
+                (e, b"poison") if isinstance(e, bytes) else (e.to_bytes(), e.key_id.encode())
+            )
             futures.append(await producer.send(topic, value, key=key, partition=partition))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
 
+Triple = tuple[str, str, str]  # project, key, model
+
+
+def _zeros() -> list[int]:
+    return [0, 0, 0, 0, 0]  # requests, input, cached input, output, errors
+
+
 @dataclass
 class Totals:
     """Tokens, requests and dollars per (project, key, model), computed from events."""
 
-    tokens: dict[tuple[str, str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0, 0]))
+    tokens: dict[tuple[str, str, str], list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0, 0])
+    )
     costs: dict[tuple[str, str, str], Decimal] = field(default_factory=lambda: defaultdict(Decimal))
 
 
-def expected(events: Sequence[UsageRecorded], catalogue_path: Path) -> Totals:
-    """What the ledgers must hold: each distinct event once, priced at its occurred_at."""
+def expected(
+    events: Sequence[UsageRecorded],
+    catalogue_path: Path,
+    billed: Sequence[UsageRecorded] | None = None,
+) -> Totals:
+    """What the ledgers must hold: each distinct event once, priced at its occurred_at.
+
+    ``billed`` are the events billing can price (default: all of ``events``).
+    """
     catalogue = load_catalogue(catalogue_path)
     totals = Totals()
-    seen: set[uuid.UUID] = set()
+    for e in {e.event_id: e for e in events}.values():
+        t = totals.tokens[(e.project_id, e.key_id, e.model)]
+        t[0] += 1
+        t[1] += e.input_tokens
+        t[2] += e.cached_input_tokens
+        t[3] += e.output_tokens
+        t[4] += e.status_code >= 400
     with localcontext() as ctx:
         ctx.prec = 80
-        for e in events:
-            if e.event_id in seen:
-                continue
-            seen.add(e.event_id)
-            k = (e.project_id, e.key_id, e.model)
-            t = totals.tokens[k]
-            t[0] += 1
-            t[1] += e.input_tokens
-            t[2] += e.cached_input_tokens
-            t[3] += e.output_tokens
-            t[4] += e.status_code >= 400
+        for e in {e.event_id: e for e in (events if billed is None else billed)}.values():
             entry = catalogue.get(e.model)
             assert entry is not None
             price = entry.price_at(e.occurred_at)
             assert price is not None
             cached_price = price.cached_input_per_million or price.input_per_million
-            totals.costs[k] += (
+            totals.costs[(e.project_id, e.key_id, e.model)] += (
                 (e.input_tokens - e.cached_input_tokens) * price.input_per_million
                 + e.cached_input_tokens * cached_price
                 + e.output_tokens * price.output_per_million
@@ -191,34 +210,110 @@ def expected(events: Sequence[UsageRecorded], catalogue_path: Path) -> Totals:
     return totals
 
 
-def settings_pair(
+@dataclass(frozen=True)
+class Case:
+    """One test's world: servers, topic prefix, schemas and price book."""
+
+    bootstrap: str
+    database_url: str
+    prefix: str
+    schemas: tuple[str, str]
+    catalogue_path: Path
+    unique: str
+
+    @property
+    def topic(self) -> str:
+        return self.prefix + USAGE_EVENTS
+
+    def with_database(self, database_url: str) -> Case:
+        """The same case on another PostgreSQL (a private one that a test restarts)."""
+        return replace(self, database_url=database_url)
+
+    def settings(self, **overrides: Any) -> tuple[MeteringSettings, BillingSettings]:
+        """Settings for one metering and one billing replica of this test."""
+        common: dict[str, Any] = {
+            "kafka_bootstrap": self.bootstrap,
+            "database_url": self.database_url,
+            "admin_token": ADMIN_TOKEN,
+            "topic_prefix": self.prefix,
+            "session_timeout_ms": 6000,
+            "log_json": False,
+            "log_level": "WARNING",
+            **overrides,
+        }
+        return (
+            MeteringSettings(
+                db_schema=self.schemas[0], consumer_group=f"metering-{self.unique}", **common
+            ),
+            BillingSettings(
+                db_schema=self.schemas[1],
+                consumer_group=f"billing-{self.unique}",
+                catalogue_path=self.catalogue_path,
+                **common,
+            ),
+        )
+
+    async def produce(
+        self, events: Iterable[UsageRecorded | bytes], partition: int | None = None
+    ) -> None:
+        await produce(self.bootstrap, self.topic, events, partition)
+
+    async def assert_ledgers(
+        self,
+        m: httpx.AsyncClient,
+        b: httpx.AsyncClient,
+        events: Sequence[UsageRecorded],
+        billed: Sequence[UsageRecorded] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        """Wait until every record is consumed, then demand exact equality of both ledgers."""
+        want = expected(events, self.catalogue_path, billed)
+        projects = sorted({k[0] for k in want.tokens})
+        want_both = (dict(want.tokens), dict(want.costs))
+
+        async def probe() -> tuple[Any, Any]:
+            return await ledgers(m, b, projects)
+
+        await eventually(probe, until=lambda got: got == want_both, timeout=timeout, what="ledgers")
+        # Equal once is not enough: wait until every offset is stored, then look again, so
+        # that a duplicate applied late would show.
+        await eventually(self.drained, timeout=timeout, what="offsets at the end")
+        assert await probe() == want_both
+
+    async def drained(self) -> bool:
+        """True when both services stored, in PostgreSQL, the end offset of every partition."""
+        ends = {p: o for p, o in (await end_offsets(self.bootstrap, self.topic)).items() if o}
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            for schema in self.schemas:
+                rows = await conn.fetch(
+                    f'SELECT partition, next_offset FROM "{schema}".consumer_offsets'
+                    " WHERE topic = $1",
+                    self.topic,
+                )
+                if {r["partition"]: r["next_offset"] for r in rows} != ends:
+                    return False
+        finally:
+            await conn.close()
+        return True
+
+
+@pytest.fixture
+def case(
     endpoints: Endpoints,
-    database_url: str | None,
-    prefix: str,
+    topic_prefix: str,
     schemas: tuple[str, str],
     catalogue_path: Path,
     unique: str,
-    **overrides: Any,
-) -> tuple[MeteringSettings, BillingSettings]:
-    """Settings for one metering and one billing replica of this test."""
-    common: dict[str, Any] = {
-        "kafka_bootstrap": endpoints.kafka_bootstrap,
-        "database_url": database_url or endpoints.database_url,
-        "admin_token": ADMIN_TOKEN,
-        "topic_prefix": prefix,
-        "session_timeout_ms": 6000,
-        "log_json": False,
-        "log_level": "WARNING",
-        **overrides,
-    }
-    return (
-        MeteringSettings(db_schema=schemas[0], consumer_group=f"metering-{unique}", **common),
-        BillingSettings(
-            db_schema=schemas[1],
-            consumer_group=f"billing-{unique}",
-            catalogue_path=catalogue_path,
-            **common,
-        ),
+) -> Case:
+    """This test's world on the shared servers."""
+    return Case(
+        endpoints.kafka_bootstrap,
+        endpoints.database_url,
+        topic_prefix,
+        schemas,
+        catalogue_path,
+        unique,
     )
 
 
@@ -232,16 +327,23 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def both(metering: MeteringSettings, billing: BillingSettings) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+async def both(
+    metering: MeteringSettings, billing: BillingSettings
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """One metering and one billing replica, running."""
     async with running(create_metering(metering)) as m, running(create_billing(billing)) as b:
         yield m, b
 
 
-RANGE = {"start_time": int(DAY0.timestamp()), "end_time": int((DAY0 + timedelta(days=3)).timestamp())}
+RANGE = {
+    "start_time": int(DAY0.timestamp()),
+    "end_time": int((DAY0 + timedelta(days=3)).timestamp()),
+}
 
 
-async def usage_totals(client: httpx.AsyncClient, project: str) -> dict[tuple[str, str, str], list[int]]:
+async def usage_totals(
+    client: httpx.AsyncClient, project: str
+) -> dict[tuple[str, str, str], list[int]]:
     """The Usage API's totals per key and model over the test range."""
     r = await client.get(
         f"/v1/projects/{project}/usage",
@@ -261,7 +363,9 @@ async def usage_totals(client: httpx.AsyncClient, project: str) -> dict[tuple[st
     return dict(out)
 
 
-async def cost_totals(client: httpx.AsyncClient, project: str) -> dict[tuple[str, str, str], Decimal]:
+async def cost_totals(
+    client: httpx.AsyncClient, project: str
+) -> dict[tuple[str, str, str], Decimal]:
     """The Costs API's exact amounts per key and model over the test range."""
     r = await client.get(
         f"/v1/projects/{project}/costs",
@@ -289,37 +393,6 @@ async def ledgers(
     return tokens, costs
 
 
-async def assert_ledgers_equal(
-    m: httpx.AsyncClient,
-    b: httpx.AsyncClient,
-    want: Totals,
-    *,
-    bootstrap: str,
-    database_url: str,
-    schemas: tuple[str, str],
-    topic: str,
-    timeout: float = 60.0,
-) -> None:
-    """Wait until every record is consumed, then demand exact equality of both ledgers."""
-    projects = sorted({k[0] for k in want.tokens})
-    want_tokens = {k: v for k, v in want.tokens.items()}
-    want_costs = {k: v.normalize() for k, v in want.costs.items() if v}
-
-    async def probe() -> tuple[Any, Any]:
-        tokens, costs = await ledgers(m, b, projects)
-        return tokens, {k: v.normalize() for k, v in costs.items() if v}
-
-    await eventually(
-        probe, until=lambda got: got == (want_tokens, want_costs), timeout=timeout, what="ledgers"
-    )
-    # Equal once is not enough: wait for every offset to be stored, then check again, so a
-    # duplicate applied late would show.
-    await eventually(
-        lambda: drained(bootstrap, database_url, schemas, topic), timeout=timeout, what="offsets at the end"
-    )
-    assert await probe() == (want_tokens, want_costs)
-
-
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The next offset of every partition of topic."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
@@ -333,26 +406,6 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     finally:
         await consumer.stop()
     return {tp.partition: offset for tp, offset in ends.items()}
-
-
-_ENDS: dict[str, dict[int, int]] = {}
-
-
-async def drained(bootstrap: str, database_url: str, schemas: tuple[str, str], topic: str) -> bool:
-    """True when both services stored, in PostgreSQL, the end offset of every partition."""
-    ends = {p: o for p, o in (await end_offsets(bootstrap, topic)).items() if o > 0}
-    conn = await asyncpg.connect(database_url)
-    try:
-        for schema in schemas:
-            rows = await conn.fetch(
-                f'SELECT partition, next_offset FROM "{schema}".consumer_offsets WHERE topic = $1',
-                topic,
-            )
-            if {r["partition"]: r["next_offset"] for r in rows} != ends:
-                return False
-    finally:
-        await conn.close()
-    return True
 
 
 async def dead_letters(bootstrap: str, prefix: str, count: int) -> list[DeadLetter]:
@@ -378,5 +431,7 @@ async def dead_letters(bootstrap: str, prefix: str, count: int) -> list[DeadLett
     return got
 
 
-def usage_topic(prefix: str) -> str:
-    return prefix + USAGE_EVENTS
+async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The consumer counters a service reports on /readyz (whatever its status)."""
+    body: dict[str, Any] = (await client.get("/readyz")).json()
+    return body
