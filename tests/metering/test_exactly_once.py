@@ -6,6 +6,7 @@ request, error and dollar totals per project, key and model.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from contextlib import AsyncExitStack
@@ -51,23 +52,32 @@ async def test_replay_from_offset_zero_and_producer_retries_count_once(case: Cas
 async def test_two_replicas_with_rebalances_mid_stream(case: Case) -> None:
     # Small batches, so that the rebalances land among many batches in flight.
     m_set, b_set = case.settings(max_batch=100)
-    first = stream_of(3000)
-    second = stream_of(3000, seed=50_000)
-    third = stream_of(1500, seed=90_000)
+    chunks = [stream_of(500, seed=k * 100_000) for k in range(12)]
+    produced: list[int] = []
+
+    async def keep_producing() -> None:
+        for k, chunk in enumerate(chunks):
+            await case.produce(chunk)
+            produced.append(k)
+            await asyncio.sleep(0.25)
+
     async with AsyncExitStack() as replica_a:
         m1, b1 = await replica_a.enter_async_context(both(m_set, b_set))
-        await case.produce(first)
-        await eventually(lambda: stats(m1), until=lambda s: s["applied"] > 0, what="progress")
+        stream = asyncio.create_task(keep_producing())
+        await eventually(lambda: stats(m1), until=lambda s: s["applied"] > 0, what="A metering")
+        await eventually(lambda: stats(b1), until=lambda s: s["applied"] > 0, what="A billing")
         async with both(m_set, b_set) as (m2, b2):
-            # Replica B joins: the group rebalances while A is consuming.
-            await case.produce(second)
+            # Replica B joins while the stream goes on: the groups rebalance.
             await eventually(
                 lambda: stats(m2), until=lambda s: len(s["partitions"]) > 0, what="B assigned"
             )
+            assert not stream.done()
+            await eventually(lambda: asyncio.sleep(0, len(produced)), until=lambda n: n >= 7)
             # Replica A leaves mid-stream: B takes every partition over.
             await replica_a.aclose()
-            await case.produce(third)
-            await case.assert_ledgers(m2, b2, first + second + third)
+            assert not stream.done()
+            await stream
+            await case.assert_ledgers(m2, b2, [e for chunk in chunks for e in chunk])
             assert len((await stats(m2))["partitions"]) == 6
             assert len((await stats(b2))["partitions"]) == 6
 
