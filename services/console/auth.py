@@ -1,0 +1,135 @@
+"""Sign-in with the operator token, and sign-out.
+
+The token is compared in constant time with the console's own and then forgotten: the
+browser gets only a random session id in an HttpOnly, SameSite=Strict cookie.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from services.console import csrf
+from services.console.session import COOKIE_NAME
+from services.console.web import (
+    CheckedSessionDep,
+    ConsoleDep,
+    CsrfRefused,
+    SessionDep,
+    cookie_secure,
+    render,
+    safe_next,
+)
+from shared.http import token_matches
+
+router = APIRouter()
+
+
+def _signin_page(
+    request: Request,
+    app: ConsoleDep,
+    *,
+    next_path: str,
+    error: str | None = None,
+    notice: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    token = csrf.new_token()
+    context = {
+        "title": "Sign in",
+        "csrf_token": token,
+        "next": next_path,
+        "error": error,
+        "notice": notice,
+    }
+    response = render(request, app, "signin.html", context, status_code=status_code)
+    response.set_cookie(
+        csrf.SIGNIN_COOKIE,
+        token,
+        max_age=3600,
+        path="/signin",
+        httponly=True,
+        samesite="strict",
+        secure=cookie_secure(request, app.settings),
+    )
+    return response
+
+
+@router.get("/signin", response_model=None)
+async def signin_form(
+    request: Request, app: ConsoleDep, next: str = "/", signed_out: int = 0
+) -> Response:
+    """The sign-in form (straight on to the console when already signed in)."""
+    if app.sessions.get(request.cookies.get(COOKIE_NAME)) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    notice = "You have signed out." if signed_out else None
+    return _signin_page(request, app, next_path=safe_next(next), notice=notice)
+
+
+@router.post("/signin", response_model=None)
+async def signin(
+    request: Request,
+    app: ConsoleDep,
+    token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    """Check the operator token; on success start a session and go where the user was going."""
+    if not csrf.same_origin(request) or not csrf.tokens_match(
+        request.cookies.get(csrf.SIGNIN_COOKIE), csrf_token
+    ):
+        raise CsrfRefused
+    client = request.client.host if request.client else "unknown"
+    target = safe_next(next)
+    if app.throttle.blocked(client):
+        return _signin_page(
+            request,
+            app,
+            next_path=target,
+            error="Too many failed attempts. Wait a minute, then try again.",
+            status_code=429,
+        )
+    if not token_matches(token.strip(), app.settings.admin_token):
+        app.throttle.failed(client)
+        return _signin_page(
+            request,
+            app,
+            next_path=target,
+            error="That is not the operator token. Check it and try again.",
+            status_code=401,
+        )
+    app.throttle.succeeded(client)
+    # A new session id on every sign-in: a planted cookie can never become a signed-in one.
+    app.sessions.delete(request.cookies.get(COOKIE_NAME))
+    raw, _ = app.sessions.create()
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE_NAME,
+        raw,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=cookie_secure(request, app.settings),
+    )
+    response.delete_cookie(csrf.SIGNIN_COOKIE, path="/signin")
+    return response
+
+
+@router.post("/signout", response_model=None)
+async def signout(request: Request, app: ConsoleDep, _: CheckedSessionDep) -> Response:
+    """End the session and forget its cookie."""
+    app.sessions.delete(request.cookies.get(COOKIE_NAME))
+    response = RedirectResponse("/signin?signed_out=1", status_code=303)
+    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/", response_model=None)
+async def home(app: ConsoleDep, _: SessionDep) -> Response:
+    """The first project's API keys, or the projects page when there is none."""
+    projects = await app.keys.list_projects()
+    if projects:
+        return RedirectResponse(f"/projects/{projects[0]['id']}/keys", status_code=303)
+    return RedirectResponse("/projects", status_code=303)

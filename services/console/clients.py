@@ -1,0 +1,193 @@
+"""HTTP clients of the APIs the console shows: keys (8081), metering (8082), billing (8083).
+
+    ApiProblem            an API answered with an error in OpenAI's shape (400, 404, 409...)
+    └── ApiUnavailable    an API did not answer, timed out or failed (5xx)
+
+Every call carries the operator token; nothing the APIs return is logged.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import re
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+
+class ApiProblem(Exception):
+    """An error answer from an API, with OpenAI's fields."""
+
+    def __init__(
+        self,
+        service: str,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(f"{service}: {status} {message}")
+        self.service = service
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ApiUnavailable(ApiProblem):
+    """The API could not be reached or failed on its side."""
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+
+
+def seg(value: str) -> str:
+    """value as one URL path segment; an id that could not be one is a 404 of its own."""
+    if not _SAFE_ID.match(value):
+        raise ApiProblem("console", 404, "No such project or key.", code="not_found")
+    return value
+
+
+def _problem(service: str, response: httpx.Response) -> ApiProblem:
+    message, param, code = f"{service} answered {response.status_code}.", None, None
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        error = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or message)
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+    kind = ApiUnavailable if response.status_code >= 500 else ApiProblem
+    return kind(service, response.status_code, message, param=param, code=code)
+
+
+class ApiClient:
+    """One API: a base URL, the operator token, JSON in and out."""
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        token: SecretStr,
+        *,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.service = service
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token.get_secret_value()}"},
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: httpx.QueryParams | None = None,
+        json: dict[str, Any] | None = None,
+    ) -> Any:
+        """The JSON answer of one call; ApiProblem or ApiUnavailable when it fails."""
+        try:
+            response = await self._http.request(method, path, params=params, json=json)
+        except httpx.HTTPError as exc:
+            raise ApiUnavailable(
+                self.service, 503, f"The {self.service} at {self.base_url} did not answer."
+            ) from exc
+        if response.status_code >= 400:
+            raise _problem(self.service, response)
+        if response.status_code == 204 or not response.content:
+            return {}
+        # Amounts are exact JSON numbers: read them as Decimal, never through float.
+        return jsonlib.loads(response.text, parse_float=Decimal)
+
+
+class KeysApi(ApiClient):
+    """Projects and keys (the key service)."""
+
+    async def list_projects(self) -> list[dict[str, Any]]:
+        return list(
+            (await self.call("GET", "/v1/projects", params=httpx.QueryParams({"limit": "100"})))[
+                "data"
+            ]
+        )
+
+    async def create_project(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("POST", "/v1/projects", json={"name": name})
+        return result
+
+    async def get_project(self, project_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", f"/v1/projects/{seg(project_id)}")
+        return result
+
+    async def list_keys(self, project_id: str, *, include_revoked: bool) -> list[dict[str, Any]]:
+        params = {"include_revoked": "true" if include_revoked else "false", "limit": "100"}
+        answer = await self.call(
+            "GET", f"/v1/projects/{seg(project_id)}/keys", params=httpx.QueryParams(params)
+        )
+        return list(answer["data"])
+
+    async def create_key(self, project_id: str, name: str) -> dict[str, Any]:
+        path = f"/v1/projects/{seg(project_id)}/keys"
+        result: dict[str, Any] = await self.call("POST", path, json={"name": name})
+        return result
+
+    async def rename_key(self, project_id: str, key_id: str, name: str) -> dict[str, Any]:
+        path = f"/v1/projects/{seg(project_id)}/keys/{seg(key_id)}"
+        result: dict[str, Any] = await self.call("PATCH", path, json={"name": name})
+        return result
+
+    async def set_default(self, project_id: str, key_id: str) -> dict[str, Any]:
+        path = f"/v1/projects/{seg(project_id)}/keys/{seg(key_id)}/default"
+        result: dict[str, Any] = await self.call("POST", path)
+        return result
+
+    async def rotate_key(self, project_id: str, key_id: str, grace_s: int) -> dict[str, Any]:
+        path = f"/v1/projects/{seg(project_id)}/keys/{seg(key_id)}/rotate"
+        result: dict[str, Any] = await self.call(
+            "POST", path, json={"grace_period_seconds": grace_s}
+        )
+        return result
+
+    async def delete_key(self, project_id: str, key_id: str) -> None:
+        await self.call("DELETE", f"/v1/projects/{seg(project_id)}/keys/{seg(key_id)}")
+
+
+async def _all_pages(
+    api: ApiClient, path: str, params: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Every bucket of an OpenAI-style page list, following ``next_page``."""
+    buckets: list[dict[str, Any]] = []
+    page: str | None = None
+    for _ in range(1000):  # a bound, not a limit anyone reaches: 1000 pages of buckets
+        query = [*params, ("page", page)] if page else params
+        answer = await api.call("GET", path, params=httpx.QueryParams(tuple(query)))
+        buckets.extend(answer.get("data", []))
+        page = answer.get("next_page")
+        if not answer.get("has_more") or not page:
+            return buckets
+    raise ApiUnavailable(api.service, 502, f"The {api.service} kept answering more pages.")
+
+
+class UsageApi(ApiClient):
+    """The Usage API (metering)."""
+
+    async def usage(self, project_id: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        return await _all_pages(self, f"/v1/projects/{seg(project_id)}/usage", params)
+
+
+class CostsApi(ApiClient):
+    """The Costs API (billing)."""
+
+    async def costs(self, project_id: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        return await _all_pages(self, f"/v1/projects/{seg(project_id)}/costs", params)
