@@ -97,15 +97,13 @@ def api_query(
     group_by: tuple[str, ...],
     key_ids: list[str],
     models: list[str],
-    start: datetime | None = None,
 ) -> list[tuple[str, str]]:
     """The query of one Usage or Costs API call for period."""
-    begin = start or period.start
-    buckets = max(
-        1, -(-int((period.end - begin).total_seconds()) // int(WIDTHS[width].total_seconds()))
-    )
+    step = int(WIDTHS[width].total_seconds())
+    first = int(period.start.timestamp()) // step * step  # the APIs align buckets to widths
+    buckets = max(1, -(-(int(period.end.timestamp()) - first) // step))
     query = [
-        ("start_time", str(int(begin.timestamp()))),
+        ("start_time", str(int(period.start.timestamp()))),
         ("end_time", str(int(period.end.timestamp()))),
         ("bucket_width", width),
         ("limit", str(min(buckets, MAX_LIMIT[width]))),
