@@ -34,6 +34,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from shared.events import DeadLetter, utc_now
 from shared.kafka import idempotent_producer
@@ -54,6 +55,17 @@ class Poison(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @classmethod
+    def invalid(cls, exc: ValidationError, what: str = "usage event") -> Poison:
+        """Poison naming the first few fields that failed validation, and how."""
+        errors = exc.errors(include_url=False)
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'record'}: {e.get('msg')}"
+            for e in errors[:3]
+        ]
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        return cls(f"invalid {what}: " + "; ".join(parts) + more)
 
 
 class Identified(Protocol):

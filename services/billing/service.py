@@ -54,9 +54,7 @@ class Pricer:
         try:
             event = UsageRecorded.model_validate_json(value)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "record"
-            raise Poison(f"invalid usage event: {where}: {first.get('msg')}") from None
+            raise Poison.invalid(exc) from None
         return self.price(event)
 
     def price(self, event: UsageRecorded) -> PricedUsage:

@@ -24,18 +24,10 @@ def parse_usage(value: bytes | None) -> UsageRecorded:
     try:
         event = UsageRecorded.model_validate_json(value)
     except ValidationError as exc:
-        raise Poison(f"invalid usage event: {_first_error(exc)}") from None
+        raise Poison.invalid(exc) from None
     if event.cached_input_tokens > event.input_tokens:
         raise Poison("invalid usage event: cached_input_tokens exceeds input_tokens")
     return event
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "record"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
 @dataclass
