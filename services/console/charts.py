@@ -14,6 +14,7 @@ from decimal import Decimal
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 720, 240
+HALF_WIDTH = 480
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 12, 36
 MAX_X_LABELS = 8
 
@@ -45,12 +46,13 @@ def bar_chart(
     labels: Sequence[str],
     series: Sequence[Series],
     fmt: Callable[[float], str],
+    width: int = WIDTH,
 ) -> Markup:
-    """A stacked bar chart of series over labels (one bar per label)."""
+    """A stacked bar chart of series over labels (one bar per label), ``width`` units wide."""
     count = max(len(labels), 1)
     totals = [float(sum(float(s.values[i]) for s in series)) for i in range(len(labels))]
     top = nice_ceiling(max(totals, default=0.0))
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    plot_w, plot_h = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / count
     bar_w = max(slot * 0.7, 1.0)
 
@@ -58,20 +60,21 @@ def bar_chart(
         return TOP + plot_h - (value / top) * plot_h
 
     parts = [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'aria-labelledby="{_id(title)}-t {_id(title)}-d" preserveAspectRatio="none">',
+        f'<svg class="chart" viewBox="0 0 {width} {HEIGHT}" role="img" '
+        f'aria-labelledby="{_id(title)}-t {_id(title)}-d">',
         f'<title id="{_id(title)}-t">{escape(title)}</title>',
         f'<desc id="{_id(title)}-d">{escape(description)}</desc>',
     ]
     for step in range(5):
         value = top * step / 4
         parts.append(
-            f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(value):.1f}" '
+            f'<line class="grid" x1="{LEFT}" x2="{width - RIGHT}" y1="{y(value):.1f}" '
             f'y2="{y(value):.1f}"/>'
             f'<text class="axis" x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
             f"{escape(fmt(value))}</text>"
         )
-    every = max(1, math.ceil(count / MAX_X_LABELS))
+    max_labels = MAX_X_LABELS * width // WIDTH
+    every = max(1, math.ceil(count / max_labels))
     for i, label in enumerate(labels):
         x = LEFT + i * slot + (slot - bar_w) / 2
         base = 0.0
@@ -92,7 +95,7 @@ def bar_chart(
                 f'text-anchor="middle">{escape(label)}</text>'
             )
     parts.append(
-        f'<line class="baseline" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
+        f'<line class="baseline" x1="{LEFT}" x2="{width - RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
     )
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every text above is escaped

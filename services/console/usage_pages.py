@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from services.console.charts import Series, bar_chart, compact, dollars
+from services.console.charts import HALF_WIDTH, Series, bar_chart, compact, dollars
 from services.console.clients import ApiProblem
 from services.console.projects import project_context
 from services.console.usage import (
@@ -111,6 +111,7 @@ async def usage_page(
             labels=labels,
             series=[Series("Requests", "requests", [t.requests for _, t in report.series])],
             fmt=compact,
+            width=HALF_WIDTH,
         ),
         "cost": bar_chart(
             title="Cost per day",
@@ -118,6 +119,7 @@ async def usage_page(
             labels=[f"{day:%b %-d}" for day, _ in report.cost_days],
             series=[Series("Cost", "cost", [value for _, value in report.cost_days])],
             fmt=dollars,
+            width=HALF_WIDTH,
         ),
     }
     context.update(

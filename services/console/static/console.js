@@ -15,7 +15,9 @@
   var opener = null;
   function openDialog(dialog, from) {
     opener = from || document.activeElement;
-    if (dialog.open) dialog.close();
+    // A dialog the server rendered open (no script needed) becomes modal; removing the
+    // attribute, unlike close(), fires no close event.
+    if (dialog.open) dialog.removeAttribute("open");
     dialog.showModal();
     var first = dialog.querySelector("[autofocus]") || dialog.querySelector("input, button, a");
     if (first) first.focus();
