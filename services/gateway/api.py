@@ -1,0 +1,90 @@
+"""HTTP routes only: OpenAI's endpoints, the model list, health, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from services.gateway.errors import ModelNotFound
+
+if TYPE_CHECKING:
+    from services.gateway.main import Gateway
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated["Gateway", Depends(_gateway)]
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
+    """Chat completions, streamed or not."""
+    return await gateway.proxy.handle(request, "/v1/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, gateway: GatewayDep) -> Response:
+    """Legacy text completions, streamed or not."""
+    return await gateway.proxy.handle(request, "/v1/completions")
+
+
+@router.post("/v1/responses")
+async def responses(request: Request, gateway: GatewayDep) -> Response:
+    """The Responses API, streamed or not."""
+    return await gateway.proxy.handle(request, "/v1/responses")
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, gateway: GatewayDep) -> Response:
+    """Embeddings, float or base64."""
+    return await gateway.proxy.handle(request, "/v1/embeddings")
+
+
+def _model(entry_id: str, created: int, owned_by: str) -> dict[str, Any]:
+    return {"id": entry_id, "object": "model", "created": created, "owned_by": owned_by}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    """The catalogue's models, in OpenAI's list shape (an API key is required, as at OpenAI)."""
+    await gateway.auth.authenticate(request.headers.get("authorization"))
+    data = [_model(m.id, m.created, m.owned_by) for m in gateway.catalogue.models]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    """One model of the catalogue (ids contain slashes, e.g. Qwen/Qwen2.5-0.5B-Instruct)."""
+    await gateway.auth.authenticate(request.headers.get("authorization"))
+    entry = gateway.catalogue.get(model)
+    if entry is None:
+        raise ModelNotFound(model)
+    return _model(entry.id, entry.created, entry.owned_by)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(gateway: GatewayDep) -> JSONResponse:
+    """Ready when the key feeder has read the key events up to where they were at start."""
+    checks = gateway.readiness()
+    ready = checks["keys_feeder_caught_up"]
+    return JSONResponse(
+        {"status": "ready" if ready else "starting", **checks}, 200 if ready else 503
+    )
+
+
+@router.get("/metrics")
+async def metrics(gateway: GatewayDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,169 @@
+"""Authentication: checksum, then the in-process cache, then Redis, then the key service.
+
+Each step answers only what it can: a fresh local entry is trusted (the feeder updates it
+within milliseconds of a key event); Redis is asked next; a miss there goes to the key
+service's verify endpoint (a key used the instant it was created is not in Redis yet), and
+its "unknown" is remembered briefly. When neither Redis nor the key service can answer for
+a key not held locally, the request is refused with 503: it never reaches an upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from datetime import UTC, datetime
+
+import httpx
+from pydantic import SecretStr, ValidationError
+from redis.exceptions import RedisError
+
+from services.gateway.cache import Breaker, LocalCache, RedisStore
+from services.gateway.errors import AuthUnavailable, InvalidApiKey, MissingApiKey
+from services.gateway.metrics import Metrics
+from shared.apikeys import hash_key, hint, is_well_formed
+from shared.events import KeyState
+from shared.http import bearer_token
+
+log = logging.getLogger(__name__)
+
+
+class VerifyFailed(Exception):
+    """The key service did not give a usable answer."""
+
+
+class Verifier:
+    """The key service's internal verify endpoint, over one shared HTTP client."""
+
+    def __init__(self, client: httpx.AsyncClient, keys_url: str, token: SecretStr) -> None:
+        self.client = client
+        self.url = keys_url.rstrip("/") + "/internal/v1/keys/verify"
+        self.headers = {"authorization": f"Bearer {token.get_secret_value()}"}
+
+    async def verify(self, key_hash: str) -> KeyState | None:
+        """The state holding key_hash; None when the key service does not know it."""
+        try:
+            answer = await self.client.post(
+                self.url, json={"key_hash": key_hash}, headers=self.headers
+            )
+        except httpx.HTTPError as exc:
+            raise VerifyFailed(f"key service unreachable: {type(exc).__name__}") from exc
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise VerifyFailed(f"key service answered {answer.status_code}")
+        try:
+            return KeyState.model_validate_json(answer.content)
+        except ValidationError as exc:
+            raise VerifyFailed("key service answered an invalid key state") from exc
+
+
+def is_valid(state: KeyState, key_hash: str, now: datetime) -> bool:
+    """True when state is active, unexpired, and key_hash is its secret (or, in grace, the old)."""
+    if state.status != "active":
+        return False
+    if state.expires_at is not None and state.expires_at <= now:
+        return False
+    if hmac.compare_digest(state.key_hash, key_hash):
+        return True
+    return (
+        state.previous_key_hash is not None
+        and state.previous_valid_until is not None
+        and state.previous_valid_until > now
+        and hmac.compare_digest(state.previous_key_hash, key_hash)
+    )
+
+
+class Authenticator:
+    """Turns an Authorization header into the key's state, or an OpenAI-shaped 401/503."""
+
+    def __init__(
+        self,
+        *,
+        local: LocalCache,
+        store: RedisStore,
+        verifier: Verifier,
+        metrics: Metrics,
+        redis_breaker: Breaker,
+        verify_breaker: Breaker,
+        redis_timeout_s: float,
+    ) -> None:
+        self.local = local
+        self.store = store
+        self.verifier = verifier
+        self.metrics = metrics
+        self.redis_breaker = redis_breaker
+        self.verify_breaker = verify_breaker
+        self.redis_timeout_s = redis_timeout_s
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def authenticate(self, authorization: str | None) -> KeyState:
+        """The valid key behind the header; raises MissingApiKey, InvalidApiKey, AuthUnavailable."""
+        secret = bearer_token(authorization)
+        if secret is None:
+            raise MissingApiKey()
+        if not is_well_formed(secret):
+            self.metrics.auth.labels("checksum", "invalid").inc()
+            raise InvalidApiKey(hint(secret))
+        key_hash = hash_key(secret)
+        state, source = await self._lookup(key_hash)
+        if state is None or not is_valid(state, key_hash, datetime.now(UTC)):
+            self.metrics.auth.labels(source, "invalid").inc()
+            raise InvalidApiKey(hint(secret))
+        self.metrics.auth.labels(source, "valid").inc()
+        return state
+
+    async def _lookup(self, key_hash: str) -> tuple[KeyState | None, str]:
+        state = self.local.get(key_hash)
+        if state is not None:
+            return state, "local"
+        if self.local.is_negative(key_hash):
+            return None, "negative"
+        redis_answered = False
+        if self.redis_breaker.available():
+            try:
+                found = await asyncio.wait_for(self.store.lookup(key_hash), self.redis_timeout_s)
+            except (RedisError, OSError, TimeoutError, ValidationError) as exc:
+                log.warning("redis lookup failed: %s", type(exc).__name__)
+                self.redis_breaker.failed()
+            else:
+                redis_answered = True
+                self.redis_breaker.succeeded()
+                newest = self.local.put(found) if found is not None else None
+                if newest is not None:
+                    return newest, "redis"
+        if self.verify_breaker.available():
+            try:
+                found = await self.verifier.verify(key_hash)
+            except VerifyFailed as exc:
+                log.warning("verify failed: %s", exc)
+                self.verify_breaker.failed()
+            else:
+                self.verify_breaker.succeeded()
+                if found is None:
+                    self.local.add_negative(key_hash)
+                    return None, "verify"
+                newest = self.local.put(found)
+                if redis_answered:
+                    self._write_back(found)
+                return newest or found, "verify"
+        # Neither shared source answered: an entry older than the TTL is still the best
+        # knowledge we have (key events keep updating it); without one, refuse with 503.
+        stale = self.local.get(key_hash, allow_stale=True)
+        if stale is not None:
+            return stale, "stale"
+        self.metrics.auth.labels("none", "unavailable").inc()
+        raise AuthUnavailable()
+
+    def _write_back(self, state: KeyState) -> None:
+        """Share a verify answer with the other replicas, off the request path."""
+
+        async def write() -> None:
+            try:
+                await self.store.apply([state])
+            except (RedisError, OSError) as exc:
+                log.warning("redis write-back failed: %s", type(exc).__name__)
+
+        task = asyncio.create_task(write())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)

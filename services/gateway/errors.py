@@ -1,0 +1,88 @@
+"""The gateway's errors, each in OpenAI's shape with the status the SDK expects.
+
+ApiError (shared)
+├── BadRequest                  400 invalid_request_error
+│   ├── InvalidJson             400 (body is not JSON)
+│   └── WrongModelKind          400 model_not_supported
+├── Unauthorized                401 invalid_api_key
+│   └── MissingApiKey           401 (OpenAI's wording, code null)
+├── NotFound
+│   └── ModelNotFound           404 model_not_found
+├── PayloadTooLarge             413 request_too_large
+├── UpstreamError               502 bad_gateway
+├── UpstreamTimeout             504 timeout
+└── ServiceUnavailable
+    └── AuthUnavailable         503 (neither Redis nor the key service answered)
+"""
+
+from __future__ import annotations
+
+from shared.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
+
+MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+class InvalidJson(BadRequest):
+    def __init__(self) -> None:
+        super().__init__(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+        )
+
+
+class WrongModelKind(BadRequest):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="model_not_supported")
+
+
+class MissingApiKey(Unauthorized):
+    def __init__(self) -> None:
+        super().__init__(MISSING_KEY_MESSAGE)
+        self.instance_code = None  # OpenAI answers a missing key with code null
+
+
+class InvalidApiKey(Unauthorized):
+    def __init__(self, hint: str) -> None:
+        super().__init__(f"Incorrect API key provided: {hint}. Ask your project's owner for a key.")
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+        )
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body too large: the limit is {limit} bytes.")
+
+
+class UpstreamError(ApiError):
+    status_code = 502
+    error_type = "server_error"
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(ApiError):
+    status_code = 504
+    error_type = "server_error"
+    code = "timeout"
+
+
+class AuthUnavailable(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__(
+            "The API key could not be checked right now (key store unavailable). "
+            "Please retry shortly."
+        )
+        self.headers["retry-after"] = "1"

@@ -1,0 +1,193 @@
+"""The cache feeder: consumes ``keys.events`` into this replica's cache and into Redis.
+
+Every replica reads every partition (no consumer group: each needs every event), so a
+revocation reaches each replica's in-process cache as fast as Kafka delivers it. Redis
+writes are versioned and idempotent, so replicas writing the same events is harmless. When
+Redis holds no saved positions (it started empty, or lost its data) the feeder reads the
+compacted topic from the beginning and so rebuilds it. Events that could not be written to
+Redis while it was down are read again once it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from services.gateway.cache import Breaker, LocalCache, RedisStore
+from services.gateway.metrics import Metrics
+from shared.events import KeyEvent, KeyState
+from shared.kafka import ensure_topics
+from shared.topics import KEYS_EVENTS, topic_name
+
+log = logging.getLogger(__name__)
+_RETRY_S = 1.0
+_EMPTY_CHECK_S = 2.0
+
+
+class Feeder:
+    """Runs until cancelled; reconnects to Kafka on its own."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic_prefix: str,
+        local: LocalCache,
+        store: RedisStore,
+        redis_breaker: Breaker,
+        metrics: Metrics,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
+        self.topic = topic_name(KEYS_EVENTS, topic_prefix)
+        self.local = local
+        self.store = store
+        self.redis_breaker = redis_breaker
+        self.metrics = metrics
+        self.caught_up = asyncio.Event()
+        # Per partition, the first offset Redis has not received while it was unreachable.
+        self._redis_gap: dict[TopicPartition, int] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._consume()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("keys feeder lost Kafka (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(_RETRY_S)
+
+    async def _consume(self) -> None:
+        await ensure_topics(self.bootstrap, prefix=self.topic_prefix, timeout=10)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            client_id="tollgate-gateway-feeder",
+        )
+        await asyncio.wait_for(consumer.start(), 15)
+        try:
+            # The consumer's public topics() fetches metadata but keeps it to itself.
+            cluster = await consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(self.topic)
+            if not partitions:
+                raise KafkaError(f"topic {self.topic} has no partitions yet")
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await self._position(consumer, tps)
+            ends = await consumer.end_offsets(tps)
+            last_empty_check = time.monotonic()
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+                await self._apply(consumer, batch)
+                if not self.caught_up.is_set() and all(
+                    await asyncio.gather(*(self._at_least(consumer, tp, ends[tp]) for tp in tps))
+                ):
+                    await self._save_positions(consumer, tps)  # marks Redis as filled
+                    self.caught_up.set()
+                    log.info("keys feeder caught up", extra={"keys": len(self.local)})
+                if self._redis_gap:
+                    await self._retry_redis(consumer)
+                elif time.monotonic() - last_empty_check > _EMPTY_CHECK_S:
+                    last_empty_check = time.monotonic()
+                    await self._rebuild_if_emptied(consumer, tps)
+        finally:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await asyncio.wait_for(consumer.stop(), 5)
+
+    @staticmethod
+    async def _at_least(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
+        return bool(await consumer.position(tp) >= end)
+
+    async def _position(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """Resume where Redis says; from the start when Redis is empty or unreachable."""
+        saved: dict[str, int] | None = None
+        try:
+            saved = await asyncio.wait_for(self.store.offsets(), 2)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis unreachable at feeder start (%s)", type(exc).__name__)
+            self.redis_breaker.failed()
+            self._redis_gap = dict.fromkeys(tps, 0)
+        if saved is None:
+            await consumer.seek_to_beginning(*tps)
+            return
+        for tp in tps:
+            offset = saved.get(f"{tp.topic}:{tp.partition}")
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+
+    async def _apply(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[object]]
+    ) -> None:
+        states: list[KeyState] = []
+        first: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            for record in records:
+                first.setdefault(tp, record.offset)  # type: ignore[attr-defined]
+                try:
+                    event = KeyEvent.model_validate_json(record.value)  # type: ignore[attr-defined]
+                except ValidationError:
+                    log.exception("unreadable key event at %s offset %s", tp, record.offset)  # type: ignore[attr-defined]
+                    continue
+                state = event.state()
+                self.local.put(state)  # also clears a negative entry: key.created lands here
+                states.append(state)
+                self.metrics.key_events.inc()
+        if not first:
+            return
+        positions = {f"{tp.topic}:{tp.partition}": await consumer.position(tp) for tp in batch}
+        if self._redis_gap:
+            for tp, offset in first.items():
+                self._redis_gap.setdefault(tp, offset)
+            return
+        try:
+            await asyncio.wait_for(self.store.apply(states, positions), 5)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis write failed (%s); will replay", type(exc).__name__)
+            self.redis_breaker.failed()
+            self._redis_gap = dict(first)
+
+    async def _retry_redis(self, consumer: AIOKafkaConsumer) -> None:
+        """Once Redis answers again, read the events it missed once more."""
+        if not self.redis_breaker.available():
+            return
+        try:
+            await asyncio.wait_for(self.store.client.ping(), 1)
+        except (RedisError, OSError, TimeoutError):
+            self.redis_breaker.failed()
+            return
+        self.redis_breaker.succeeded()
+        for tp, offset in self._redis_gap.items():
+            consumer.seek(tp, offset)
+        log.info("redis back; replaying %d partitions of key events", len(self._redis_gap))
+        self._redis_gap = {}
+
+    async def _rebuild_if_emptied(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> None:
+        """A Redis that restarted without its data is refilled from the compacted topic."""
+        try:
+            exists = await asyncio.wait_for(self.store.client.exists(self.store.offsets_key), 1)
+        except (RedisError, OSError, TimeoutError):
+            return
+        if not exists:
+            log.info("redis lost the key states; rebuilding from %s", self.topic)
+            await consumer.seek_to_beginning(*tps)
+            await self._save_positions(consumer, tps)
+
+    async def _save_positions(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        positions = {f"{tp.topic}:{tp.partition}": await consumer.position(tp) for tp in tps}
+        try:
+            await asyncio.wait_for(self.store.apply([], positions), 2)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not save feeder positions (%s)", type(exc).__name__)

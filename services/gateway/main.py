@@ -1,0 +1,157 @@
+"""The gateway's app factory and lifespan: the one place its parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from services.gateway.api import router
+from services.gateway.auth import Authenticator, Verifier
+from services.gateway.cache import Breaker, LocalCache, RedisStore
+from services.gateway.emitter import UsageEmitter
+from services.gateway.feeder import Feeder
+from services.gateway.metrics import Metrics
+from services.gateway.proxy import Proxy
+from services.gateway.responses import OverheadMiddleware
+from services.gateway.settings import GatewaySettings
+from services.gateway.spool import Spool
+from shared.catalogue import Catalogue, load_catalogue
+from shared.errors import install_error_handlers
+from shared.http import RequestIdMiddleware
+from shared.logs import setup_logging
+from shared.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+
+
+async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
+    """Keep a background loop alive: a bug in one event must not stop key or usage events."""
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed; restarting", run.__qualname__)
+            await asyncio.sleep(1.0)
+
+
+class Gateway:
+    """Every long-lived part of one gateway instance; started and stopped by the lifespan."""
+
+    def __init__(self, settings: GatewaySettings, catalogue: Catalogue, metrics: Metrics) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+        self.metrics = metrics
+        s = settings
+        # No client-side retries: a Redis that does not answer at once is skipped (breaker).
+        self.redis = aioredis.Redis.from_url(
+            s.redis_url,
+            socket_timeout=s.redis_timeout_s,
+            socket_connect_timeout=s.redis_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=200,
+        )
+        self.redis_breaker = Breaker(s.dependency_retry_s)
+        self.local = LocalCache(s.local_cache_size, s.local_cache_ttl_s, s.negative_cache_ttl_s)
+        self.store = RedisStore(self.redis, s.redis_prefix)
+        self.keys_client = httpx.AsyncClient(timeout=s.verify_timeout_s)
+        self.upstream_client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=s.upstream_max_connections,
+                max_keepalive_connections=s.upstream_keepalive,
+            ),
+        )
+        self.auth = Authenticator(
+            local=self.local,
+            store=self.store,
+            verifier=Verifier(self.keys_client, s.keys_url, s.internal_token),
+            metrics=metrics,
+            redis_breaker=self.redis_breaker,
+            verify_breaker=Breaker(s.dependency_retry_s),
+            redis_timeout_s=s.redis_timeout_s,
+        )
+        self.emitter = UsageEmitter(
+            bootstrap=s.kafka_bootstrap,
+            topic_prefix=s.topic_prefix,
+            spool=Spool(s.spool_dir),
+            metrics=metrics,
+            queue_size=s.usage_queue_size,
+            delivery_timeout_s=s.kafka_delivery_timeout_s,
+        )
+        self.feeder = Feeder(
+            bootstrap=s.kafka_bootstrap,
+            topic_prefix=s.topic_prefix,
+            local=self.local,
+            store=self.store,
+            redis_breaker=self.redis_breaker,
+            metrics=metrics,
+        )
+        self.proxy = Proxy(
+            catalogue, self.auth, self.upstream_client, self.emitter, s.max_body_bytes
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Background work: key events in, usage events out; none of it blocks start-up."""
+        self._tasks = [
+            asyncio.create_task(_supervised(self.feeder.run), name="keys-feeder"),
+            asyncio.create_task(_supervised(self.emitter.run_publisher), name="usage-publisher"),
+            asyncio.create_task(_supervised(self.emitter.run_replayer), name="spool-replayer"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.emitter.close()
+        await self.upstream_client.aclose()
+        await self.keys_client.aclose()
+        await self.redis.aclose()
+
+    def readiness(self) -> dict[str, Any]:
+        return {
+            "keys_feeder_caught_up": self.feeder.caught_up.is_set(),
+            "redis_available": self.redis_breaker.available(),
+            "kafka_available": self.emitter.kafka.available(),
+            "spool_depth": self.emitter.spool.depth,
+            "keys_cached": len(self.local),
+        }
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The gateway app (``uvicorn services.gateway.main:create_app --factory``)."""
+    settings = settings or GatewaySettings()
+    setup_logging("gateway", settings.log_level, settings.log_json)
+    setup_telemetry("gateway", settings)
+    catalogue = load_catalogue(settings.catalogue_path)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = Gateway(settings, catalogue, metrics)
+        app.state.gateway = gateway
+        gateway.start()
+        log.info("gateway started", extra={"models": [m.id for m in catalogue.models]})
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="Tollgate gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(OverheadMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
+    return app

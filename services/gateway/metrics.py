@@ -1,0 +1,57 @@
+"""Prometheus metrics of one gateway instance (its own registry, so replicas in a test coexist).
+
+Labels never carry a secret, and no key id either: one series per key would grow without bound;
+key ids are on the traces and on every usage event instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class Metrics:
+    """Requests by status, latency and overhead, auth cache outcomes, usage delivery, spool."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tollgate_gateway_requests", "Requests answered", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "tollgate_gateway_request_seconds",
+            "Whole request time, upstream included",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "tollgate_gateway_overhead_seconds",
+            "Time spent in the gateway itself (x-tollgate-overhead-ms)",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.auth = Counter(
+            "tollgate_gateway_auth",
+            "Key checks by where they were answered (local, redis, verify, negative, ...)",
+            ["source", "result"],
+            registry=r,
+        )
+        self.usage_events = Counter(
+            "tollgate_gateway_usage_events",
+            "Usage events by outcome (published, spooled, replayed, dropped)",
+            ["outcome"],
+            registry=r,
+        )
+        self.spool_depth = Gauge(
+            "tollgate_gateway_spool_depth", "Usage events waiting in the spool", registry=r
+        )
+        self.key_events = Counter(
+            "tollgate_gateway_key_events", "Key events applied by the feeder", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,312 @@
+"""The proxy: authenticated request in, the model's upstream answer out, one usage event.
+
+The body is read once (bounded), parsed once, and re-serialised only when the upstream must
+see something else (its own model name; ``stream_options.include_usage`` on streams).
+Answers are passed through as bytes; streams event by event as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import httpx
+from fastapi import Request
+from opentelemetry import trace
+from starlette.responses import Response
+
+from services.gateway.auth import Authenticator
+from services.gateway.emitter import UsageEmitter
+from services.gateway.errors import (
+    InvalidJson,
+    ModelNotFound,
+    PayloadTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+    WrongModelKind,
+)
+from services.gateway.responses import MeteredResponse, MeteredStream
+from services.gateway.usage import (
+    StreamMeter,
+    Usage,
+    estimate,
+    find_usage,
+    from_upstream,
+    response_text,
+)
+from shared.catalogue import Catalogue, ModelEntry
+from shared.errors import ApiError, BadRequest
+from shared.events import KeyState, UsageRecorded, utc_now
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("tollgate.gateway")
+
+ENDPOINT_KINDS = {
+    "/v1/chat/completions": ("chat",),
+    "/v1/responses": ("chat",),
+    "/v1/completions": ("chat", "completion"),
+    "/v1/embeddings": ("embedding",),
+}
+_USAGE_OPTION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+# Client errors the upstream found in the request: the client should see them as they are.
+# Anything else (5xx, its 401/403/404) is the gateway's or upstream's problem: 502.
+_PASS_THROUGH = frozenset({400, 409, 413, 422, 429})
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one catalogue model is reached (headers built once, credential read once)."""
+
+    entry: ModelEntry
+    base_url: str
+    headers: dict[str, str]
+    timeout: httpx.Timeout
+
+    @classmethod
+    def of(cls, entry: ModelEntry) -> Route:
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        credential = entry.upstream.api_key()
+        if credential:
+            headers["authorization"] = f"Bearer {credential}"
+        seconds = entry.upstream.timeout_s
+        timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0))
+        return cls(entry, entry.upstream.base_url.rstrip("/"), headers, timeout)
+
+
+@dataclass
+class Call:
+    """One authenticated request, until its usage event is written."""
+
+    key: KeyState
+    endpoint: str
+    request_id: str
+    started: float
+    model: str = ""
+    stream: bool = False
+    done: bool = False
+
+
+class Proxy:
+    """Routes by the catalogue, forwards over one shared HTTP client, meters every answer."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        auth: Authenticator,
+        client: httpx.AsyncClient,
+        emitter: UsageEmitter,
+        max_body_bytes: int,
+    ) -> None:
+        self.catalogue = catalogue
+        self.routes = {entry.id: Route.of(entry) for entry in catalogue.models}
+        self.auth = auth
+        self.client = client
+        self.emitter = emitter
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        """Authenticate, then forward; every outcome after authentication is metered."""
+        started = perf_counter()
+        key = await self.auth.authenticate(request.headers.get("authorization"))
+        request_id = str(request.state.request_id)
+        call = Call(key, endpoint, request_id, started)
+        attributes = {"tollgate.key_id": key.key_id, "tollgate.project_id": key.project_id}
+        with tracer.start_as_current_span(f"POST {endpoint}", attributes=attributes) as span:
+            try:
+                payload, raw = await self._read(request)
+                route = self._route(call, payload)
+                span.set_attribute("tollgate.model", call.model)
+                return await self._forward(request, call, route, payload, raw)
+            except ApiError as exc:
+                span.set_attribute("http.response.status_code", exc.status_code)
+                self._finish(call, exc.status_code, Usage(source="estimated"))
+                raise
+
+    async def _read(self, request: Request) -> tuple[dict[str, Any], bytes]:
+        declared = request.headers.get("content-length", "")
+        too_big = declared.isdigit() and int(declared) > self.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                too_big = True
+            if too_big:
+                # Keep reading (up to twice the limit) so the client gets to see the 413
+                # instead of a connection reset in the middle of its upload.
+                if size > 2 * self.max_body_bytes:
+                    break
+                continue
+            chunks.append(chunk)
+        if too_big:
+            raise PayloadTooLarge(self.max_body_bytes)
+        raw = b"".join(chunks)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise InvalidJson() from None
+        if not isinstance(payload, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        return payload, raw
+
+    def _route(self, call: Call, payload: dict[str, Any]) -> Route:
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("You must provide a model parameter.", param="model")
+        call.model = model
+        route = self.routes.get(model)
+        if route is None:
+            raise ModelNotFound(model)
+        if route.entry.kind not in ENDPOINT_KINDS[call.endpoint]:
+            raise WrongModelKind(
+                f"The model `{model}` is a {route.entry.kind} model and is not supported "
+                f"on {call.endpoint}."
+            )
+        return route
+
+    async def _forward(
+        self, request: Request, call: Call, route: Route, payload: dict[str, Any], raw: bytes
+    ) -> Response:
+        call.stream = payload.get("stream") is True and call.endpoint != "/v1/embeddings"
+        upstream_payload = payload
+        if route.entry.upstream_model != call.model:
+            upstream_payload = {**payload, "model": route.entry.upstream_model}
+        wants_usage_chunk = True
+        if call.stream and call.endpoint in _USAGE_OPTION_ENDPOINTS:
+            options = payload.get("stream_options")
+            options = options if isinstance(options, dict) else {}
+            wants_usage_chunk = options.get("include_usage") is True
+            if not wants_usage_chunk:
+                upstream_payload = {
+                    **upstream_payload,
+                    "stream_options": {**options, "include_usage": True},
+                }
+        body = raw if upstream_payload is payload else json.dumps(upstream_payload).encode()
+        upstream_request = self.client.build_request(
+            "POST",
+            route.base_url + call.endpoint.removeprefix("/v1"),
+            content=body,
+            headers={**route.headers, "x-request-id": call.request_id},
+            timeout=route.timeout,
+        )
+        sent = perf_counter()
+        try:
+            upstream = await self.client.send(upstream_request, stream=call.stream)
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(
+                f"The model's server did not answer within {route.entry.upstream.timeout_s:g} s."
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"The model's server could not be reached ({type(exc).__name__})."
+            ) from None
+        finally:
+            request.state.upstream_s = perf_counter() - sent
+        if upstream.status_code >= 400:
+            content = await upstream.aread() if call.stream else upstream.content
+            await upstream.aclose()
+            return self._upstream_failure(call, upstream, content)
+        if call.stream:
+            return self._stream(call, upstream, payload, wants_usage_chunk)
+        content = upstream.content
+        usage = self._usage_of(call.endpoint, payload, content)
+        return MeteredResponse(
+            content,
+            upstream.status_code,
+            upstream.headers.get("content-type", "application/json"),
+            lambda: self._finish(call, upstream.status_code, usage),
+        )
+
+    @staticmethod
+    def _usage_of(endpoint: str, payload: dict[str, Any], content: bytes) -> Usage:
+        found = from_upstream(endpoint, find_usage(content))
+        if found is not None:
+            return found
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            answer = {}
+        text = response_text(endpoint, answer) if isinstance(answer, dict) else ""
+        return estimate(endpoint, payload, text)
+
+    def _upstream_failure(self, call: Call, upstream: httpx.Response, content: bytes) -> Response:
+        status = upstream.status_code
+        if status in _PASS_THROUGH:
+            passed = MeteredResponse(
+                content,
+                status,
+                upstream.headers.get("content-type", "application/json"),
+                lambda: self._finish(call, status, Usage(source="estimated")),
+            )
+            if "retry-after" in upstream.headers:
+                passed.headers["retry-after"] = upstream.headers["retry-after"]
+            return passed
+        detail = ""
+        try:
+            detail = str(json.loads(content)["error"]["message"])[:500]
+        except (ValueError, KeyError, TypeError):
+            detail = ""
+        log.warning("upstream of %s answered %s", call.model, status)
+        raise UpstreamError(
+            f"The model's server answered {status}" + (f": {detail}" if detail else ".")
+        )
+
+    def _stream(
+        self, call: Call, upstream: httpx.Response, payload: dict[str, Any], wants_usage: bool
+    ) -> Response:
+        meter = StreamMeter(call.endpoint, wants_usage)
+        outcome = {"status": upstream.status_code}
+
+        async def events() -> AsyncIterator[bytes]:
+            buffer = b""
+            try:
+                async for piece in upstream.aiter_raw():
+                    buffer += piece
+                    if b"\r" in buffer:
+                        buffer = buffer.replace(b"\r\n", b"\n")
+                    out = []
+                    while (end := buffer.find(b"\n\n")) >= 0:
+                        event, buffer = buffer[: end + 2], buffer[end + 2 :]
+                        if meter.feed(event):
+                            out.append(event)
+                    if out:
+                        yield b"".join(out)
+                if buffer.strip() and meter.feed(buffer):
+                    yield buffer
+            except httpx.HTTPError as exc:
+                # Headers are sent already: the client sees a cut stream; the event says 502.
+                log.warning("upstream stream of %s broke: %s", call.model, type(exc).__name__)
+                outcome["status"] = 502
+
+        return MeteredStream(
+            events(),
+            lambda: self._finish(call, outcome["status"], meter.result(payload)),
+            upstream.aclose,
+        )
+
+    def _finish(self, call: Call, status: int, usage: Usage) -> None:
+        """Write the call's usage event, once."""
+        if call.done:
+            return
+        call.done = True
+        self.emitter.record(
+            UsageRecorded(
+                occurred_at=utc_now(),
+                request_id=call.request_id,
+                project_id=call.key.project_id,
+                key_id=call.key.key_id,
+                model=call.model,
+                endpoint=call.endpoint,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                status_code=status,
+                latency_ms=int((perf_counter() - call.started) * 1000),
+                stream=call.stream,
+                usage_source=usage.source,
+            )
+        )

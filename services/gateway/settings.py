@@ -1,0 +1,52 @@
+"""The gateway's settings: ``TOLLGATE_GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings, require_real_secret
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+class GatewaySettings(ServiceSettings):
+    """Where the gateway finds its peers, and its limits."""
+
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_GATEWAY_", extra="ignore", frozen=True)
+
+    internal_token: SecretStr = Field(
+        SecretStr(""), description="bearer token for the key service's internal verify endpoint"
+    )
+    keys_url: str = Field("http://127.0.0.1:8081", description="the key service's base URL")
+    catalogue_path: Path = Field(_REPO / "deploy" / "models.yaml", description="model catalogue")
+    spool_dir: Path = Field(
+        _REPO / ".run" / "spool", description="usage events while Kafka is down"
+    )
+    redis_prefix: str = Field("tollgate:gw:", description="prefix on every Redis key")
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    local_cache_size: int = Field(100_000, gt=0, description="keys held in process")
+    local_cache_ttl_s: float = Field(
+        30.0, gt=0, description="re-check Redis after this long (events update it sooner)"
+    )
+    negative_cache_ttl_s: float = Field(
+        2.0, ge=0, description="how long an unknown key is remembered"
+    )
+    redis_timeout_s: float = Field(0.25, gt=0, description="per Redis call on the request path")
+    verify_timeout_s: float = Field(2.0, gt=0, description="per verify call to the key service")
+    dependency_retry_s: float = Field(
+        1.0, gt=0, description="after a failure, skip that dependency for this long"
+    )
+    upstream_max_connections: int = Field(1000, gt=0)
+    upstream_keepalive: int = Field(200, ge=0)
+    usage_queue_size: int = Field(100_000, gt=0, description="events waiting for Kafka in memory")
+    kafka_delivery_timeout_s: float = Field(
+        5.0, gt=0, description="an unacknowledged batch goes to the spool after this long"
+    )
+
+    @field_validator("internal_token")
+    @classmethod
+    def _internal_token_is_real(cls, value: SecretStr) -> SecretStr:
+        return require_real_secret(value, "TOLLGATE_GATEWAY_INTERNAL_TOKEN")

@@ -1,0 +1,187 @@
+"""Token usage: read from the upstream's ``usage`` (each API names its fields its own way),
+or estimated when the upstream gives none. Also the stream meter that watches SSE events.
+
+    chat, completions  prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens
+    embeddings         prompt_tokens (no output tokens)
+    responses          input_tokens, output_tokens, input_tokens_details.cached_tokens
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from shared.events import UsageSource
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_DECODER = json.JSONDecoder()
+_USAGE_KEY = b'"usage"'
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    source: UsageSource = "upstream"
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count: word runs and punctuation marks (what most BPE tokenizers approach)."""
+    return len(_TOKEN.findall(text))
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def from_upstream(endpoint: str, usage: object) -> Usage | None:
+    """Usage from an upstream ``usage`` object, or None when it has none."""
+    if not isinstance(usage, dict):
+        return None
+    if endpoint == "/v1/responses":
+        details = usage.get("input_tokens_details") or {}
+        return Usage(
+            _count(usage.get("input_tokens")),
+            _count(usage.get("output_tokens")),
+            _count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        )
+    details = usage.get("prompt_tokens_details") or {}
+    output = 0 if endpoint == "/v1/embeddings" else _count(usage.get("completion_tokens"))
+    return Usage(
+        _count(usage.get("prompt_tokens")),
+        output,
+        _count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+    )
+
+
+def find_usage(body: bytes) -> object:
+    """The top-level ``usage`` of a JSON body, found from its end (it is last in practice),
+    so a 20 MB embeddings answer is not parsed whole just to read three numbers."""
+    at = body.rfind(_USAGE_KEY)
+    while at >= 0:
+        colon = body.find(b":", at + len(_USAGE_KEY))
+        try:
+            value, _ = _DECODER.raw_decode(body[colon + 1 :].decode().lstrip())
+        except (ValueError, UnicodeDecodeError):
+            value = None
+        if isinstance(value, dict) and ("prompt_tokens" in value or "input_tokens" in value):
+            return value
+        at = body.rfind(_USAGE_KEY, 0, at)
+    return None
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
+        )
+    return ""
+
+
+def request_text(endpoint: str, payload: dict[str, Any]) -> str:
+    """The prompt text of a request, for estimating its input tokens."""
+    if endpoint == "/v1/chat/completions":
+        messages = payload.get("messages")
+        if isinstance(messages, list):
+            return "\n".join(
+                _content_text(m.get("content")) for m in messages if isinstance(m, dict)
+            )
+        return ""
+    if endpoint == "/v1/responses":
+        given = payload.get("input")
+        text = given if isinstance(given, str) else ""
+        if isinstance(given, list):
+            text = "\n".join(
+                _content_text(m.get("content", m.get("text"))) for m in given if isinstance(m, dict)
+            )
+        instructions = payload.get("instructions")
+        return f"{instructions}\n{text}" if isinstance(instructions, str) else text
+    given = payload.get("prompt" if endpoint == "/v1/completions" else "input")
+    if isinstance(given, list):
+        return "\n".join(x for x in given if isinstance(x, str))
+    return given if isinstance(given, str) else ""
+
+
+def response_text(endpoint: str, body: dict[str, Any]) -> str:
+    """The generated text of a whole (non-streamed) answer."""
+    if endpoint == "/v1/responses":
+        out = body.get("output")
+        items = out if isinstance(out, list) else []
+        return " ".join(_content_text(i.get("content")) for i in items if isinstance(i, dict))
+    choices = body.get("choices")
+    texts = []
+    for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            if isinstance(message, dict):
+                texts.append(_content_text(message.get("content")))
+            elif isinstance(choice.get("text"), str):
+                texts.append(choice["text"])
+    return " ".join(texts)
+
+
+def estimate(endpoint: str, payload: dict[str, Any], output_text: str) -> Usage:
+    output = 0 if endpoint == "/v1/embeddings" else estimate_tokens(output_text)
+    return Usage(estimate_tokens(request_text(endpoint, payload)), output, 0, "estimated")
+
+
+class StreamMeter:
+    """Watches a stream's SSE events: keeps the usage, counts what was produced, and drops the
+    usage-only chunk the gateway asked for when the client did not."""
+
+    _FINAL_RESPONSE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+    def __init__(self, endpoint: str, forward_usage_chunk: bool) -> None:
+        self.endpoint = endpoint
+        self.forward_usage_chunk = forward_usage_chunk
+        self.usage: Usage | None = None
+        self.output_text: list[str] = []
+
+    def feed(self, event: bytes) -> bool:
+        """Account for one SSE event; True when it goes on to the client."""
+        data = b"".join(
+            line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+        if not data or data == b"[DONE]":
+            return True
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return True
+        if not isinstance(chunk, dict):
+            return True
+        if self.endpoint == "/v1/responses":
+            return self._response_event(chunk)
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if isinstance(choice, dict):
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(piece, str):
+                    self.output_text.append(piece)
+        found = from_upstream(self.endpoint, chunk.get("usage"))
+        if found is not None:
+            self.usage = found
+            return self.forward_usage_chunk or bool(choices)
+        return True
+
+    def _response_event(self, chunk: dict[str, Any]) -> bool:
+        kind = chunk.get("type")
+        if kind == "response.output_text.delta" and isinstance(chunk.get("delta"), str):
+            self.output_text.append(chunk["delta"])
+        elif kind in self._FINAL_RESPONSE_EVENTS:
+            response = chunk.get("response")
+            if isinstance(response, dict):
+                self.usage = from_upstream(self.endpoint, response.get("usage")) or self.usage
+        return True
+
+    def result(self, payload: dict[str, Any]) -> Usage:
+        """The upstream's usage, or an estimate of what was asked and produced so far."""
+        if self.usage is not None:
+            return self.usage
+        return estimate(self.endpoint, payload, "".join(self.output_text))
