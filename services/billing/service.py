@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal, Inexact
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 
-from services.billing.money import cost
+from services.billing.money import EXACT, cost
 from shared.catalogue import Catalogue
 from shared.events import UsageRecorded
 from shared.ledger_consumer import Poison
@@ -22,11 +22,16 @@ WIDTHS = ("1d",)  # the ledger is per day, as OpenAI's costs API
 
 @dataclass(frozen=True)
 class CostLine:
-    """One line item of one event: its tokens and their exact cost."""
+    """One line item of one event: its tokens and the price per million they are billed at."""
 
     line_item: str
     tokens: int
-    amount: Decimal
+    per_million: Decimal
+
+    @property
+    def amount(self) -> Decimal:
+        """The exact cost of this line alone."""
+        return cost(self.tokens, self.per_million)
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,13 @@ class Pricer:
     """Prices usage events with the catalogue's price in force at each ``occurred_at``."""
 
     def __init__(self, catalogue: Catalogue) -> None:
-        self.catalogue = catalogue
+        self.models = {m.id: m for m in catalogue.models}
+        # Prices whose cost per token the ledger cannot hold exactly are refused at start.
+        for entry in catalogue.models:
+            for price in entry.prices:
+                rates = (price.input_per_million, price.output_per_million)
+                for rate in (*rates, price.cached_input_per_million or Decimal(0)):
+                    cost(1, rate)
 
     def __call__(self, value: bytes | None) -> PricedUsage:
         """A priced event from a record's bytes, or Poison saying why it cannot be one."""
@@ -61,7 +72,7 @@ class Pricer:
         """The event's cost lines; Poison for an unknown model or a time before any price."""
         if event.cached_input_tokens > event.input_tokens:
             raise Poison("invalid usage event: cached_input_tokens exceeds input_tokens")
-        entry = self.catalogue.get(event.model)
+        entry = self.models.get(event.model)
         if entry is None:
             raise Poison(f"unknown model {event.model!r}: not in the price book")
         price = entry.price_at(event.occurred_at)
@@ -78,10 +89,7 @@ class Pricer:
             ("cached input", event.cached_input_tokens, cached_price),
             ("output", event.output_tokens, price.output_per_million),
         )
-        try:
-            lines = tuple(CostLine(n, t, cost(t, p)) for n, t, p in wanted if t > 0)
-        except Inexact:
-            raise Poison(f"price of {event.model!r} has more decimals than the ledger") from None
+        lines = tuple(CostLine(n, t, p) for n, t, p in wanted if t > 0)
         return PricedUsage(
             event.event_id, event.occurred_at, event.project_id, event.key_id, event.model, lines
         )
@@ -91,14 +99,21 @@ CostKey = tuple[str, date, str, str, str]  # project, day, key, model, line item
 
 
 def cost_deltas(events: Iterable[PricedUsage]) -> dict[CostKey, tuple[int, Decimal]]:
-    """Sum priced events into the UTC day of their ``occurred_at``, per line item."""
-    deltas: dict[CostKey, tuple[int, Decimal]] = {}
+    """Sum priced events into the UTC day of their ``occurred_at``, per line item.
+
+    Tokens are summed per price first and multiplied once: exact arithmetic makes that
+    equal to the sum of each event's cost, at a fraction of the Decimal operations.
+    """
+    tokens_at: dict[tuple[CostKey, Decimal], int] = {}
     for e in events:
         day = e.occurred_at.astimezone(UTC).date()
         for line in e.lines:
-            key = (e.project_id, day, e.key_id, e.model, line.line_item)
-            tokens, amount = deltas.get(key, (0, Decimal(0)))
-            deltas[key] = (tokens + line.tokens, amount + line.amount)
+            at = ((e.project_id, day, e.key_id, e.model, line.line_item), line.per_million)
+            tokens_at[at] = tokens_at.get(at, 0) + line.tokens
+    deltas: dict[CostKey, tuple[int, Decimal]] = {}
+    for (key, per_million), tokens in tokens_at.items():
+        before, amount = deltas.get(key, (0, Decimal(0)))
+        deltas[key] = (before + tokens, EXACT.add(amount, cost(tokens, per_million)))
     return deltas
 
 

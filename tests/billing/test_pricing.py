@@ -26,6 +26,13 @@ def lines(pricer: Pricer, **kw: object) -> dict[str, tuple[int, Decimal]]:
     return {line.line_item: (line.tokens, line.amount) for line in priced.lines}
 
 
+def test_a_price_the_ledger_cannot_hold_exactly_is_refused_at_start(catalogue_path: Path) -> None:
+    text = catalogue_path.read_text().replace('"0.020"', '"0.0000000000001"')
+    catalogue_path.write_text(text)
+    with pytest.raises(ArithmeticError):
+        Pricer(load_catalogue(catalogue_path))
+
+
 def test_event_priced_at_the_price_in_force_at_its_occurred_at(pricer: Pricer) -> None:
     before = PRICE_CHANGE - timedelta(microseconds=1)
     got = lines(pricer, at=before, input_tokens=1000, cached=400, output_tokens=10)

@@ -1,0 +1,203 @@
+"""Ledger benchmark: events/s into the ledgers with exactly-once on, and Usage query latency.
+
+    uv run --frozen python bench/ledger_throughput.py [--events 200000] [--batch 5000]
+
+1. Produces N usage events to a topic of its own (6 partitions), then runs ONE metering
+   consumer and then ONE billing consumer (each a real LedgerConsumer: dedupe table,
+   offsets in PostgreSQL, one transaction a batch) and reports events/s until every
+   offset is stored.
+2. Fills a usage ledger with a month of minute buckets for a busy key (plus other keys
+   and projects around it) and times the Usage API's query for 1d, 1h and 1m buckets.
+
+Uses the running local stack (deploy.stack); leaves nothing behind (topics and schemas
+are its own and are dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+from starlette.datastructures import QueryParams
+
+from deploy.stack import Stack
+from services.billing.handlers import cost_consumer
+from services.billing.main import MIGRATIONS as BILLING_MIGRATIONS
+from services.billing.settings import BillingSettings
+from services.metering import repository
+from services.metering.handlers import usage_consumer
+from services.metering.main import MIGRATIONS as METERING_MIGRATIONS
+from services.metering.settings import MeteringSettings
+from shared.catalogue import load_catalogue
+from shared.db import apply_migrations, create_pool
+from shared.events import UsageRecorded
+from shared.kafka import ensure_topics, idempotent_producer
+from shared.ledger_consumer import LedgerConsumer
+from shared.topics import TOPICS, USAGE_EVENTS
+from shared.usage_query import parse_usage_query
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen3-Embedding-0.6B")
+TOKEN = "bench-operator-token-0123456789"
+
+
+def events(count: int) -> list[bytes]:
+    """count events over the last day, across 200 keys of 20 projects and both demo models."""
+    base = datetime.now(UTC) - timedelta(days=1)
+    return [
+        UsageRecorded(
+            occurred_at=base + timedelta(seconds=i * 86400 / count),
+            request_id=f"req_{i}",
+            project_id=f"proj_{i % 20}",
+            key_id=f"key_{i % 200}",
+            model=MODELS[i % 2],
+            endpoint="/v1/chat/completions",
+            input_tokens=100 + i % 1000,
+            output_tokens=i % 300,
+            cached_input_tokens=i % 50,
+            status_code=200,
+            latency_ms=40,
+        ).to_bytes()
+        for i in range(count)
+    ]
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes]) -> float:
+    producer = idempotent_producer(bootstrap, "bench", linger_ms=50, max_batch_size=1 << 20)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = [
+            await producer.send(topic, v, key=str(i % 200).encode()) for i, v in enumerate(values)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def stored(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets"))
+
+
+async def consume(name: str, consumer: LedgerConsumer[Any], pool: asyncpg.Pool, total: int) -> None:
+    started = time.perf_counter()
+    await consumer.start()
+    first: float | None = None
+    while (done := await stored(pool)) < total:
+        if first is None and done > 0:
+            first = time.perf_counter()
+        await asyncio.sleep(0.05)
+    ended = time.perf_counter()
+    await consumer.stop()
+    steady = total / (ended - first) if first else float("nan")
+    print(
+        f"{name:9} {total} events in {ended - started:.2f} s (group join included):"
+        f" {total / (ended - started):,.0f} events/s;"
+        f" after the first batch: {steady:,.0f} events/s;"
+        f" {consumer.stats.batches} transactions"
+    )
+
+
+async def query_latency(pool: asyncpg.Pool) -> None:
+    """A month of minute buckets for a busy key, and the Usage queries a console makes."""
+    month = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=30)
+    await pool.execute(
+        "INSERT INTO usage_minute (project_id, minute, key_id, model, requests, input_tokens,"
+        " cached_input_tokens, output_tokens, errors, last_used_at)"
+        " SELECT p, m, k, $2, 10, 1000, 100, 300, 0, m"
+        " FROM generate_series($1::timestamptz, $1 + interval '30 days' - interval '1 minute',"
+        "   interval '1 minute') AS m,"
+        " (VALUES ('proj_busy', 'key_busy'), ('proj_busy', 'key_other'), ('proj_x', 'key_x'))"
+        "   AS t(p, k)"
+        " ON CONFLICT DO NOTHING",
+        month,
+        MODELS[0],
+    )
+    rows = await pool.fetchval("SELECT count(*) FROM usage_minute")
+    await pool.execute("ANALYZE usage_minute")
+    print(f"ledger:   {rows:,} minute rows (43,200 per key: 30 days x 1440 minutes)")
+    start = int(month.timestamp())
+    cases = {
+        "1d x 31, busy key, month": "bucket_width=1d&limit=31&api_key_ids=key_busy",
+        "1d x 31, grouped by key": "bucket_width=1d&limit=31&group_by=api_key_id",
+        "1h x 168, busy key, week": "bucket_width=1h&limit=168&api_key_ids=key_busy",
+        "1m x 1440, busy key, day": "bucket_width=1m&limit=1440&api_key_ids=key_busy",
+    }
+    for label, text in cases.items():
+        query = parse_usage_query(
+            QueryParams(f"{text}&start_time={start}"),
+            widths=("1m", "1h", "1d"),
+            group_fields=("api_key_id", "model"),
+            now=datetime.now(UTC),
+        )
+        timings = []
+        for _ in range(20):
+            t = time.perf_counter()
+            await repository.sum_buckets(pool, "proj_busy", query)
+            timings.append((time.perf_counter() - t) * 1000)
+        timings.sort()
+        print(
+            f"query:    {label:28} p50 {statistics.median(timings):6.1f} ms"
+            f"  p95 {timings[int(len(timings) * 0.95) - 1]:6.1f} ms"
+        )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000)
+    args = parser.parse_args()
+    endpoints = Stack().endpoints()
+    run = uuid.uuid4().hex[:8]
+    prefix = f"bench-{run}."
+    topic = prefix + USAGE_EVENTS
+    await ensure_topics(endpoints.kafka_bootstrap, prefix=prefix)
+    values = events(args.events)
+    took = await produce(endpoints.kafka_bootstrap, topic, values)
+    print(f"produced  {args.events} events in {took:.2f} s")
+    common = {
+        "kafka_bootstrap": endpoints.kafka_bootstrap,
+        "database_url": endpoints.database_url,
+        "admin_token": TOKEN,
+        "topic_prefix": prefix,
+        "max_batch": args.batch,
+        "log_json": False,
+        "log_level": "WARNING",
+    }
+    m_set = MeteringSettings(db_schema=f"bench_m_{run}", consumer_group=f"bench-m-{run}", **common)
+    b_set = BillingSettings(db_schema=f"bench_b_{run}", consumer_group=f"bench-b-{run}", **common)
+    dsn = endpoints.database_url
+    m_pool = await create_pool(dsn, m_set.db_schema, max_size=5)
+    b_pool = await create_pool(dsn, b_set.db_schema, max_size=5)
+    try:
+        await apply_migrations(m_pool, m_set.db_schema, METERING_MIGRATIONS)
+        await apply_migrations(b_pool, b_set.db_schema, BILLING_MIGRATIONS)
+        await consume("metering", usage_consumer(m_set, m_pool, "bench-m"), m_pool, args.events)
+        catalogue = load_catalogue(REPO / "deploy" / "models.yaml")
+        await consume(
+            "billing", cost_consumer(b_set, b_pool, catalogue, "bench-b"), b_pool, args.events
+        )
+        await query_latency(m_pool)
+    finally:
+        for pool, schema in ((m_pool, m_set.db_schema), (b_pool, b_set.db_schema)):
+            await pool.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await pool.close()
+        admin = AIOKafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([spec.with_prefix(prefix).name for spec in TOPICS])
+        finally:
+            await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
