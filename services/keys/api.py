@@ -1,0 +1,207 @@
+"""The key service's HTTP API: management (operator token), verify (internal token), health."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from services.keys import repository as repo
+from services.keys.models import (
+    ApiKey,
+    ApiKeyWithSecret,
+    CreateKey,
+    CreateProject,
+    KeyDeleted,
+    KeyList,
+    Project,
+    ProjectList,
+    RenameKey,
+    RotateKey,
+    VerifyRequest,
+    unix,
+)
+from services.keys.repository import Row
+from services.keys.service import KeyService, view_status
+from services.keys.settings import KeysSettings
+from shared.errors import NotFound
+from shared.events import KeyState, utc_now
+from shared.http import require_bearer
+from shared.ledger_retry import READ_ERRORS
+
+ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
+KeyId = Annotated[str, Path(min_length=1, max_length=128)]
+Limit = Annotated[int, Query(ge=1, le=100, description="page size")]
+After = Annotated[str | None, Query(max_length=128, description="id of the last item seen")]
+
+
+def _service(request: Request) -> KeyService:
+    service: KeyService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[KeyService, Depends(_service)]
+
+
+def project_view(row: Row) -> Project:
+    """A project row as the API shows it."""
+    return Project(id=row["id"], name=row["name"], created_at=int(row["created_at"].timestamp()))
+
+
+def key_view(row: Row) -> ApiKey:
+    """A key row as the API shows it: never the secret, nor its hash."""
+    return ApiKey(
+        id=row["id"],
+        project_id=row["project_id"],
+        name=row["name"],
+        hint=row["hint"],
+        status=view_status(row, utc_now()),
+        is_default=row["is_default"],
+        created_at=int(row["created_at"].timestamp()),
+        last_used_at=unix(row["last_used_at"]),
+        expires_at=unix(row["expires_at"]),
+        rotated_at=unix(row["rotated_at"]),
+        previous_key_valid_until=unix(row["previous_valid_until"]),
+        revoked_at=unix(row["revoked_at"]),
+    )
+
+
+def management_router(settings: KeysSettings) -> APIRouter:
+    """Projects and keys, guarded by the operator token."""
+    router = APIRouter(
+        prefix="/v1/projects", dependencies=[Depends(require_bearer(settings.admin_token))]
+    )
+
+    @router.post("", status_code=201, response_model=Project)
+    async def create_project(body: CreateProject, service: ServiceDep) -> Project:
+        """Create a project."""
+        return project_view(await service.create_project(body.name))
+
+    @router.get("", response_model=ProjectList)
+    async def list_projects(
+        service: ServiceDep, limit: Limit = 20, after: After = None
+    ) -> ProjectList:
+        """List projects, oldest first."""
+        rows, more = await service.list_projects(limit, after)
+        data = [project_view(r) for r in rows]
+        return ProjectList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=more,
+        )
+
+    @router.get("/{project_id}", response_model=Project)
+    async def get_project(project_id: ProjectId, service: ServiceDep) -> Project:
+        """Get a project."""
+        return project_view(await service.get_project(project_id))
+
+    @router.post("/{project_id}/keys", status_code=201, response_model=ApiKeyWithSecret)
+    async def create_key(
+        project_id: ProjectId, body: CreateKey, service: ServiceDep, response: Response
+    ) -> ApiKeyWithSecret:
+        """Create a key; its secret is in this answer only."""
+        created = await service.create_key(project_id, body.name, body.expires_at)
+        response.headers["Cache-Control"] = "no-store"
+        return ApiKeyWithSecret(**key_view(created.row).model_dump(), key=created.secret)
+
+    @router.get("/{project_id}/keys", response_model=KeyList)
+    async def list_keys(
+        project_id: ProjectId,
+        service: ServiceDep,
+        limit: Limit = 20,
+        after: After = None,
+        include_revoked: bool = False,
+    ) -> KeyList:
+        """List the project's keys, oldest first; revoked ones only with include_revoked."""
+        rows, more = await service.list_keys(
+            project_id, include_revoked=include_revoked, limit=limit, after=after
+        )
+        data = [key_view(r) for r in rows]
+        return KeyList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=more,
+        )
+
+    @router.get("/{project_id}/keys/{key_id}", response_model=ApiKey)
+    async def get_key(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> ApiKey:
+        """Get a key (never its secret)."""
+        return key_view(await service.get_key(project_id, key_id))
+
+    @router.patch("/{project_id}/keys/{key_id}", response_model=ApiKey)
+    async def rename_key(
+        project_id: ProjectId, key_id: KeyId, body: RenameKey, service: ServiceDep
+    ) -> ApiKey:
+        """Rename a key."""
+        return key_view(await service.rename_key(project_id, key_id, body.name))
+
+    @router.delete("/{project_id}/keys/{key_id}", response_model=KeyDeleted)
+    async def revoke_key(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> KeyDeleted:
+        """Revoke a key: it stops working for good."""
+        row = await service.revoke_key(project_id, key_id)
+        return KeyDeleted(id=row["id"])
+
+    @router.post("/{project_id}/keys/{key_id}/default", response_model=ApiKey)
+    async def set_default(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> ApiKey:
+        """Make a key the project's default (at most one per project)."""
+        return key_view(await service.set_default(project_id, key_id))
+
+    @router.post("/{project_id}/keys/{key_id}/rotate", response_model=ApiKeyWithSecret)
+    async def rotate_key(
+        project_id: ProjectId,
+        key_id: KeyId,
+        service: ServiceDep,
+        response: Response,
+        body: RotateKey | None = None,
+    ) -> ApiKeyWithSecret:
+        """Give a key a new secret, shown this once; the old one lasts the grace period."""
+        grace = body.grace_period_seconds if body is not None else 0
+        created = await service.rotate_key(project_id, key_id, grace)
+        response.headers["Cache-Control"] = "no-store"
+        return ApiKeyWithSecret(**key_view(created.row).model_dump(), key=created.secret)
+
+    return router
+
+
+def internal_router(settings: KeysSettings) -> APIRouter:
+    """The gateway's verify endpoint, guarded by the internal token (not the operator's)."""
+    router = APIRouter(
+        prefix="/internal/v1",
+        dependencies=[Depends(require_bearer(settings.internal_token, "internal token"))],
+    )
+
+    @router.post("/keys/verify", response_model=KeyState)
+    async def verify(body: VerifyRequest, service: ServiceDep) -> KeyState:
+        """The state of the key with this hash (or old hash still in grace); 404 when none."""
+        state = await service.verify(body.key_hash)
+        if state is None:
+            raise NotFound("No API key has this hash.", param="key_hash")
+        return state
+
+    return router
+
+
+health_router = APIRouter()
+
+
+@health_router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> JSONResponse:
+    """The database answers; the relay's backlog and Kafka state are reported alongside."""
+    relay = request.app.state.relay
+    body: dict[str, object] = {"status": "ok"}
+    if relay is not None:
+        body |= relay.stats()
+    try:
+        body["outbox_backlog"] = await repo.outbox_backlog(request.app.state.pool)
+    except READ_ERRORS:
+        return JSONResponse({**body, "status": "database unavailable"}, status_code=503)
+    return JSONResponse(body)

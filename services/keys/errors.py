@@ -1,0 +1,61 @@
+"""The key service's errors, in OpenAI's shape (from shared.errors).
+
+KeysError                         500 server_error
+├── ProjectNotFound               404 not_found
+├── KeyNotFound                   404 not_found
+├── KeyRevoked                    409 key_revoked
+├── KeyExpired                    409 key_expired
+├── InvalidExpiry                 400 invalid_expires_at
+└── DatabaseUnavailable           503 service_unavailable
+"""
+
+from __future__ import annotations
+
+from shared.errors import ApiError, BadRequest, Conflict, NotFound, ServiceUnavailable
+
+
+class KeysError(ApiError):
+    """Base of the key service's own errors."""
+
+
+class ProjectNotFound(KeysError, NotFound):
+    """No project has that id."""
+
+    def __init__(self, project_id: str) -> None:
+        super().__init__(f"No project found with id '{project_id}'.", param="project_id")
+
+
+class KeyNotFound(KeysError, NotFound):
+    """No key of that project has that id."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"No API key found with id '{key_id}' in this project.", param="key_id")
+
+
+class KeyRevoked(KeysError, Conflict):
+    """The key is revoked: it can no longer be changed."""
+
+    code = "key_revoked"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"The API key '{key_id}' is revoked; it cannot be changed.")
+
+
+class KeyExpired(KeysError, Conflict):
+    """The key has expired: it cannot become the default nor get a new secret."""
+
+    code = "key_expired"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"The API key '{key_id}' has expired; create a new key instead.")
+
+
+class InvalidExpiry(KeysError, BadRequest):
+    """An expiry that is not in the future."""
+
+    def __init__(self, message: str, *, param: str, code: str = "invalid_expires_at") -> None:
+        super().__init__(message, param=param, code=code)
+
+
+class DatabaseUnavailable(KeysError, ServiceUnavailable):
+    """PostgreSQL cannot be reached right now."""

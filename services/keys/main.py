@@ -1,0 +1,78 @@
+"""The key service's composition root: the app factory and the lifespan that runs its workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.keys.api import health_router, internal_router, management_router
+from services.keys.handlers import LastUsedConsumer
+from services.keys.outbox import OutboxRelay
+from services.keys.service import KeyService
+from services.keys.settings import KeysSettings
+from shared.db import apply_migrations, create_pool
+from shared.errors import install_error_handlers
+from shared.http import RequestIdMiddleware
+from shared.logs import setup_logging
+from shared.telemetry import setup_telemetry
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: KeysSettings | None = None) -> FastAPI:
+    """The key service: management and verify APIs, outbox relay, last_used consumer."""
+    settings = settings or KeysSettings()
+    setup_logging("keys", settings.log_level, settings.log_json)
+    setup_telemetry("keys", settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(
+            settings.database_url.get_secret_value(),
+            settings.db_schema,
+            max_size=settings.db_pool_size,
+            application="tollgate-keys",
+        )
+        client_id = f"keys-{socket.gethostname()}-{os.getpid()}"
+        relay = OutboxRelay(settings, pool, client_id) if settings.relay else None
+        consumer = LastUsedConsumer(settings, pool, client_id) if settings.consume_usage else None
+        try:
+            await apply_migrations(pool, settings.db_schema, MIGRATIONS)
+            # Kafka is not needed to start: the API works without it and the workers retry.
+            for worker in (relay, consumer):
+                if worker is not None:
+                    worker.start()
+            app.state.pool = pool
+            app.state.relay = relay
+            app.state.consumer = consumer
+            app.state.service = KeyService(
+                pool,
+                topic=settings.keys_topic,
+                channel=settings.notify_channel,
+                max_grace_s=settings.max_grace_s,
+            )
+            yield
+        finally:
+            for worker in (consumer, relay):
+                if worker is not None:
+                    await worker.stop()
+            await pool.close()
+
+    app = FastAPI(
+        title="Tollgate keys",
+        version="0.1.0",
+        description="Projects and their API keys: shown once, hashed at rest, every change "
+        "published to keys.events.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(management_router(settings))
+    app.include_router(internal_router(settings))
+    return app

@@ -1,0 +1,161 @@
+"""The outbox relay: publishes outbox rows to Kafka in the order written, then deletes them.
+
+One relay at a time per schema publishes (a session advisory lock on its listening
+connection), so replicas cannot interleave a key's versions. A transaction's NOTIFY wakes it
+at once; a poll catches anything a lost notification missed. A batch is deleted only after
+the broker acknowledged every message of it; when Kafka fails, the producer is replaced and
+the same batch is sent again from its oldest message, so nothing is lost and the newest
+version of a key is always the last one written (a duplicate of an older version is
+harmless: consumers ignore versions older than the one they hold).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.keys import repository as repo
+from services.keys.settings import KeysSettings
+from shared.kafka import ensure_topics, idempotent_producer
+from shared.ledger_retry import READ_ERRORS, backoff
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    """Moves committed outbox rows to Kafka, in order, at least once."""
+
+    def __init__(self, settings: KeysSettings, pool: asyncpg.Pool, client_id: str) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.client_id = client_id
+        self.published = 0
+        self.last_error: str | None = None
+        self.leader = False
+        self._wake = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """What /readyz reports about the relay."""
+        return {
+            "relay_leader": self.leader,
+            "relay_published": self.published,
+            "relay_error": self.last_error,
+        }
+
+    def start(self) -> None:
+        """Run the relay in the background."""
+        self._task = asyncio.create_task(self._run(), name="keys-outbox-relay")
+
+    async def stop(self) -> None:
+        """Stop publishing; what is left in the outbox goes out on the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_producer()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except (*READ_ERRORS, KafkaError) as exc:
+                self.leader = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("outbox relay interrupted: %s", self.last_error)
+                attempt += 1
+                await asyncio.sleep(backoff(attempt, base=0.2, cap=5.0))
+
+    async def _lead(self) -> None:
+        """Hold the relay lock on a connection of our own, then publish until cancelled."""
+        dsn = self.settings.database_url.get_secret_value()
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": self.settings.db_schema})
+        try:
+            lock = f"keys-outbox-relay:{self.settings.db_schema}"
+            # Another replica may be the relay; take over when its session ends.
+            while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock):  # noqa: ASYNC110
+                await asyncio.sleep(self.settings.relay_poll_s)
+            self.leader = True
+            await conn.add_listener(self.settings.notify_channel, self._notified)
+            await self._publish_forever(conn)
+        finally:
+            self.leader = False
+            with contextlib.suppress(*READ_ERRORS):
+                await asyncio.wait_for(conn.close(), 5)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _publish_forever(self, conn: asyncpg.Connection) -> None:
+        attempt = 0
+        while True:
+            if conn.is_closed():
+                raise asyncpg.InterfaceError("the relay's connection closed")
+            self._wake.clear()
+            try:
+                sent = await self._publish_batch()
+            except (KafkaError, TimeoutError, OSError) as exc:
+                # A producer that failed may hold sequence state the broker no longer
+                # accepts: replace it, and send the same batch again from its start.
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("publish failed, retrying: %s", self.last_error)
+                await self._close_producer()
+                attempt += 1
+                await asyncio.sleep(backoff(attempt, base=0.2, cap=3.0))
+                continue
+            attempt = 0
+            self.last_error = None
+            if sent < self.settings.relay_batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_s)
+
+    async def _publish_batch(self) -> int:
+        rows = await repo.outbox_batch(self.pool, self.settings.relay_batch)
+        if not rows:
+            return 0
+        producer = await self._ensure_producer()
+        started = time.monotonic()
+        futures = [
+            await producer.send(
+                r["topic"], value=bytes(r["payload"]), key=r["message_key"].encode()
+            )
+            for r in rows
+        ]
+        await asyncio.gather(*futures)
+        await repo.delete_outbox(self.pool, [r["id"] for r in rows])
+        self.published += len(rows)
+        log.debug("published %d key events in %.3fs", len(rows), time.monotonic() - started)
+        return len(rows)
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            await ensure_topics(
+                self.settings.kafka_bootstrap, prefix=self.settings.topic_prefix, timeout=10
+            )
+            producer = idempotent_producer(self.settings.kafka_bootstrap, self.client_id)
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(KafkaError):
+                    await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # Unsent batches expire within the request timeout; do not wait longer than that.
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(producer.stop(), 15)

@@ -1,0 +1,248 @@
+"""SQL of the key service. Every write that changes a key returns the whole new row.
+
+Tables are unqualified: the pool's search path is the service's schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeAlias
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+    Executor: TypeAlias = "Conn | asyncpg.Pool[asyncpg.Record]"
+
+Row: TypeAlias = asyncpg.Record
+_KEY_COLUMNS = (
+    "id, project_id, name, hint, key_hash, previous_key_hash, previous_valid_until, status,"
+    " is_default, expires_at, created_at, updated_at, rotated_at, revoked_at, last_used_at,"
+    " version"
+)
+
+
+async def insert_project(conn: Executor, project_id: str, name: str, now: datetime) -> Row:
+    """A new project."""
+    row = await conn.fetchrow(
+        "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)"
+        " RETURNING id, name, created_at",
+        project_id,
+        name,
+        now,
+    )
+    assert row is not None
+    return row
+
+
+async def get_project(conn: Executor, project_id: str, *, lock: bool = False) -> Row | None:
+    """The project, locked for the transaction when asked (serialises its default changes)."""
+    suffix = " FOR UPDATE" if lock else ""
+    return await conn.fetchrow(
+        "SELECT id, name, created_at, seq FROM projects WHERE id = $1" + suffix, project_id
+    )
+
+
+async def list_projects(conn: Executor, limit: int, after: str | None) -> list[Row]:
+    """Up to limit projects in creation order, after the project ``after`` when given."""
+    return await conn.fetch(
+        "SELECT id, name, created_at FROM projects"
+        " WHERE $2::text IS NULL OR seq > (SELECT seq FROM projects WHERE id = $2)"
+        " ORDER BY seq LIMIT $1",
+        limit,
+        after,
+    )
+
+
+async def insert_key(
+    conn: Executor,
+    *,
+    key_id: str,
+    project_id: str,
+    name: str,
+    hint: str,
+    key_hash: str,
+    is_default: bool,
+    expires_at: datetime | None,
+    now: datetime,
+) -> Row:
+    """A new active key (version 1)."""
+    row = await conn.fetchrow(
+        "INSERT INTO api_keys (id, project_id, name, hint, key_hash, is_default, expires_at,"
+        " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+        f" RETURNING {_KEY_COLUMNS}",
+        key_id,
+        project_id,
+        name,
+        hint,
+        key_hash,
+        is_default,
+        expires_at,
+        now,
+    )
+    assert row is not None
+    return row
+
+
+async def has_default(conn: Executor, project_id: str) -> bool:
+    """True when the project has a default key."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE project_id = $1 AND is_default)", project_id
+    )
+    return bool(found)
+
+
+async def get_key(
+    conn: Executor, project_id: str, key_id: str, *, lock: bool = False
+) -> Row | None:
+    """The key of that project, locked for the transaction when asked."""
+    suffix = " FOR UPDATE" if lock else ""
+    return await conn.fetchrow(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE project_id = $1 AND id = $2" + suffix,
+        project_id,
+        key_id,
+    )
+
+
+async def list_keys(
+    conn: Executor, project_id: str, *, include_revoked: bool, limit: int, after: str | None
+) -> list[Row]:
+    """Up to limit keys of the project in creation order, after the key ``after`` when given."""
+    return await conn.fetch(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE project_id = $1"
+        " AND ($2 OR status <> 'revoked')"
+        " AND ($4::text IS NULL OR seq > (SELECT seq FROM api_keys WHERE id = $4))"
+        " ORDER BY seq LIMIT $3",
+        project_id,
+        include_revoked,
+        limit,
+        after,
+    )
+
+
+async def rename_key(conn: Executor, key_id: str, name: str, now: datetime) -> Row:
+    """Give the key a new name."""
+    return await _update(conn, key_id, now, "name = $3", name)
+
+
+async def clear_default(conn: Executor, project_id: str, now: datetime) -> Row | None:
+    """Unset the project's default key; the old default's new row, or None when there was none."""
+    return await conn.fetchrow(
+        "UPDATE api_keys SET is_default = false, updated_at = $2, version = version + 1"
+        f" WHERE project_id = $1 AND is_default RETURNING {_KEY_COLUMNS}",
+        project_id,
+        now,
+    )
+
+
+async def make_default(conn: Executor, key_id: str, now: datetime) -> Row:
+    """Make the key its project's default (the caller cleared the old one)."""
+    return await _update(conn, key_id, now, "is_default = true")
+
+
+async def rotate_key(
+    conn: Executor,
+    key_id: str,
+    *,
+    key_hash: str,
+    hint: str,
+    previous_key_hash: str | None,
+    previous_valid_until: datetime | None,
+    now: datetime,
+) -> Row:
+    """Give the key a new secret; the old one lasts until previous_valid_until (or not at all)."""
+    return await _update(
+        conn,
+        key_id,
+        now,
+        "key_hash = $3, hint = $4, previous_key_hash = $5, previous_valid_until = $6,"
+        " rotated_at = $2",
+        key_hash,
+        hint,
+        previous_key_hash,
+        previous_valid_until,
+    )
+
+
+async def revoke_key(conn: Executor, key_id: str, now: datetime) -> Row:
+    """Revoke the key for good: no default, no grace for an old secret."""
+    return await _update(
+        conn,
+        key_id,
+        now,
+        "status = 'revoked', is_default = false, revoked_at = $2,"
+        " previous_key_hash = NULL, previous_valid_until = NULL",
+    )
+
+
+async def _update(conn: Executor, key_id: str, now: datetime, sets: str, *args: object) -> Row:
+    row = await conn.fetchrow(
+        f"UPDATE api_keys SET {sets}, updated_at = $2, version = version + 1"
+        f" WHERE id = $1 RETURNING {_KEY_COLUMNS}",
+        key_id,
+        now,
+        *args,
+    )
+    assert row is not None
+    return row
+
+
+async def find_by_hash(conn: Executor, key_hash: str, now: datetime) -> Row | None:
+    """The key whose secret, or whose old secret still in its grace period, has this hash."""
+    return await conn.fetchrow(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
+        f" UNION ALL SELECT {_KEY_COLUMNS} FROM api_keys"
+        " WHERE previous_key_hash = $1 AND previous_valid_until > $2 LIMIT 1",
+        key_hash,
+        now,
+    )
+
+
+async def enqueue(conn: Executor, topic: str, message_key: str, payload: bytes) -> None:
+    """Add one message to the outbox (inside the caller's transaction)."""
+    await conn.execute(
+        "INSERT INTO outbox (topic, message_key, payload) VALUES ($1, $2, $3)",
+        topic,
+        message_key,
+        payload,
+    )
+
+
+async def notify(conn: Executor, channel: str) -> None:
+    """Wake the relay when the caller's transaction commits."""
+    await conn.execute("SELECT pg_notify($1, '')", channel)
+
+
+async def outbox_batch(conn: Executor, limit: int) -> list[Row]:
+    """The oldest unpublished messages, in the order they were written."""
+    return await conn.fetch(
+        "SELECT id, topic, message_key, payload FROM outbox ORDER BY id LIMIT $1", limit
+    )
+
+
+async def delete_outbox(conn: Executor, ids: Sequence[int]) -> None:
+    """Forget messages the broker has acknowledged."""
+    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+
+async def outbox_backlog(conn: Executor) -> int:
+    """How many messages wait for the relay."""
+    return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+
+
+async def touch_last_used(
+    conn: Executor, key_ids: Sequence[str], used_at: Sequence[datetime]
+) -> int:
+    """Move last_used_at forward (never back, never past now) for each key; rows updated."""
+    result = await conn.execute(
+        "UPDATE api_keys AS k SET last_used_at = LEAST(v.used_at, now())"
+        " FROM unnest($1::text[], $2::timestamptz[]) AS v(id, used_at)"
+        " WHERE k.id = v.id"
+        " AND (k.last_used_at IS NULL OR k.last_used_at < LEAST(v.used_at, now()))",
+        list(key_ids),
+        list(used_at),
+    )
+    return int(result.split()[-1])

@@ -1,0 +1,57 @@
+"""The key service's settings: ``TOLLGATE_KEYS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import TokenGuardedSettings, require_real_secret
+from shared.topics import KEYS_EVENTS, USAGE_EVENTS, topic_name
+
+MAX_GRACE_S = 30 * 24 * 3600
+
+
+class KeysSettings(TokenGuardedSettings):
+    """What the key service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_KEYS_", extra="ignore", frozen=True)
+
+    internal_token: SecretStr = Field(
+        SecretStr(""), description="bearer token of the gateway's verify calls (not the admin one)"
+    )
+    db_schema: str = Field("keys", description="PostgreSQL schema of projects, keys and outbox")
+    db_pool_size: int = Field(10, ge=2, le=100)
+    relay: bool = Field(True, description="run the outbox relay in this process")
+    relay_batch: int = Field(500, ge=1, le=10_000, description="outbox rows per publish, at most")
+    relay_poll_s: float = Field(
+        1.0, gt=0, description="outbox poll interval when no NOTIFY wakes the relay"
+    )
+    consume_usage: bool = Field(True, description="keep last_used_at from usage.events")
+    consumer_group: str = Field("keys-last-used", description="consumer group on usage.events")
+    last_used_batch: int = Field(2000, ge=1, le=100_000, description="usage records per update")
+    max_grace_s: int = Field(MAX_GRACE_S, ge=0, description="longest rotation grace period")
+
+    @field_validator("internal_token")
+    @classmethod
+    def _internal_token_is_real(cls, value: SecretStr) -> SecretStr:
+        return require_real_secret(value, "INTERNAL_TOKEN")
+
+    @model_validator(mode="after")
+    def _tokens_differ(self) -> KeysSettings:
+        # One token must never open both the management API and the verify endpoint.
+        if self.internal_token.get_secret_value() == self.admin_token.get_secret_value():
+            raise ValueError("INTERNAL_TOKEN and ADMIN_TOKEN must differ")
+        return self
+
+    @property
+    def keys_topic(self) -> str:
+        return topic_name(KEYS_EVENTS, self.topic_prefix)
+
+    @property
+    def usage_topic(self) -> str:
+        return topic_name(USAGE_EVENTS, self.topic_prefix)
+
+    @property
+    def notify_channel(self) -> str:
+        """The NOTIFY channel that wakes the relay; one per schema, so tests stay apart."""
+        return f"{self.db_schema}_outbox"
