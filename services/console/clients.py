@@ -115,12 +115,21 @@ class ApiClient:
 class KeysApi(ApiClient):
     """Projects and keys (the key service)."""
 
+    async def _list_all(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every item of an OpenAI-style list, following ``after`` while ``has_more``."""
+        items: list[dict[str, Any]] = []
+        after: str | None = None
+        for _ in range(1000):  # a bound, not a limit anyone reaches: 100,000 items
+            query = {**params, "limit": "100", **({"after": after} if after else {})}
+            answer = await self.call("GET", path, params=httpx.QueryParams(query))
+            items.extend(answer["data"])
+            if not answer.get("has_more") or not answer["data"]:
+                return items
+            after = answer["data"][-1]["id"]
+        raise ApiUnavailable(self.service, 502, f"The {self.service} kept answering more pages.")
+
     async def list_projects(self) -> list[dict[str, Any]]:
-        return list(
-            (await self.call("GET", "/v1/projects", params=httpx.QueryParams({"limit": "100"})))[
-                "data"
-            ]
-        )
+        return await self._list_all("/v1/projects", {})
 
     async def create_project(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("POST", "/v1/projects", json={"name": name})
@@ -131,11 +140,8 @@ class KeysApi(ApiClient):
         return result
 
     async def list_keys(self, project_id: str, *, include_revoked: bool) -> list[dict[str, Any]]:
-        params = {"include_revoked": "true" if include_revoked else "false", "limit": "100"}
-        answer = await self.call(
-            "GET", f"/v1/projects/{seg(project_id)}/keys", params=httpx.QueryParams(params)
-        )
-        return list(answer["data"])
+        params = {"include_revoked": "true" if include_revoked else "false"}
+        return await self._list_all(f"/v1/projects/{seg(project_id)}/keys", params)
 
     async def create_key(self, project_id: str, name: str) -> dict[str, Any]:
         path = f"/v1/projects/{seg(project_id)}/keys"

@@ -7,6 +7,7 @@ An error from the key service is shown next to the form or row that caused it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -26,6 +27,9 @@ GRACE_CHOICES: tuple[tuple[int, str], ...] = (
     (86400, "24 hours"),
     (604800, "7 days"),
 )
+
+
+ACTIONS = ("default", "rename", "rotate", "delete")
 
 
 @dataclass
@@ -54,6 +58,9 @@ async def _keys_page(
 ) -> HTMLResponse:
     context = await project_context(app, project_id)
     keys = await app.keys.list_keys(project_id, include_revoked=view.show_revoked)
+    # An error about a key the page no longer shows (deleted meanwhile) goes on top instead.
+    shown = {f"{action}-{k['id']}" for k in keys for action in ACTIONS if k["status"] != "revoked"}
+    stray = [msg for where, msg in view.errors.items() if where != "create" and where not in shown]
     context.update(
         title="API keys",
         nav="keys",
@@ -61,6 +68,8 @@ async def _keys_page(
         view=view,
         grace_choices=GRACE_CHOICES,
         list_url=_list_url(project_id, view.show_revoked),
+        now=int(time.time()),
+        stray_errors=stray,
     )
     return render(request, app, "keys.html", context, session=session, status_code=status_code)
 

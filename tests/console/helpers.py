@@ -12,6 +12,7 @@ from services.console.main import create_app
 from services.console.settings import ConsoleSettings
 
 TOKEN = "console-test-operator-token-0123456789"
+INTERNAL_TOKEN = "console-test-internal-token-0123456789"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

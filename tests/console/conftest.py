@@ -1,0 +1,121 @@
+"""The console's fixtures: the real key, metering and billing services, in this process.
+
+Each test gets its own database schemas and topic prefix (from the session's servers), so
+its projects, keys and ledgers are its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from deploy.stack import Endpoints
+from services.billing.main import create_app as create_billing
+from services.billing.settings import BillingSettings
+from services.keys.main import create_app as create_keys
+from services.keys.settings import KeysSettings
+from services.metering.main import create_app as create_metering
+from services.metering.settings import MeteringSettings
+from tests.console.helpers import INTERNAL_TOKEN, TOKEN
+
+
+@dataclass(frozen=True)
+class Apis:
+    """The APIs the console calls, running, and how to reach each in this process."""
+
+    keys: FastAPI
+    metering: FastAPI | None
+    billing: FastAPI | None
+
+    def transports(self) -> dict[str, httpx.AsyncBaseTransport]:
+        out: dict[str, httpx.AsyncBaseTransport] = {"keys": httpx.ASGITransport(app=self.keys)}
+        if self.metering is not None:
+            out["metering"] = httpx.ASGITransport(app=self.metering)
+        if self.billing is not None:
+            out["billing"] = httpx.ASGITransport(app=self.billing)
+        return out
+
+    def client(self, app: FastAPI) -> httpx.AsyncClient:
+        """A client of one of the APIs, with the operator token."""
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+
+
+@pytest.fixture
+async def schemas(endpoints: Endpoints, unique: str) -> AsyncIterator[tuple[str, str, str]]:
+    """Keys, metering and billing schemas of this test's own, dropped afterwards."""
+    names = (f"ck_{unique}", f"cm_{unique}", f"cb_{unique}")
+    yield names
+    conn = await asyncpg.connect(endpoints.database_url)
+    try:
+        for name in names:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+def service_settings(
+    endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
+) -> tuple[KeysSettings, MeteringSettings, BillingSettings]:
+    """Settings of one key, metering and billing service on this test's schemas and topics."""
+    common: dict[str, object] = {
+        "kafka_bootstrap": endpoints.kafka_bootstrap,
+        "database_url": endpoints.database_url,
+        "admin_token": TOKEN,
+        "topic_prefix": topic_prefix,
+        "log_json": False,
+        "log_level": "WARNING",
+    }
+    keys = KeysSettings.model_validate(
+        {
+            **common,
+            "internal_token": INTERNAL_TOKEN,
+            "db_schema": schemas[0],
+            "consumer_group": f"keys-{unique}",
+        }
+    )
+    metering = MeteringSettings.model_validate(
+        {**common, "db_schema": schemas[1], "consumer_group": f"metering-{unique}"}
+    )
+    billing = BillingSettings.model_validate(
+        {**common, "db_schema": schemas[2], "consumer_group": f"billing-{unique}"}
+    )
+    return keys, metering, billing
+
+
+async def _running(stack: AsyncExitStack, app: FastAPI) -> FastAPI:
+    await stack.enter_async_context(app.router.lifespan_context(app))
+    return app
+
+
+@pytest.fixture
+async def keys_only(
+    endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
+) -> AsyncIterator[Apis]:
+    """The real key service alone (its relay publishing to this test's topics)."""
+    keys, _, _ = service_settings(endpoints, schemas, topic_prefix, unique)
+    async with AsyncExitStack() as stack:
+        yield Apis(await _running(stack, create_keys(keys)), None, None)
+
+
+@pytest.fixture
+async def apis(
+    endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
+) -> AsyncIterator[Apis]:
+    """The real key, metering and billing services, consuming this test's usage.events."""
+    keys, metering, billing = service_settings(endpoints, schemas, topic_prefix, unique)
+    async with AsyncExitStack() as stack:
+        yield Apis(
+            await _running(stack, create_keys(keys)),
+            await _running(stack, create_metering(metering)),
+            await _running(stack, create_billing(billing)),
+        )
