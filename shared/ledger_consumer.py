@@ -11,11 +11,12 @@ assignment the consumer seeks to the offsets stored in PostgreSQL, which are the
 
 aiokafka is used directly rather than through FastStream: FastStream (0.7.8) hands a
 rebalance listener no consumer to seek with, acknowledges per message instead of
-committing an offset map we computed, and has no DLQ; we would bypass all of it.
+committing an offset map we computed, and has no DLQ; we would bypass all of it. The
+settings FastStream gets wrong by default are set here explicitly: no auto-commit,
+``auto_offset_reset="earliest"``, raw records parsed one by one (one bad record never
+fails a batch), and no nack: a failed transaction is retried whole, never skipped.
 
-Tables the service's migrations must create (see services/*/migrations/0001_*.sql):
-``processed_events(event_id uuid primary key, seen_at timestamptz)`` and
-``consumer_offsets(consumer_group, topic, partition, next_offset)``.
+The SQL (and the tables each service's 0001 migration creates) is in shared/ledger_store.py.
 """
 
 from __future__ import annotations
@@ -26,102 +27,33 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
+from shared import ledger_store
 from shared.events import DeadLetter, utc_now
 from shared.kafka import idempotent_producer
 from shared.ledger_retry import RETRYABLE, backoff
+from shared.ledger_types import (
+    Apply,
+    ConsumerConfig,
+    ConsumerStats,
+    Identified,
+    Poison,
+    T,
+)
 
 if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
+    from shared.ledger_types import Conn
 
-    # A connection, whether taken from a pool or opened on its own.
-    Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+__all__ = ["ConsumerConfig", "ConsumerStats", "Identified", "LedgerConsumer", "Poison"]
 
 log = logging.getLogger(__name__)
-
-
-class Poison(Exception):
-    """A record that can never be applied; it goes to the DLQ with this reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    @classmethod
-    def invalid(cls, exc: ValidationError, what: str = "usage event") -> Poison:
-        """Poison naming the first few fields that failed validation, and how."""
-        errors = exc.errors(include_url=False)
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'record'}: {e.get('msg')}"
-            for e in errors[:3]
-        ]
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        return cls(f"invalid {what}: " + "; ".join(parts) + more)
-
-
-class Identified(Protocol):
-    """What the plumbing needs of a parsed event: its dedupe key and its time."""
-
-    @property
-    def event_id(self) -> uuid.UUID: ...
-
-    @property
-    def occurred_at(self) -> datetime: ...
-
-
-T = TypeVar("T", bound=Identified)
-Apply: TypeAlias = "Callable[[Conn, list[T]], Awaitable[None]]"
-
-
-@dataclass(frozen=True)
-class ConsumerConfig:
-    """Where to read, who we are, and the knobs that matter for exactness and speed."""
-
-    bootstrap: str
-    topic: str
-    dlq_topic: str
-    group_id: str
-    client_id: str
-    max_batch: int = 5000
-    poll_timeout_ms: int = 200
-    session_timeout_ms: int = 10_000
-    future_tolerance: timedelta = timedelta(minutes=5)
-    dedupe_window: timedelta = timedelta(days=8)
-    cleanup_interval_s: float = 600.0
-
-
-@dataclass
-class ConsumerStats:
-    """Counters for health and tests; never used for correctness."""
-
-    batches: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    db_retries: int = 0
-    last_error: str | None = None
-    assigned: set[TopicPartition] = field(default_factory=set)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters as JSON-ready values."""
-        return {
-            "partitions": sorted(tp.partition for tp in self.assigned),
-            "batches": self.batches,
-            "applied": self.applied,
-            "duplicates": self.duplicates,
-            "dead_letters": self.dead_letters,
-            "db_retries": self.db_retries,
-            "last_error": self.last_error,
-        }
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -160,26 +92,29 @@ class LedgerConsumer(Generic[T]):
         self.batch_lock = asyncio.Lock()
         self.epoch = 0
         self.pending_seek: set[TopicPartition] = set()
+        # Kafka clients are made in start(): an unstarted client must not linger.
+        self.consumer: AIOKafkaConsumer
+        self.producer: AIOKafkaProducer
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Join the group and start consuming in the background."""
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=config.bootstrap,
-            group_id=config.group_id,
-            client_id=config.client_id,
+            bootstrap_servers=self.config.bootstrap,
+            group_id=self.config.group_id,
+            client_id=self.config.client_id,
             # Offsets live in PostgreSQL; Kafka's are written by hand after each commit.
             enable_auto_commit=False,
             # A new group must start from the oldest event, never skip to the newest.
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, config.session_timeout_ms // 4),
+            session_timeout_ms=self.config.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.config.session_timeout_ms // 4),
             max_poll_interval_ms=300_000,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RoundRobinPartitionAssignor,),
         )
-        self.producer = idempotent_producer(config.bootstrap, f"{config.client_id}-dlq")
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        """Join the group and start consuming in the background."""
+        self.producer = idempotent_producer(self.config.bootstrap, f"{self.config.client_id}-dlq")
         await self.producer.start()
         self.consumer.subscribe([self.config.topic], listener=_Listener(self))
         await self.consumer.start()
@@ -188,14 +123,24 @@ class LedgerConsumer(Generic[T]):
             asyncio.create_task(self._cleanup_loop(), name=f"{self.config.group_id}-cleanup"),
         ]
 
-    async def stop(self) -> None:
-        """Leave the group cleanly: the batch in flight finishes first."""
-        async with self.batch_lock:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Leave the group cleanly: the batch in flight finishes first, if it can in time."""
+        # A batch stuck on an unreachable database is cancelled: its transaction rolls
+        # back, and its records are read again by whoever owns the partitions next.
+        try:
+            await asyncio.wait_for(self.batch_lock.acquire(), timeout)
+            locked = True
+        except TimeoutError:
+            locked = False
+        try:
             for task in self._tasks:
                 task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            if locked:
+                self.batch_lock.release()
         await self.consumer.stop()
         await self.producer.stop()
 
@@ -223,8 +168,13 @@ class LedgerConsumer(Generic[T]):
     async def _seek_pending(self) -> None:
         """Seek each newly assigned partition to its offset in PostgreSQL, then resume it."""
         async with self.batch_lock:
+            epoch = self.epoch
             wanted = set(self.pending_seek) & self.consumer.assignment()
-            stored = await self._retrying(lambda conn: _read_offsets(conn, self.config, wanted))
+            stored = await self._retrying(
+                lambda conn: ledger_store.read_offsets(conn, self.config, wanted)
+            )
+            if epoch != self.epoch:
+                return  # assigned anew meanwhile: start over with the new assignment
             for tp in wanted:
                 if tp in stored:
                     self.consumer.seek(tp, stored[tp])
@@ -255,9 +205,9 @@ class LedgerConsumer(Generic[T]):
 
         async def store(conn: Conn) -> int:
             async with conn.transaction():
-                fresh = await _claim(conn, items)
+                fresh = await ledger_store.claim(conn, items)
                 await self.apply(conn, fresh)
-                await _write_offsets(conn, self.config, offsets)
+                await ledger_store.write_offsets(conn, self.config, offsets)
                 return len(fresh)
 
         fresh_count = await self._retrying(store)
@@ -330,57 +280,4 @@ class LedgerConsumer(Generic[T]):
 
     async def cleanup_dedupe(self) -> int:
         """Forget event ids older than the dedupe window (kept at least the topic's retention)."""
-        deleted = 0
-        while True:
-            status = await self.pool.execute(
-                "DELETE FROM processed_events WHERE event_id IN (SELECT event_id"
-                " FROM processed_events WHERE seen_at < now() - $1::interval LIMIT 10000)",
-                self.config.dedupe_window,
-            )
-            count = int(status.rsplit(" ", 1)[-1])
-            deleted += count
-            if count < 10000:
-                return deleted
-
-
-async def _claim(conn: Conn, items: Sequence[Identified]) -> list[Any]:
-    """Record the batch's event ids; return only the items not seen before."""
-    if not items:
-        return []
-    rows = await conn.fetch(
-        "INSERT INTO processed_events (event_id) SELECT unnest($1::uuid[])"
-        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-        [i.event_id for i in items],
-    )
-    fresh = {r["event_id"] for r in rows}
-    return [i for i in items if i.event_id in fresh]
-
-
-async def _write_offsets(
-    conn: Conn, config: ConsumerConfig, offsets: dict[TopicPartition, int]
-) -> None:
-    # GREATEST: a zombie finishing an old batch late never moves an offset backwards.
-    await conn.execute(
-        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
-        " SELECT $1, unnest($2::text[]), unnest($3::int[]), unnest($4::bigint[])"
-        " ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET"
-        " next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),"
-        " updated_at = now()",
-        config.group_id,
-        [tp.topic for tp in offsets],
-        [tp.partition for tp in offsets],
-        list(offsets.values()),
-    )
-
-
-async def _read_offsets(
-    conn: Conn, config: ConsumerConfig, tps: set[TopicPartition]
-) -> dict[TopicPartition, int]:
-    rows = await conn.fetch(
-        "SELECT topic, partition, next_offset FROM consumer_offsets"
-        " WHERE consumer_group = $1 AND topic = ANY($2::text[])",
-        config.group_id,
-        sorted({tp.topic for tp in tps}),
-    )
-    stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-    return {tp: offset for tp, offset in stored.items() if tp in tps}
+        return await ledger_store.forget_old_events(self.pool, self.config.dedupe_window)

@@ -13,7 +13,7 @@ from shared.catalogue import Catalogue
 from shared.ledger_consumer import LedgerConsumer
 
 if TYPE_CHECKING:
-    from shared.ledger_consumer import Conn
+    from shared.ledger_types import Conn
 
 
 async def apply_costs(conn: Conn, events: list[PricedUsage]) -> None:

@@ -13,7 +13,7 @@ from shared.events import UsageRecorded
 from shared.ledger_consumer import LedgerConsumer
 
 if TYPE_CHECKING:
-    from shared.ledger_consumer import Conn
+    from shared.ledger_types import Conn
 
 
 async def apply_usage(conn: Conn, events: list[UsageRecorded]) -> None:
