@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from services.billing.main import create_app
-from tests.metering.harness import AUTH, CHAT, EMBED, PRICE_CHANGE, Case, running, usage
+from tests.metering.harness import AUTH, CHAT, EMBED, PRICE_CHANGE, running, usage
+from tests.metering.ledgers import Case
 from tests.polling import eventually
 
 DAY = datetime(2026, 3, 2, tzinfo=UTC)

@@ -13,7 +13,8 @@ from services.metering.settings import MeteringSettings
 from shared.db import apply_migrations, create_pool
 from shared.ledger_settings import RETENTION_S
 from shared.ledger_store import claim
-from tests.metering.harness import ADMIN_TOKEN, Case, usage
+from tests.metering.harness import ADMIN_TOKEN, usage
+from tests.metering.ledgers import Case
 
 
 def test_a_window_shorter_than_the_retention_is_refused() -> None:

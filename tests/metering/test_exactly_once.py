@@ -16,16 +16,8 @@ import asyncpg
 
 from shared.events import DeadLetter, utc_now
 from shared.topics import USAGE_EVENTS_DLQ
-from tests.metering.harness import (
-    UNPRICED,
-    Case,
-    both,
-    dead_letters,
-    end_offsets,
-    stats,
-    stream_of,
-    usage,
-)
+from tests.metering.harness import UNPRICED, both, stats, stream_of, usage
+from tests.metering.ledgers import Case, dead_letters, end_offsets
 from tests.polling import eventually
 
 

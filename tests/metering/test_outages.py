@@ -17,7 +17,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.metering.harness import ADMIN_TOKEN, Case, both, stats, stream_of
+from tests.metering.harness import ADMIN_TOKEN, both, stats, stream_of
+from tests.metering.ledgers import Case
 from tests.polling import eventually
 from tests.private_servers import Private, free_port
 

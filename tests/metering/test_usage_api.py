@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from services.metering.main import create_app
-from tests.metering.harness import AUTH, CHAT, EMBED, Case, running, usage
+from tests.metering.harness import AUTH, CHAT, EMBED, running, usage
+from tests.metering.ledgers import Case
 from tests.polling import eventually
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
