@@ -1,0 +1,109 @@
+"""The ``tollgate`` command line against the key service served over real HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from services.keys import cli
+from services.keys.main import create_app
+from services.keys.settings import KeysSettings
+from shared import apikeys
+from tests.keys.harness import ADMIN_TOKEN, INTERNAL_TOKEN
+from tests.private_servers import free_port
+
+
+@pytest.fixture
+async def url(keys_settings: KeysSettings) -> AsyncIterator[str]:
+    """The key service on a free port of 127.0.0.1."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(keys_settings), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the server did not start"
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def tollgate(
+    *argv: str, env: dict[str, str] | None = None, status: int = 0
+) -> tuple[str, str]:
+    """Run the CLI in a thread (it is synchronous); its stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN} if env is None else env
+    code = await asyncio.to_thread(cli.run, list(argv), stdout=out, stderr=err, environ=environ)
+    assert code == status, (argv, out.getvalue(), err.getvalue())
+    return out.getvalue(), err.getvalue()
+
+
+async def test_projects_and_keys_from_the_command_line(url: str) -> None:
+    out, _ = await tollgate("--url", url, "--json", "projects", "create", "CLI project")
+    project = json.loads(out)["id"]
+    out, _ = await tollgate("--url", url, "projects", "list")
+    assert project in out
+    assert "CLI project" in out
+
+    out, err = await tollgate("--url", url, "keys", "create", "-p", project, "production-app")
+    secret = out.strip()
+    assert apikeys.is_well_formed(secret)
+    assert "will not be shown again" in err
+    out, _ = await tollgate("--url", url, "--json", "keys", "list", "-p", project)
+    [first] = json.loads(out)
+    assert first["hint"] == apikeys.hint(secret)
+    assert "key" not in first
+
+    out, _ = await tollgate("--url", url, "--json", "keys", "create", "-p", project, "second")
+    second = json.loads(out)["id"]
+    out, _ = await tollgate("--url", url, "keys", "default", "-p", project, second)
+    assert "yes" in out
+    out, _ = await tollgate("--url", url, "keys", "rename", "-p", project, second, "renamed")
+    assert "renamed" in out
+    out, err = await tollgate(
+        "--url", url, "keys", "rotate", "-p", project, first["id"], "--grace", "60"
+    )
+    rotated = out.strip()
+    assert apikeys.is_well_formed(rotated)
+    assert rotated != secret
+    assert "previous secret keeps working until" in err
+    out, _ = await tollgate("--url", url, "keys", "revoke", "-p", project, first["id"])
+    assert f"Revoked key {first['id']}." in out
+
+    out, _ = await tollgate("--url", url, "keys", "list", "-p", project)
+    assert first["id"] not in out
+    assert second in out
+    assert rotated not in out
+    out, _ = await tollgate("--url", url, "keys", "list", "-p", project, "--all")
+    assert first["id"] in out
+    assert "revoked" in out
+
+
+async def test_errors_are_told_with_their_status(url: str, tmp_path: Path) -> None:
+    _, err = await tollgate("--url", url, "keys", "list", "-p", "proj_nope", status=1)
+    assert "No project found" in err
+    assert "404" in err
+    _, err = await tollgate("--url", url, "projects", "create", " ", status=1)
+    assert "name" in err
+    _, err = await tollgate(
+        "--url", url, "projects", "list", env={"TOLLGATE_ADMIN_TOKEN": INTERNAL_TOKEN}, status=1
+    )
+    assert "401" in err
+    _, err = await tollgate(
+        "--url", url, "projects", "list", env={"TOLLGATE_RUN_DIR": str(tmp_path)}, status=3
+    )
+    assert "no operator token" in err
+    (tmp_path / "admin-token").write_text(ADMIN_TOKEN + "\n")
+    await tollgate("--url", url, "projects", "list", env={"TOLLGATE_RUN_DIR": str(tmp_path)})
+    _, err = await tollgate("--url", "http://127.0.0.1:1", "projects", "list", status=3)
+    assert "cannot reach" in err
+    await tollgate("keys", "frobnicate", status=2)
