@@ -96,6 +96,7 @@ class Authenticator:
         self.verify_breaker = verify_breaker
         self.redis_timeout_s = redis_timeout_s
         self._writes: set[asyncio.Task[None]] = set()
+        self._pending: dict[str, asyncio.Future[tuple[KeyState | None, str]]] = {}
 
     async def authenticate(self, authorization: str | None) -> KeyState:
         """The valid key behind the header; raises MissingApiKey, InvalidApiKey, AuthUnavailable."""
@@ -119,6 +120,16 @@ class Authenticator:
             return state, "local"
         if self.local.is_negative(key_hash):
             return None, "negative"
+        # One lookup per key at a time: a client firing 1,000 requests with a key this
+        # replica has not seen yet causes one Redis or verify call, not 1,000.
+        pending = self._pending.get(key_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(self._shared_lookup(key_hash))
+            self._pending[key_hash] = pending
+            pending.add_done_callback(lambda done: self._settled(key_hash, done))
+        return await asyncio.shield(pending)
+
+    async def _shared_lookup(self, key_hash: str) -> tuple[KeyState | None, str]:
         redis_answered = False
         if self.redis_breaker.available():
             try:
@@ -154,6 +165,11 @@ class Authenticator:
             return stale, "stale"
         self.metrics.auth.labels("none", "unavailable").inc()
         raise AuthUnavailable()
+
+    def _settled(self, key_hash: str, done: asyncio.Future[tuple[KeyState | None, str]]) -> None:
+        self._pending.pop(key_hash, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone already
 
     def _write_back(self, state: KeyState) -> None:
         """Share a verify answer with the other replicas, off the request path."""

@@ -65,11 +65,14 @@ class Gateway:
         self.local = LocalCache(s.local_cache_size, s.local_cache_ttl_s, s.negative_cache_ttl_s)
         self.store = RedisStore(self.redis, s.redis_prefix)
         self.keys_client = httpx.AsyncClient(timeout=s.verify_timeout_s)
+        limits = httpx.Limits(
+            max_connections=s.upstream_max_connections,
+            max_keepalive_connections=s.upstream_keepalive,
+            keepalive_expiry=s.upstream_keepalive_expiry_s,
+        )
+        # retries=1 retries only failed connects, which never reached the upstream.
         self.upstream_client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=s.upstream_max_connections,
-                max_keepalive_connections=s.upstream_keepalive,
-            ),
+            transport=httpx.AsyncHTTPTransport(limits=limits, retries=1), limits=limits
         )
         self.auth = Authenticator(
             local=self.local,
@@ -134,6 +137,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app (``uvicorn services.gateway.main:create_app --factory``)."""
     settings = settings or GatewaySettings()
     setup_logging("gateway", settings.log_level, settings.log_json)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     setup_telemetry("gateway", settings)
     catalogue = load_catalogue(settings.catalogue_path)
     metrics = Metrics()

@@ -195,7 +195,7 @@ class Proxy:
         )
         sent = perf_counter()
         try:
-            upstream = await self.client.send(upstream_request, stream=call.stream)
+            upstream = await self._send(upstream_request, stream=call.stream)
         except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"The model's server did not answer within {route.entry.upstream.timeout_s:g} s."
@@ -220,6 +220,15 @@ class Proxy:
             upstream.headers.get("content-type", "application/json"),
             lambda: self._finish(call, upstream.status_code, usage),
         )
+
+    async def _send(self, upstream_request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """Send, retrying once when a pooled connection turned out closed by the upstream
+        (its keep-alive ran out as we reused it): the request never got an answer."""
+        try:
+            return await self.client.send(upstream_request, stream=stream)
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            log.info("upstream connection closed under us; retrying once")
+            return await self.client.send(upstream_request, stream=stream)
 
     @staticmethod
     def _usage_of(endpoint: str, payload: dict[str, Any], content: bytes) -> Usage:

@@ -41,6 +41,12 @@ class GatewaySettings(ServiceSettings):
     )
     upstream_max_connections: int = Field(1000, gt=0)
     upstream_keepalive: int = Field(200, ge=0)
+    upstream_keepalive_expiry_s: float = Field(
+        2.0,
+        gt=0,
+        description="below the usual 5 s server keep-alive, so a reused connection"
+        " is never one the server is closing",
+    )
     usage_queue_size: int = Field(100_000, gt=0, description="events waiting for Kafka in memory")
     kafka_delivery_timeout_s: float = Field(
         5.0, gt=0, description="an unacknowledged batch goes to the spool after this long"
