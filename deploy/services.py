@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from deploy.first_key import ensure_first_key
 from deploy.process import is_running, port_open, read_pid, spawn_detached, stop_pid, tail
 from deploy.servers import REPO, StackError
 
@@ -129,6 +130,9 @@ def up(run_dir: Path, endpoints: Endpoints, deadline_s: float = 60.0) -> None:
             pid_file.write_text(str(pid))
         _wait_healthy(service, log, deadline_s)
         print(f"{service.name:9} http://127.0.0.1:{service.port}   log {log}")
+    print(f"admin token  in {run_dir / 'admin-token'}")
+    if any(s.name == "keys" for s in _available()):
+        print(ensure_first_key(run_dir, token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN")))
 
 
 def down(run_dir: Path) -> None:
