@@ -38,7 +38,9 @@ class KeyRevoked(KeysError, Conflict):
     code = "key_revoked"
 
     def __init__(self, key_id: str) -> None:
-        super().__init__(f"The API key '{key_id}' is revoked; it cannot be changed.")
+        super().__init__(
+            f"The API key '{key_id}' is revoked; it cannot be changed or revoked again."
+        )
 
 
 class KeyExpired(KeysError, Conflict):

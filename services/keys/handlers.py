@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.events import UsageRecorded
+from shared.kafka import ensure_topics
 from shared.ledger_retry import READ_ERRORS, backoff
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ class LastUsedConsumer:
                 auto_offset_reset="earliest",
             )
             try:
+                # Subscribing to a topic not created yet only logs errors until it exists.
+                await ensure_topics(
+                    self.settings.kafka_bootstrap, prefix=self.settings.topic_prefix, timeout=10
+                )
                 await consumer.start()
                 attempt = 0
                 await self._consume(consumer)
