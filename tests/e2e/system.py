@@ -1,0 +1,132 @@
+"""The whole system as real processes: demo upstream, key service, gateway, metering, billing.
+
+Each runs under uvicorn on a free port with this test's own topic prefix, database schemas,
+consumer groups and Redis prefix, against the session's Kafka, PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from deploy.stack import Endpoints
+from tests.private_servers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Process:
+    """One service under uvicorn, a child of the test."""
+
+    name: str
+    app: str
+    port: int
+    env: dict[str, str]
+    log: Path
+    child: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "uvicorn", self.app, "--factory", "--host", "127.0.0.1",
+                "--port", str(self.port), "--no-access-log"]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.child = subprocess.Popen(
+                argv, cwd=REPO, env={**os.environ, **self.env}, stdout=out, stderr=out
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.child.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(20)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+
+
+@dataclass
+class System:
+    """Every service of one test, and the tokens to talk to them."""
+
+    admin_token: str
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return self.processes[name].url
+
+    def stop(self) -> None:
+        for process in reversed(self.processes.values()):
+            process.stop()
+
+
+def start_system(endpoints: Endpoints, topic_prefix: str, unique: str, tmp: Path) -> System:
+    """Start the five processes in dependency order and return them."""
+    admin, internal = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    ports = {name: free_port() for name in ("upstream", "keys", "gateway", "metering", "billing")}
+    catalogue = tmp / "models.yaml"
+    catalogue.write_text(
+        (REPO / "deploy" / "models.yaml")
+        .read_text()
+        .replace("http://127.0.0.1:8090/v1", f"http://127.0.0.1:{ports['upstream']}/v1")
+    )
+    common = {
+        "KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+        "DATABASE_URL": endpoints.database_url,
+        "REDIS_URL": endpoints.redis_url,
+        "TOPIC_PREFIX": topic_prefix,
+        "LOG_JSON": "true",
+    }
+    specific = {
+        "upstream": {},
+        "keys": {"ADMIN_TOKEN": admin, "INTERNAL_TOKEN": internal, "DB_SCHEMA": f"e2e_{unique}_keys",
+                 "CONSUMER_GROUP": f"keys-{unique}"},
+        "gateway": {"INTERNAL_TOKEN": internal, "KEYS_URL": f"http://127.0.0.1:{ports['keys']}",
+                    "CATALOGUE_PATH": str(catalogue), "SPOOL_DIR": str(tmp / "spool"),
+                    "REDIS_PREFIX": f"e2e:{unique}:"},
+        "metering": {"ADMIN_TOKEN": admin, "DB_SCHEMA": f"e2e_{unique}_metering",
+                     "CONSUMER_GROUP": f"metering-{unique}"},
+        "billing": {"ADMIN_TOKEN": admin, "DB_SCHEMA": f"e2e_{unique}_billing",
+                    "CONSUMER_GROUP": f"billing-{unique}", "CATALOGUE_PATH": str(catalogue)},
+    }  # fmt: skip
+    apps = {
+        "upstream": "deploy.demo_upstream:create_app",
+        "keys": "services.keys.main:create_app",
+        "gateway": "services.gateway.main:create_app",
+        "metering": "services.metering.main:create_app",
+        "billing": "services.billing.main:create_app",
+    }
+    system = System(admin_token=admin)
+    try:
+        for name, app in apps.items():
+            prefix = f"TOLLGATE_{name.upper()}_"
+            env = {prefix + k: v for k, v in {**common, **specific[name]}.items()}
+            process = Process(name, app, ports[name], env, tmp / f"{name}.log")
+            system.processes[name] = process
+            process.start()
+    except BaseException:
+        system.stop()
+        raise
+    return system
