@@ -171,7 +171,7 @@ async def test_usage_and_costs_equal_what_clients_were_told(system: System) -> N
         listed = (await keys_api.get(f"/v1/projects/{project}/keys")).json()["data"]
         return [k["last_used_at"] for k in listed]
 
-    await eventually(last_used, until=lambda got: all(got), what="last_used_at")
+    await eventually(last_used, until=all, what="last_used_at")
 
     # Revoking a key stops it at the gateway within a second.
     revoked_id, revoked_secret = next(iter(keys.items()))
