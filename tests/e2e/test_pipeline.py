@@ -189,5 +189,5 @@ async def test_usage_and_costs_equal_what_clients_were_told(system: System) -> N
 
     await eventually(still_works, until=lambda ok: not ok, timeout=1.0, what="revocation")
     await refused.close()
-    for client in (keys_api, metering, billing):
-        await client.aclose()
+    for api in (keys_api, metering, billing):
+        await api.aclose()
