@@ -64,6 +64,34 @@ def minute_deltas(events: Iterable[UsageRecorded]) -> dict[MinuteKey, MinuteDelt
     return deltas
 
 
+def keys_last_used(deltas: dict[MinuteKey, MinuteDelta]) -> dict[tuple[str, str], datetime]:
+    """The latest use of each (project, key) in a batch's deltas."""
+    out: dict[tuple[str, str], datetime] = {}
+    for (project, _, key, _), d in deltas.items():
+        if d.last_used_at is not None:
+            before = out.get((project, key))
+            if before is None or d.last_used_at > before:
+                out[(project, key)] = d.last_used_at
+    return out
+
+
+def last_used_list(project_id: str, rows: Sequence[Any]) -> dict[str, Any]:
+    """The key list answer: when each key was last used (Unix seconds)."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "organization.usage.api_key",
+                "project_id": project_id,
+                "api_key_id": r["key_id"],
+                "last_used_at": int(r["last_used_at"].timestamp()),
+            }
+            for r in rows
+        ],
+        "has_more": False,
+    }
+
+
 def usage_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[str, Any]:
     """The Usage API's answer: every bucket of the page, results from the summed rows."""
     by_bucket: dict[int, list[dict[str, Any]]] = {}
