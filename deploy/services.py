@@ -68,6 +68,9 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "gateway", "TOLLGATE_GATEWAY_", _uvicorn("services.gateway.main:create_app", 8080), 8080
     ),
+    Service(
+        "console", "TOLLGATE_CONSOLE_", _uvicorn("services.console.main:create_app", 8084), 8084
+    ),
 )
 
 
