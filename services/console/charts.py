@@ -114,7 +114,10 @@ def compact(value: float) -> str:
 
 
 def dollars(value: float) -> str:
-    """Axis money: $0.0012, $1.5, $20."""
+    """Axis money without exponents: $0, $0.000025, $0.5, $20, $1.2K."""
     if value == 0:
         return "$0"
-    return f"${value:.2g}" if value < 1 else f"${compact(value)}"
+    if value >= 1:
+        return f"${compact(value)}"
+    decimals = max(2, 1 - math.floor(math.log10(value)))  # two significant digits
+    return f"${value:.{decimals}f}".rstrip("0").rstrip(".")

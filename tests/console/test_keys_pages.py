@@ -107,14 +107,24 @@ async def test_a_key_is_created_shown_once_renamed_defaulted_rotated_and_deleted
 
         second = secret_of((await post(client, keys_url, {"name": "development"}, csrf)).text)
         assert second != secret
+        listed = (await api.get(f"/v1/projects/{project}/keys")).json()["data"]
+        other_id = next(k["id"] for k in listed if k["name"] == "development")
 
-        defaulted = await post(client, f"{keys_url}/{key_id}/default", {}, csrf)
+        def row(html: str, key: str) -> str:
+            return html.split(f'data-key-id="{key}"')[1].split("</tr>", maxsplit=1)[0]
+
+        page = (await client.get(keys_url)).text
+        assert "badge default" in row(page, key_id)  # the first key became the default
+        assert "badge default" not in row(page, other_id)
+        defaulted = await post(client, f"{keys_url}/{other_id}/default", {}, csrf)
         assert defaulted.status_code == 303
         page = (await client.get(keys_url)).text
-        assert "production-app is now the default key." in page
-        row = page.split(f'data-key-id="{key_id}"')[1].split("</tr>")[0]
-        assert "badge default" in row
-        assert (await api.get(f"/v1/projects/{project}/keys/{key_id}")).json()["is_default"]
+        assert "development is now the default key." in page
+        assert "badge default" in row(page, other_id)
+        assert "badge default" not in row(page, key_id)
+        assert "Set development as default" not in page
+        assert "Set production-app as default" in page
+        assert (await api.get(f"/v1/projects/{project}/keys/{other_id}")).json()["is_default"]
 
         blank = await post(client, f"{keys_url}/{key_id}/rename", {"name": ""}, csrf)
         assert blank.status_code == 400
@@ -142,9 +152,8 @@ async def test_a_key_is_created_shown_once_renamed_defaulted_rotated_and_deleted
         assert f'data-key-id="{key_id}"' not in page
         assert "Key prod deleted." in page
         shown = (await client.get(keys_url, params={"revoked": "1"})).text
-        row = shown.split(f'data-key-id="{key_id}"')[1].split("</tr>")[0]
-        assert "Deleted" in row
-        assert "Rotate" not in row
+        assert "Deleted" in row(shown, key_id)
+        assert "Rotate" not in row(shown, key_id)
         gone = await api.get(f"/v1/projects/{project}/keys/{key_id}")
         assert gone.json()["status"] == "revoked"
 

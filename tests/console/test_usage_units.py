@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.console.charts import Series, bar_chart, compact, nice_ceiling
+from services.console.charts import Series, bar_chart, compact, dollars, nice_ceiling
 from services.console.formatting import usd, when
 from services.console.usage import Period, PeriodError, api_query, build_report, resolve_period
 from services.console.usage_pages import _cell
@@ -157,6 +157,8 @@ def test_charts_scale_to_the_tallest_bar_and_escape_their_labels() -> None:
 
 
 def test_money_dates_and_csv_cells() -> None:
+    axis = [dollars(v) for v in (0, 0.000025, 0.0000063, 0.00125, 0.75, 20, 1500)]
+    assert axis == ["$0", "$0.000025", "$0.0000063", "$0.0013", "$0.75", "$20", "$1.5K"]
     assert usd(Decimal(0)) == "$0.00"
     assert usd(Decimal("0.0042")) == "$0.0042"
     assert usd(Decimal("1234.565")) == "$1,234.57"  # half-up, as billing rounds

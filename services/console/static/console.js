@@ -95,6 +95,11 @@
     }
   }
 
+  // A chart wider than a narrow screen scrolls; its latest buckets are the ones in view.
+  document.querySelectorAll(".chart-scroll").forEach(function (box) {
+    box.scrollLeft = box.scrollWidth;
+  });
+
   // The project switcher opens the chosen project at once.
   document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
     select.addEventListener("change", function () { if (select.value) select.form.submit(); });

@@ -1,0 +1,307 @@
+"""End to end in headless Chromium: the console, the gateway and the ledgers, all real.
+
+Sign in (a wrong token first); create a project and a key; read the key from its dialog and
+from the clipboard; call the gateway with it through the ``openai`` SDK; see the requests
+and tokens on the Usage page, equal to what the SDK and the Usage API say; set a default;
+rotate; delete, and see the gateway refuse the key; sign out, and reach no page.
+A screenshot of each page goes to ``test-artifacts/console/``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    async_playwright,
+    expect,
+)
+
+from deploy.stack import Endpoints
+from tests.console.helpers import TOKEN
+from tests.console.served import System, system
+from tests.polling import eventually
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
+CHAT, EMBED = "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen3-Embedding-0.6B"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def running(
+    *,
+    endpoints: Endpoints,
+    schemas: tuple[str, str, str],
+    topic_prefix: str,
+    redis_prefix: str,
+    unique: str,
+    tmp_path: Path,
+) -> AsyncIterator[System]:
+    async with system(
+        endpoints=endpoints,
+        schemas=schemas,
+        topic_prefix=topic_prefix,
+        redis_prefix=redis_prefix,
+        unique=unique,
+        folder=tmp_path,
+    ) as found:
+        yield found
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+async def gateway_status(system: System, secret: str) -> int:
+    """The status of one chat request with secret (200, or the refusal's)."""
+    client = openai.AsyncOpenAI(base_url=system.gateway + "/v1", api_key=secret, max_retries=0)
+    try:
+        await client.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "ping"}], max_tokens=4
+        )
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    finally:
+        await client.close()
+    return 200
+
+
+async def create_key(page: Page, name: str) -> str:
+    """Create a key through its dialog; the secret the dialog shows (the dialog left open)."""
+    await page.get_by_role("button", name="Create API key").first.click()
+    dialog = page.get_by_role("dialog", name="Create API key")
+    await expect(dialog).to_be_visible()
+    await expect(dialog.get_by_label("Name")).to_be_focused()
+    await dialog.get_by_label("Name").fill(name)
+    await dialog.get_by_role("button", name="Create key").click()
+    secret_dialog = page.get_by_role("dialog", name="Save your key")
+    await expect(secret_dialog).to_be_visible()
+    await expect(secret_dialog).to_contain_text("will not be shown again")
+    return await secret_dialog.get_by_label("Secret key").input_value()
+
+
+def row(page: Page, name: str) -> Locator:
+    return page.locator("tr", has=page.locator(".key-name", has_text=re.compile(f"^{name}$")))
+
+
+async def test_the_console_end_to_end(browser: Browser, running: System) -> None:
+    context: BrowserContext = await browser.new_context(
+        viewport={"width": 1280, "height": 860}, base_url=running.console
+    )
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=running.console)
+    page = await context.new_page()
+
+    # Signed out, every page leads to sign-in; a wrong token stays there.
+    for path in ("/", "/projects", "/projects/proj_x/keys", "/projects/proj_x/usage"):
+        await page.goto(path)
+        await expect(page).to_have_url(re.compile(r"/signin"))
+    await page.goto("/")
+    await shot(page, "01-sign-in")
+    await page.get_by_label("Operator token").fill("not-the-operator-token-at-all")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#token-error")).to_contain_text("not the operator token")
+    await shot(page, "02-sign-in-wrong-token")
+    cookies = await context.cookies()
+    assert not [c for c in cookies if c["name"] == "tollgate_console_session"]
+
+    await page.get_by_label("Operator token").fill(TOKEN)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+    session = next(c for c in await context.cookies() if c["name"] == "tollgate_console_session")
+    assert session["httpOnly"]
+    assert session["sameSite"] == "Strict"
+    assert await page.evaluate("document.cookie") == ""  # nothing a script can read
+    await shot(page, "03-projects-empty")
+
+    # A project, then a key, shown once: in the dialog and on the clipboard.
+    await page.get_by_role("button", name="Create your first project").click()
+    new_project = page.get_by_role("dialog", name="Create project")
+    await new_project.get_by_label("Name").fill("Demo")
+    await new_project.get_by_role("button", name="Create project").click()
+    await expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
+    await expect(page.get_by_text("No API keys yet")).to_be_visible()
+    await shot(page, "04-keys-empty")
+    project = page.url.split("/projects/")[1].split("/")[0]
+
+    secret = await create_key(page, "production-app")
+    assert secret.startswith("sk-tg-")
+    await (
+        page.get_by_role("dialog", name="Save your key").get_by_role("button", name="Copy").click()
+    )
+    await expect(page.get_by_role("status").filter(has_text="Copied")).to_be_visible()
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
+    await shot(page, "05-key-created")
+    await page.get_by_role("link", name="Done").click()
+    await expect(page.get_by_role("dialog", name="Save your key")).to_have_count(0)
+    assert secret not in await page.content()
+    await expect(page.locator("code.hint", has_text="sk-..." + secret[-4:])).to_be_visible()
+
+    # The gateway takes the key; the Usage page shows what the SDK was told.
+    client = openai.AsyncOpenAI(base_url=running.gateway + "/v1", api_key=secret, max_retries=0)
+    sent_in = sent_out = 0
+    for prompt in ("Hello there", "What is a gateway?", "Count the tokens, please."):
+        reply = await client.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": prompt}], max_tokens=12
+        )
+        assert reply.usage is not None
+        sent_in, sent_out = (
+            sent_in + reply.usage.prompt_tokens,
+            sent_out + reply.usage.completion_tokens,
+        )
+    vectors = await client.embeddings.create(model=EMBED, input=["one", "two three"])
+    sent_in += vectors.usage.prompt_tokens
+    await client.close()
+
+    await page.get_by_role("link", name="Usage").click()
+    await page.get_by_label("Period", exact=True).select_option("24h")
+    await page.get_by_role("button", name="Apply").click()
+    await page.wait_for_url(re.compile(r"period=24h"))
+    usage_url = page.url
+
+    async def shown_requests() -> str:
+        await page.goto(usage_url)
+        return await page.locator("#total-requests").get_attribute("data-value") or ""
+
+    await eventually(shown_requests, until=lambda v: v == "4", timeout=30, what="4 requests")
+    assert await page.locator("#total-input-tokens").get_attribute("data-value") == str(sent_in)
+    assert await page.locator("#total-output-tokens").get_attribute("data-value") == str(sent_out)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        usage = (
+            await api.get(
+                f"{running.metering}/v1/projects/{project}/usage",
+                params={
+                    "start_time": int((now - timedelta(hours=23)).timestamp()),
+                    "end_time": int((now + timedelta(hours=1)).timestamp()),
+                    "bucket_width": "1h",
+                    "limit": 24,
+                },
+            )
+        ).json()
+    results = [r for b in usage["data"] for r in b["results"]]
+    assert sum(r["num_model_requests"] for r in results) == 4
+    assert sum(r["input_tokens"] for r in results) == sent_in
+    assert sum(r["output_tokens"] for r in results) == sent_out
+    await expect(page.locator("#by-keys")).to_contain_text("production-app")
+    await expect(page.locator("#by-models")).to_contain_text(EMBED)
+    await page.locator("#total-cost:not([data-value='0'])").wait_for()
+    await shot(page, "06-usage")
+
+    # A second key; the first becomes the default, is rotated, then deleted.
+    await page.get_by_role("link", name="API keys").click()
+    second = await create_key(page, "development")
+    await page.get_by_role("link", name="Done").click()
+    await expect(page.get_by_role("dialog", name="Save your key")).to_have_count(0)
+    assert second not in await page.content()
+    # The project's first key became its default; the badge moves to the one set.
+    prod, dev = row(page, "production-app"), row(page, "development")
+    await expect(prod.locator(".badge.default")).to_be_visible()
+    await dev.get_by_role("button", name="Set development as default").click()
+    await expect(page.get_by_role("status")).to_contain_text("development is now the default key")
+    await expect(dev.locator(".badge.default")).to_be_visible()
+    await expect(prod.locator(".badge.default")).to_have_count(0)
+    await expect(prod.locator("td[data-label='Last used']")).not_to_contain_text("Never")
+    await expect(dev.locator("td[data-label='Last used']")).to_contain_text("Never")
+    await shot(page, "07-keys")
+
+    # By keyboard: a dialog takes focus, Escape closes it, focus returns to its opener.
+    opener = dev.get_by_role("button", name="Rename development")
+    await opener.focus()
+    await page.keyboard.press("Enter")
+    rename = page.get_by_role("dialog", name="Rename development")
+    await expect(rename.get_by_label("Name")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(rename).to_be_hidden()
+    await expect(opener).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(rename.get_by_label("Name")).to_be_focused()
+    await page.keyboard.press("Control+A")
+    await page.keyboard.type("dev-box")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("status")).to_contain_text("Key renamed to dev-box.")
+    dev = row(page, "dev-box")
+    await expect(dev.locator(".badge.default")).to_be_visible()
+
+    await page.get_by_role("button", name="Rotate production-app").click()
+    rotate = page.get_by_role("dialog", name="Rotate production-app")
+    await expect(rotate).to_be_visible()
+    await rotate.get_by_label("None: the old secret stops working now").check()
+    await rotate.get_by_role("button", name="Rotate key").click()
+    rotated = page.get_by_role("dialog", name="Save your key")
+    await expect(rotated).to_contain_text("The old secret no longer works.")
+    new_secret = await rotated.get_by_label("Secret key").input_value()
+    assert new_secret != secret
+    await shot(page, "08-key-rotated")
+    await page.keyboard.press("Escape")  # closing by keyboard leaves the hint only
+    await expect(page.get_by_role("dialog", name="Save your key")).to_have_count(0)
+    await expect(page.locator("code.hint", has_text="sk-..." + new_secret[-4:])).to_be_visible()
+    assert new_secret not in await page.content()
+    await eventually(
+        lambda: gateway_status(running, secret), until=lambda s: s == 401, what="old secret refused"
+    )
+    assert await gateway_status(running, new_secret) == 200
+
+    await page.get_by_role("button", name="Delete production-app").click()
+    confirm = page.get_by_role("dialog", name="Delete production-app")
+    await expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()
+    await shot(page, "09-delete-confirm")
+    await confirm.get_by_role("button", name="Delete key").click()
+    await expect(page.get_by_role("status")).to_contain_text("Key production-app deleted")
+    await expect(row(page, "production-app")).to_have_count(0)
+    await eventually(
+        lambda: gateway_status(running, new_secret),
+        until=lambda s: s == 401,
+        timeout=10,
+        what="deleted key refused",
+    )
+    assert await gateway_status(running, second) == 200
+    await shot(page, "10-keys-after-delete")
+
+    # Narrow screen: the same pages, one column.
+    narrow = await context.new_page()
+    await narrow.set_viewport_size({"width": 390, "height": 844})
+    await narrow.goto(f"/projects/{project}/keys")
+    await shot(narrow, "11-keys-narrow")
+    await narrow.goto(f"/projects/{project}/usage?period=24h")
+    await shot(narrow, "12-usage-narrow")
+    await narrow.close()
+
+    # Sign out: no page is reachable any more.
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_text("You have signed out.")).to_be_visible()
+    for path in ("/projects", f"/projects/{project}/keys", f"/projects/{project}/usage"):
+        await page.goto(path)
+        await expect(page).to_have_url(re.compile(r"/signin"))
+        await expect(
+            page.get_by_role("heading", name="Sign in to the console", exact=True)
+        ).to_be_visible()
+    await context.close()
