@@ -29,7 +29,7 @@ from services.keys.repository import Row
 from shared import apikeys
 from shared.events import KeyEvent, KeyEventType, KeyState, utc_now
 from shared.ids import resource_id
-from shared.ledger_retry import READ_ERRORS
+from shared.ledger_retry import RETRYABLE
 
 if TYPE_CHECKING:
     from services.keys.repository import Conn
@@ -76,11 +76,8 @@ class KeyService:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
-        except READ_ERRORS as exc:
-            if isinstance(exc, asyncpg.PostgresError) and not isinstance(
-                exc, asyncpg.PostgresConnectionError
-            ):
-                raise  # a bug or a constraint, not an outage: let it surface as a 500
+        except RETRYABLE as exc:
+            # An outage (or a lost serialisation race): the caller may simply retry.
             log.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable("The key database is unavailable; retry shortly.") from exc
 
