@@ -32,7 +32,12 @@ class CliError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tollgate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tollgate",
+        description="Manage Tollgate's projects and API keys through the key service.",
+        epilog="Token: --token-file, $TOLLGATE_ADMIN_TOKEN, or $TOLLGATE_RUN_DIR/admin-token"
+        " (default ./.run/admin-token).",
+    )
     parser.add_argument(
         "--url", help=f"key service URL (default $TOLLGATE_KEYS_URL or {DEFAULT_URL})"
     )

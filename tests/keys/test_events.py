@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
 
 from services.keys import repository
+from services.keys.settings import KeysSettings
 from shared import apikeys
-from tests.keys.harness import Running, by_key, read_topic
+from shared.events import KeyEvent
+from tests.keys.harness import Running, by_key, read_topic, running
 from tests.polling import eventually
 
 
@@ -112,3 +117,31 @@ async def _leader(keys: Running) -> bool:
 
 async def _is(relay: object) -> bool:
     return bool(getattr(relay, "leader", False))
+
+
+async def test_a_revocation_reaches_the_topic_within_a_second(
+    keys_settings: KeysSettings,
+) -> None:
+    # The relay's poll is made slow on purpose: only the transaction's NOTIFY can be this fast.
+    settings = keys_settings.model_copy(update={"relay_poll_s": 30.0})
+    async with running(settings) as keys:
+        project = await keys.project()
+        key = await keys.key(project)
+        await read_topic(settings.kafka_bootstrap, settings.keys_topic, 1)
+        consumer = AIOKafkaConsumer(
+            settings.keys_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None
+        )
+        await consumer.start()
+        try:
+            await consumer.seek_to_end()
+            for partition in consumer.assignment():
+                await consumer.position(partition)
+            assert (await keys.client.delete(f"/v1/projects/{project}/keys/{key['id']}")).is_success
+            answered = time.monotonic()
+            record = await asyncio.wait_for(consumer.getone(), 5)
+            took = time.monotonic() - answered
+        finally:
+            await consumer.stop()
+    event = KeyEvent.model_validate_json(record.value)
+    assert (event.key_id, event.type, event.status) == (key["id"], "key.revoked", "revoked")
+    assert took < 1.0
