@@ -57,6 +57,12 @@ async def list_projects(conn: Executor, limit: int, after: str | None) -> list[R
     )
 
 
+async def exists(conn: Executor, table: str, row_id: str) -> bool:
+    """True when the table (projects or api_keys) has a row with that id."""
+    assert table in ("projects", "api_keys")
+    return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)", row_id))
+
+
 async def insert_key(
     conn: Executor,
     *,

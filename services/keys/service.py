@@ -27,6 +27,7 @@ from services.keys.errors import (
 )
 from services.keys.repository import Row
 from shared import apikeys
+from shared.errors import BadRequest
 from shared.events import KeyEvent, KeyEventType, KeyState, utc_now
 from shared.ids import resource_id
 from shared.ledger_retry import RETRYABLE
@@ -101,8 +102,13 @@ class KeyService:
     async def list_projects(self, limit: int, after: str | None) -> tuple[list[Row], bool]:
         """A page of projects and whether more follow."""
         async with self._transaction() as conn:
+            await self._cursor(conn, "projects", after)
             rows = await repo.list_projects(conn, limit + 1, after)
         return rows[:limit], len(rows) > limit
+
+    async def _cursor(self, conn: Conn, table: str, after: str | None) -> None:
+        if after is not None and not await repo.exists(conn, table, after):
+            raise BadRequest(f"Invalid 'after': no item has the id '{after}'.", param="after")
 
     async def _project(self, conn: Conn, project_id: str, *, lock: bool = False) -> Row:
         row = await repo.get_project(conn, project_id, lock=lock)
@@ -163,6 +169,7 @@ class KeyService:
         """A page of the project's keys and whether more follow."""
         async with self._transaction() as conn:
             await self._project(conn, project_id)
+            await self._cursor(conn, "api_keys", after)
             rows = await repo.list_keys(
                 conn, project_id, include_revoked=include_revoked, limit=limit + 1, after=after
             )

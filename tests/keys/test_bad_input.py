@@ -83,6 +83,8 @@ def cases(project: str, key: str, revoked: str) -> list[Case]:
         Case("list limit 0", "GET", f"{keys}?limit=0", param="limit"),
         Case("list limit 101", "GET", f"{keys}?limit=101", param="limit"),
         Case("list limit not a number", "GET", f"{keys}?limit=ten", param="limit"),
+        Case("list after an unknown key", "GET", f"{keys}?after=key_nope", param="after"),
+        Case("projects after unknown", "GET", "/v1/projects?after=proj_nope", param="after"),
         Case("unknown key", "GET", f"{keys}/key_nope", status=404, param="key_id"),
         Case("rename blank", "PATCH", one, {"name": "  "}, param="name"),
         Case("rename overlong", "PATCH", one, {"name": "n" * 65}, param="name"),
