@@ -119,6 +119,12 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     )
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=running.console)
     page = await context.new_page()
+    # Offline by construction: every request stays on the console; no CSP or script error.
+    requested: list[str] = []
+    problems: list[str] = []
+    context.on("request", lambda request: requested.append(request.url))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
 
     # Signed out, every page leads to sign-in; a wrong token stays there.
     for path in ("/", "/projects", "/projects/proj_x/keys", "/projects/proj_x/usage"):
@@ -231,6 +237,8 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     await expect(prod.locator(".badge.default")).to_have_count(0)
     await expect(prod.locator("td[data-label='Last used']")).not_to_contain_text("Never")
     await expect(dev.locator("td[data-label='Last used']")).to_contain_text("Never")
+    await page.reload()  # the message shown once is gone
+    await expect(page.get_by_role("status")).to_have_count(0)
     await shot(page, "07-keys")
 
     # By keyboard: a dialog takes focus, Escape closes it, focus returns to its opener.
@@ -295,6 +303,10 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     await shot(narrow, "12-usage-narrow")
     await narrow.close()
 
+    await page.goto("/projects")
+    await expect(page.get_by_role("link", name="Demo")).to_be_visible()
+    await shot(page, "13-projects")
+
     # Sign out: no page is reachable any more.
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_text("You have signed out.")).to_be_visible()
@@ -305,3 +317,7 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
             page.get_by_role("heading", name="Sign in to the console", exact=True)
         ).to_be_visible()
     await context.close()
+    assert requested
+    assert all(url.startswith(running.console + "/") for url in requested), requested
+    # The wrong token's 401 is the only error a page may log (the browser notes the status).
+    assert all("401" in p for p in problems), problems
