@@ -17,12 +17,13 @@ from fastapi import FastAPI
 
 from deploy.stack import Endpoints
 from services.billing.main import create_app as create_billing
-from services.billing.settings import BillingSettings
 from services.keys.main import create_app as create_keys
-from services.keys.settings import KeysSettings
 from services.metering.main import create_app as create_metering
-from services.metering.settings import MeteringSettings
-from tests.console.helpers import INTERNAL_TOKEN, TOKEN
+from tests.console.browsing import browser, running
+from tests.console.helpers import TOKEN
+from tests.console.served import service_settings
+
+__all__ = ["Apis", "apis", "browser", "keys_only", "running", "schemas"]
 
 
 @dataclass(frozen=True)
@@ -61,35 +62,6 @@ async def schemas(endpoints: Endpoints, unique: str) -> AsyncIterator[tuple[str,
             await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
-
-
-def service_settings(
-    endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
-) -> tuple[KeysSettings, MeteringSettings, BillingSettings]:
-    """Settings of one key, metering and billing service on this test's schemas and topics."""
-    common: dict[str, object] = {
-        "kafka_bootstrap": endpoints.kafka_bootstrap,
-        "database_url": endpoints.database_url,
-        "admin_token": TOKEN,
-        "topic_prefix": topic_prefix,
-        "log_json": False,
-        "log_level": "WARNING",
-    }
-    keys = KeysSettings.model_validate(
-        {
-            **common,
-            "internal_token": INTERNAL_TOKEN,
-            "db_schema": schemas[0],
-            "consumer_group": f"keys-{unique}",
-        }
-    )
-    metering = MeteringSettings.model_validate(
-        {**common, "db_schema": schemas[1], "consumer_group": f"metering-{unique}"}
-    )
-    billing = BillingSettings.model_validate(
-        {**common, "db_schema": schemas[2], "consumer_group": f"billing-{unique}"}
-    )
-    return keys, metering, billing
 
 
 async def _running(stack: AsyncExitStack, app: FastAPI) -> FastAPI:

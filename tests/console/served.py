@@ -15,16 +15,47 @@ import uvicorn
 from deploy.demo_upstream import create_app as create_upstream
 from deploy.stack import Endpoints
 from services.billing.main import create_app as create_billing
+from services.billing.settings import BillingSettings
 from services.console.main import create_app as create_console
 from services.gateway.main import create_app as create_gateway
 from services.gateway.settings import GatewaySettings
 from services.keys.main import create_app as create_keys
+from services.keys.settings import KeysSettings
 from services.metering.main import create_app as create_metering
-from tests.console.conftest import service_settings
-from tests.console.helpers import INTERNAL_TOKEN, console_settings
+from services.metering.settings import MeteringSettings
+from tests.console.helpers import INTERNAL_TOKEN, TOKEN, console_settings
 from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def service_settings(
+    endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
+) -> tuple[KeysSettings, MeteringSettings, BillingSettings]:
+    """Settings of one key, metering and billing service on this test's schemas and topics."""
+    common: dict[str, object] = {
+        "kafka_bootstrap": endpoints.kafka_bootstrap,
+        "database_url": endpoints.database_url,
+        "admin_token": TOKEN,
+        "topic_prefix": topic_prefix,
+        "log_json": False,
+        "log_level": "WARNING",
+    }
+    keys = KeysSettings.model_validate(
+        {
+            **common,
+            "internal_token": INTERNAL_TOKEN,
+            "db_schema": schemas[0],
+            "consumer_group": f"keys-{unique}",
+        }
+    )
+    metering = MeteringSettings.model_validate(
+        {**common, "db_schema": schemas[1], "consumer_group": f"metering-{unique}"}
+    )
+    billing = BillingSettings.model_validate(
+        {**common, "db_schema": schemas[2], "consumer_group": f"billing-{unique}"}
+    )
+    return keys, metering, billing
 
 
 class Served:
