@@ -22,11 +22,11 @@ The SQL (and the tables each service's 0001 migration creates) is in shared/ledg
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic
 
@@ -36,8 +36,9 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.errors import KafkaError
 
 from shared import ledger_store
-from shared.events import DeadLetter, utc_now
+from shared.events import utc_now
 from shared.kafka import idempotent_producer
+from shared.ledger_dlq import send_dead_letters
 from shared.ledger_retry import RETRYABLE, backoff
 from shared.ledger_types import (
     Apply,
@@ -54,6 +55,16 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerConfig", "ConsumerStats", "Identified", "LedgerConsumer", "Poison"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Prepared(Generic[T]):
+    """A parsed batch, waiting for its transaction."""
+
+    items: list[T]
+    poison: list[tuple[Any, str]]
+    offsets: dict[TopicPartition, int]
+    epoch: int
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -149,21 +160,46 @@ class LedgerConsumer(Generic[T]):
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     async def _run(self) -> None:
+        """Fetch and parse batch N+1 while batch N is stored; store batches one at a time."""
+        in_flight: asyncio.Task[None] | None = None
+        failures = 0
         while True:
-            if self.pending_seek:
-                await self._seek_pending()
-            epoch = self.epoch
-            batch = await self.consumer.getmany(
-                timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
-            )
-            if not batch:
-                continue
-            async with self.batch_lock:
-                if epoch != self.epoch or self.pending_seek:
-                    # A rebalance happened while fetching: the new owner (maybe us again,
-                    # after a seek) reads these records from the offsets in PostgreSQL.
-                    continue
-                await self._process(batch)
+            try:
+                if self.pending_seek:
+                    if in_flight is not None:
+                        await in_flight
+                        in_flight = None
+                    await self._seek_pending()
+                epoch = self.epoch
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
+                )
+                prepared = self._prepare(batch, epoch) if batch else None
+                if in_flight is not None:
+                    await in_flight
+                    in_flight = None
+                if prepared is not None:
+                    in_flight = asyncio.create_task(self._store(prepared))
+                failures = 0
+            except asyncio.CancelledError:
+                if in_flight is not None:
+                    in_flight.cancel()
+                raise
+            except Exception as exc:
+                # Unexpected (a bug, a broken client): never skip past the failed records.
+                # Every partition goes back to its offset in PostgreSQL, after a pause.
+                if in_flight is not None and not in_flight.done():
+                    with contextlib.suppress(Exception):
+                        await in_flight
+                in_flight = None
+                failures += 1
+                self.stats.last_error = repr(exc)
+                log.exception("consumer loop failed; re-reading from the stored offsets")
+                assigned = self.consumer.assignment()
+                if assigned:
+                    self.consumer.pause(*assigned)
+                    self.pending_seek |= set(assigned)
+                await asyncio.sleep(max(0.5, backoff(failures, cap=30.0)))
 
     async def _seek_pending(self) -> None:
         """Seek each newly assigned partition to its offset in PostgreSQL, then resume it."""
@@ -184,7 +220,8 @@ class LedgerConsumer(Generic[T]):
             self.pending_seek -= wanted | (self.pending_seek - self.consumer.assignment())
             self.epoch += 1
 
-    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> _Prepared[T]:
+        """Parse every record on its own: good events (once each), poison, next offsets."""
         now = utc_now()
         good: dict[uuid.UUID, T] = {}
         poison: list[tuple[Any, str]] = []
@@ -199,54 +236,41 @@ class LedgerConsumer(Generic[T]):
                     continue
                 # The same event twice in one batch (a producer retry) counts once.
                 good.setdefault(item.event_id, item)
-        if poison:
-            await self._dead_letter(poison)
-        items = list(good.values())
+        return _Prepared(list(good.values()), poison, offsets, epoch)
 
-        async def store(conn: Conn) -> int:
-            async with conn.transaction():
-                fresh = await ledger_store.claim(conn, items)
-                await self.apply(conn, fresh)
-                await ledger_store.write_offsets(conn, self.config, offsets)
-                return len(fresh)
+    async def _store(self, batch: _Prepared[T]) -> None:
+        """Dead letters first, then one transaction: claim ids, apply, store offsets."""
+        async with self.batch_lock:
+            if batch.epoch != self.epoch or self.pending_seek:
+                # A rebalance happened since the fetch: the new owner (maybe us again,
+                # after a seek) reads these records from the offsets in PostgreSQL.
+                return
+            if batch.poison:
+                await send_dead_letters(self.producer, self.config, batch.poison)
+            items = batch.items
 
-        fresh_count = await self._retrying(store)
-        self.stats.batches += 1
-        self.stats.applied += fresh_count
-        self.stats.duplicates += len(items) - fresh_count
-        self.stats.dead_letters += len(poison)
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:  # advisory only: PostgreSQL holds the truth
-            log.warning("kafka offset commit failed", extra={"error": repr(exc)})
+            async def store(conn: Conn) -> int:
+                async with conn.transaction():
+                    fresh = await ledger_store.claim(conn, items)
+                    await self.apply(conn, fresh)
+                    await ledger_store.write_offsets(conn, self.config, batch.offsets)
+                    return len(fresh)
+
+            fresh_count = await self._retrying(store)
+            self.stats.batches += 1
+            self.stats.applied += fresh_count
+            self.stats.duplicates += len(items) - fresh_count
+            self.stats.dead_letters += len(batch.poison)
+            try:
+                await self.consumer.commit(batch.offsets)
+            except KafkaError as exc:  # advisory only: PostgreSQL holds the truth
+                log.warning("kafka offset commit failed", extra={"error": repr(exc)})
 
     def _parse(self, value: bytes | None, now: datetime) -> T:
         item = self.parse(value)
         if item.occurred_at > now + self.config.future_tolerance:
             raise Poison(f"occurred_at {item.occurred_at.isoformat()} is too far in the future")
         return item
-
-    async def _dead_letter(self, poison: Sequence[tuple[Any, str]]) -> None:
-        futures = []
-        for record, reason in poison:
-            letter = DeadLetter(
-                occurred_at=utc_now(),
-                consumer_group=self.config.group_id,
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                reason=reason,
-                payload_base64=base64.b64encode(record.value or b"").decode(),
-            )
-            log.warning(
-                "dead letter",
-                extra={"reason": reason, "partition": record.partition, "offset": record.offset},
-            )
-            futures.append(
-                await self.producer.send(self.config.dlq_topic, letter.to_bytes(), key=record.key)
-            )
-        # Every dead letter is acknowledged before the offsets past it can be stored.
-        await asyncio.gather(*futures)
 
     async def _retrying(self, work: Callable[[Conn], Awaitable[Any]]) -> Any:
         """Run work on a pooled connection until it succeeds; retryable errors wait and retry."""
