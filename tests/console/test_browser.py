@@ -86,7 +86,8 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     await expect(page.get_by_role("status").filter(has_text="Copied")).to_be_visible()
     assert await page.evaluate("navigator.clipboard.readText()") == secret
     await shot(page, "05-key-created")
-    await page.get_by_role("link", name="Done").click()
+    async with page.expect_navigation():
+        await page.get_by_role("link", name="Done").click()
     await expect(page.get_by_role("dialog", name="Save your key")).to_have_count(0)
     assert secret not in await page.content()
     await expect(page.locator("code.hint", has_text="sk-..." + secret[-4:])).to_be_visible()
@@ -145,7 +146,8 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     # A second key; the first becomes the default, is rotated, then deleted.
     await page.get_by_role("link", name="API keys").click()
     second = await create_key(page, "development")
-    await page.get_by_role("link", name="Done").click()
+    async with page.expect_navigation():
+        await page.get_by_role("link", name="Done").click()
     await expect(page.get_by_role("dialog", name="Save your key")).to_have_count(0)
     assert second not in await page.content()
     # The project's first key became its default; the badge moves to the one set.
@@ -189,7 +191,8 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     new_secret = await rotated.get_by_label("Secret key").input_value()
     assert new_secret != secret
     await shot(page, "08-key-rotated")
-    await page.keyboard.press("Escape")  # closing by keyboard leaves the hint only
+    async with page.expect_navigation():
+        await page.keyboard.press("Escape")  # closing by keyboard leaves the hint only
     await expect(page.get_by_role("dialog", name="Save your key")).to_have_count(0)
     await expect(page.locator("code.hint", has_text="sk-..." + new_secret[-4:])).to_be_visible()
     assert new_secret not in await page.content()

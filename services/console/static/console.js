@@ -27,9 +27,9 @@
     dialog.addEventListener("close", function () {
       if (dialog.hasAttribute("data-secret")) {
         // The secret leaves the page with the dialog: only the hint remains.
-        var input = dialog.querySelector(".secret-value");
-        if (input) input.value = "";
-        window.location.replace(dialog.getAttribute("data-return-url"));
+        var target = dialog.getAttribute("data-return-url");
+        dialog.remove();
+        window.location.replace(target);
         return;
       }
       dropDialogParam();
