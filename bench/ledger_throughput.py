@@ -103,7 +103,8 @@ async def consume(name: str, consumer: LedgerConsumer[Any], pool: asyncpg.Pool, 
         f"{name:9} {total} events in {ended - started:.2f} s (group join included):"
         f" {total / (ended - started):,.0f} events/s;"
         f" after the first batch: {steady:,.0f} events/s;"
-        f" {consumer.stats.batches} transactions"
+        f" {consumer.stats.batches} transactions; parsing {consumer.stats.prepare_s:.2f} s,"
+        f" in transactions {consumer.stats.store_s:.2f} s"
     )
 
 

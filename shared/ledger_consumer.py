@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -222,6 +223,7 @@ class LedgerConsumer(Generic[T]):
 
     def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> _Prepared[T]:
         """Parse every record on its own: good events (once each), poison, next offsets."""
+        started = time.perf_counter()
         now = utc_now()
         good: dict[uuid.UUID, T] = {}
         poison: list[tuple[Any, str]] = []
@@ -236,6 +238,7 @@ class LedgerConsumer(Generic[T]):
                     continue
                 # The same event twice in one batch (a producer retry) counts once.
                 good.setdefault(item.event_id, item)
+        self.stats.prepare_s += time.perf_counter() - started
         return _Prepared(list(good.values()), poison, offsets, epoch)
 
     async def _store(self, batch: _Prepared[T]) -> None:
@@ -256,7 +259,9 @@ class LedgerConsumer(Generic[T]):
                     await ledger_store.write_offsets(conn, self.config, batch.offsets)
                     return len(fresh)
 
+            started = time.perf_counter()
             fresh_count = await self._retrying(store)
+            self.stats.store_s += time.perf_counter() - started
             self.stats.batches += 1
             self.stats.applied += fresh_count
             self.stats.duplicates += len(items) - fresh_count

@@ -79,6 +79,8 @@ class ConsumerStats:
     dead_letters: int = 0
     db_retries: int = 0
     last_error: str | None = None
+    prepare_s: float = 0.0  # time spent parsing batches (CPU, in this process)
+    store_s: float = 0.0  # time spent in batch transactions (mostly waiting on PostgreSQL)
     assigned: set[TopicPartition] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
@@ -91,4 +93,6 @@ class ConsumerStats:
             "dead_letters": self.dead_letters,
             "db_retries": self.db_retries,
             "last_error": self.last_error,
+            "prepare_s": round(self.prepare_s, 3),
+            "store_s": round(self.store_s, 3),
         }

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -20,8 +19,7 @@ GROUP_FIELDS = ("api_key_id", "model", "line_item", "project_id")
 WIDTHS = ("1d",)  # the ledger is per day, as OpenAI's costs API
 
 
-@dataclass(frozen=True)
-class CostLine:
+class CostLine(NamedTuple):
     """One line item of one event: its tokens and the price per million they are billed at."""
 
     line_item: str
@@ -34,8 +32,7 @@ class CostLine:
         return cost(self.tokens, self.per_million)
 
 
-@dataclass(frozen=True)
-class PricedUsage:
+class PricedUsage(NamedTuple):
     """A usage event with its costs, ready for the ledger."""
 
     event_id: Any
