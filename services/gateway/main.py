@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,24 @@ async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1.0)
 
 
+_POOL_SLICE = 50  # connections per httpx pool: its per-request scan is linear in them
+
+
+def _upstream_clients(s: GatewaySettings) -> list[httpx.AsyncClient]:
+    """The shared upstream HTTP clients: the connection budget split into small pools."""
+    count = max(1, math.ceil(s.upstream_max_connections / _POOL_SLICE))
+    limits = httpx.Limits(
+        max_connections=math.ceil(s.upstream_max_connections / count),
+        max_keepalive_connections=math.ceil(s.upstream_keepalive / count),
+        keepalive_expiry=s.upstream_keepalive_expiry_s,
+    )
+    # retries=1 retries only failed connects, which never reached the upstream.
+    return [
+        httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(limits=limits, retries=1))
+        for _ in range(count)
+    ]
+
+
 class Gateway:
     """Every long-lived part of one gateway instance; started and stopped by the lifespan."""
 
@@ -65,15 +84,7 @@ class Gateway:
         self.local = LocalCache(s.local_cache_size, s.local_cache_ttl_s, s.negative_cache_ttl_s)
         self.store = RedisStore(self.redis, s.redis_prefix)
         self.keys_client = httpx.AsyncClient(timeout=s.verify_timeout_s)
-        limits = httpx.Limits(
-            max_connections=s.upstream_max_connections,
-            max_keepalive_connections=s.upstream_keepalive,
-            keepalive_expiry=s.upstream_keepalive_expiry_s,
-        )
-        # retries=1 retries only failed connects, which never reached the upstream.
-        self.upstream_client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(limits=limits, retries=1), limits=limits
-        )
+        self.upstream_clients = _upstream_clients(s)
         self.auth = Authenticator(
             local=self.local,
             store=self.store,
@@ -100,7 +111,7 @@ class Gateway:
             metrics=metrics,
         )
         self.proxy = Proxy(
-            catalogue, self.auth, self.upstream_client, self.emitter, s.max_body_bytes
+            catalogue, self.auth, self.upstream_clients, self.emitter, s.max_body_bytes
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -119,7 +130,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.emitter.close()
-        await self.upstream_client.aclose()
+        for client in self.upstream_clients:
+            await client.aclose()
         await self.keys_client.aclose()
         await self.redis.aclose()
 

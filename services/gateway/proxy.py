@@ -7,6 +7,7 @@ Answers are passed through as bytes; streams event by event as they arrive.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -91,20 +92,23 @@ class Call:
 
 
 class Proxy:
-    """Routes by the catalogue, forwards over one shared HTTP client, meters every answer."""
+    """Routes by the catalogue, forwards over shared HTTP clients, meters every answer."""
 
     def __init__(
         self,
         catalogue: Catalogue,
         auth: Authenticator,
-        client: httpx.AsyncClient,
+        clients: list[httpx.AsyncClient],
         emitter: UsageEmitter,
         max_body_bytes: int,
     ) -> None:
         self.catalogue = catalogue
         self.routes = {entry.id: Route.of(entry) for entry in catalogue.models}
         self.auth = auth
-        self.client = client
+        # httpcore scans its whole pool on every request: several small pools taken in turn
+        # keep that scan short at 1,000 concurrent requests.
+        self.clients = clients
+        self._next = itertools.cycle(clients)
         self.emitter = emitter
         self.max_body_bytes = max_body_bytes
 
@@ -186,7 +190,8 @@ class Proxy:
                     "stream_options": {**options, "include_usage": True},
                 }
         body = raw if upstream_payload is payload else json.dumps(upstream_payload).encode()
-        upstream_request = self.client.build_request(
+        client = next(self._next)
+        upstream_request = client.build_request(
             "POST",
             route.base_url + call.endpoint.removeprefix("/v1"),
             content=body,
@@ -195,7 +200,7 @@ class Proxy:
         )
         sent = perf_counter()
         try:
-            upstream = await self._send(upstream_request, stream=call.stream)
+            upstream = await self._send(client, upstream_request, stream=call.stream)
         except httpx.TimeoutException:
             raise UpstreamTimeout(
                 f"The model's server did not answer within {route.entry.upstream.timeout_s:g} s."
@@ -221,14 +226,17 @@ class Proxy:
             lambda: self._finish(call, upstream.status_code, usage),
         )
 
-    async def _send(self, upstream_request: httpx.Request, *, stream: bool) -> httpx.Response:
+    @staticmethod
+    async def _send(
+        client: httpx.AsyncClient, upstream_request: httpx.Request, *, stream: bool
+    ) -> httpx.Response:
         """Send, retrying once when a pooled connection turned out closed by the upstream
         (its keep-alive ran out as we reused it): the request never got an answer."""
         try:
-            return await self.client.send(upstream_request, stream=stream)
+            return await client.send(upstream_request, stream=stream)
         except (httpx.RemoteProtocolError, httpx.ReadError):
             log.info("upstream connection closed under us; retrying once")
-            return await self.client.send(upstream_request, stream=stream)
+            return await client.send(upstream_request, stream=stream)
 
     @staticmethod
     def _usage_of(endpoint: str, payload: dict[str, Any], content: bytes) -> Usage:
