@@ -20,8 +20,9 @@ from starlette.datastructures import QueryParams
 from shared.errors import BadRequest
 
 WIDTH_SECONDS = {"1m": 60, "1h": 3600, "1d": 86400}
-# OpenAI's defaults and maxima of `limit` for each bucket width.
+# OpenAI's defaults and maxima of `limit` for each bucket width (usage API; costs: 7, 180).
 LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
+COSTS_LIMITS = {"1d": (7, 180)}
 MAX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
 _PAGE_PREFIX = "page_"
 
@@ -125,6 +126,7 @@ def parse_usage_query(
     group_fields: Sequence[str],
     now: datetime,
     default_width: str = "1d",
+    limits: Mapping[str, tuple[int, int]] = LIMITS,
 ) -> UsageQuery:
     """Validate the query string; every mistake is a BadRequest naming its parameter."""
     known = {"start_time", "end_time", "bucket_width", "group_by", "api_key_ids", "models"}
@@ -151,7 +153,7 @@ def parse_usage_query(
                 f"Invalid 'group_by': {item!r}; expected some of {', '.join(group_fields)}.",
                 param="group_by",
             )
-    default_limit, max_limit = LIMITS[width_name]
+    default_limit, max_limit = limits[width_name]
     limit = _int(params, "limit", default=default_limit)
     if not 1 <= limit <= max_limit:
         raise BadRequest(

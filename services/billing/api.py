@@ -15,7 +15,7 @@ from services.billing.settings import BillingSettings
 from shared.events import utc_now
 from shared.http import require_bearer
 from shared.ledger_retry import READ_ERRORS, RETRYABLE
-from shared.usage_query import parse_usage_query
+from shared.usage_query import COSTS_LIMITS, parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
 
@@ -33,7 +33,11 @@ def costs_router(settings: BillingSettings) -> APIRouter:
     async def get_costs(project_id: ProjectId, request: Request) -> Response:
         """Exact costs per day bucket, optionally per key, model and line item."""
         query = parse_usage_query(
-            request.query_params, widths=WIDTHS, group_fields=GROUP_FIELDS, now=utc_now()
+            request.query_params,
+            widths=WIDTHS,
+            group_fields=GROUP_FIELDS,
+            now=utc_now(),
+            limits=COSTS_LIMITS,
         )
         try:
             rows = await repository.sum_buckets(request.app.state.pool, project_id, query)
@@ -45,7 +49,11 @@ def costs_router(settings: BillingSettings) -> APIRouter:
     async def get_total(project_id: ProjectId, request: Request) -> Response:
         """The total over the range as shown or invoiced: summed exactly, then cents half-up."""
         query = parse_usage_query(
-            request.query_params, widths=WIDTHS, group_fields=GROUP_FIELDS, now=utc_now()
+            request.query_params,
+            widths=WIDTHS,
+            group_fields=GROUP_FIELDS,
+            now=utc_now(),
+            limits=COSTS_LIMITS,
         )
         try:
             exact = await repository.total(request.app.state.pool, project_id, query)

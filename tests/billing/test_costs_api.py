@@ -101,6 +101,13 @@ async def test_only_day_buckets_and_the_operator_token(api: httpx.AsyncClient) -
     )
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "bucket_width"
+    params = {"start_time": D0 - 180 * 86400, "end_time": D0 + 86400, "limit": 180}
+    page = (await api.get("/v1/projects/proj_a/costs", params=params, headers=AUTH)).json()
+    assert len(page["data"]) == 180
+    assert page["has_more"] is True
+    r = await api.get("/v1/projects/proj_a/costs", params={**params, "limit": 181}, headers=AUTH)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "limit"
     r = await api.get("/v1/projects/proj_a/costs", params={"start_time": D0})
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "invalid_api_key"
