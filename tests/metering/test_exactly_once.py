@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from shared.events import DeadLetter, utc_now
+from shared.events import DeadLetter, UsageRecorded, utc_now
 from shared.topics import USAGE_EVENTS_DLQ
 from tests.metering.harness import UNPRICED, both, stats, stream_of, usage
 from tests.metering.ledgers import Case, dead_letters, end_offsets
@@ -44,34 +44,51 @@ async def test_replay_from_offset_zero_and_producer_retries_count_once(case: Cas
 async def test_two_replicas_with_rebalances_mid_stream(case: Case) -> None:
     # Small batches, so that the rebalances land among many batches in flight.
     m_set, b_set = case.settings(max_batch=100)
-    chunks = [stream_of(500, seed=k * 100_000) for k in range(12)]
-    produced: list[int] = []
+    produced: list[UsageRecorded] = []
+    enough = asyncio.Event()
 
     async def keep_producing() -> None:
-        for k, chunk in enumerate(chunks):
+        # The stream goes on, 400 events every 0.2 s, until the test has seen both
+        # rebalances happen under it.
+        k = 0
+        while not enough.is_set():
+            chunk = stream_of(400, seed=k * 100_000)
             await case.produce(chunk)
-            produced.append(k)
-            await asyncio.sleep(0.25)
+            produced.extend(chunk)
+            k += 1
+            await asyncio.sleep(0.2)
 
-    async with AsyncExitStack() as replica_a:
-        m1, b1 = await replica_a.enter_async_context(both(m_set, b_set))
-        stream = asyncio.create_task(keep_producing())
-        await eventually(lambda: stats(m1), until=lambda s: s["applied"] > 0, what="A metering")
-        await eventually(lambda: stats(b1), until=lambda s: s["applied"] > 0, what="A billing")
-        async with both(m_set, b_set) as (m2, b2):
-            # Replica B joins while the stream goes on: the groups rebalance.
-            await eventually(
-                lambda: stats(m2), until=lambda s: len(s["partitions"]) > 0, what="B assigned"
-            )
-            assert not stream.done()
-            await eventually(lambda: asyncio.sleep(0, len(produced)), until=lambda n: n >= 7)
-            # Replica A leaves mid-stream: B takes every partition over.
-            await replica_a.aclose()
-            assert not stream.done()
-            await stream
-            await case.assert_ledgers(m2, b2, [e for chunk in chunks for e in chunk])
-            assert len((await stats(m2))["partitions"]) == 6
-            assert len((await stats(b2))["partitions"]) == 6
+    async def chunks_after(count: int) -> None:
+        target = len(produced) + count * 400
+        await eventually(lambda: asyncio.sleep(0, len(produced)), until=lambda n: n >= target)
+
+    stream = asyncio.create_task(keep_producing())
+    try:
+        async with AsyncExitStack() as replica_a:
+            m1, b1 = await replica_a.enter_async_context(both(m_set, b_set))
+            await eventually(lambda: stats(m1), until=lambda s: s["applied"] > 0, what="A metering")
+            await eventually(lambda: stats(b1), until=lambda s: s["applied"] > 0, what="A billing")
+            async with both(m_set, b_set) as (m2, b2):
+                # Replica B joins while the stream goes on: both groups rebalance.
+                for client in (m2, b2):
+                    await eventually(
+                        lambda c=client: stats(c),  # type: ignore[misc]
+                        until=lambda s: len(s["partitions"]) > 0,
+                        timeout=30,
+                        what="B assigned",
+                    )
+                await chunks_after(3)
+                # Replica A leaves mid-stream: B takes every partition over.
+                await replica_a.aclose()
+                await chunks_after(3)
+                enough.set()
+                await stream
+                await case.assert_ledgers(m2, b2, produced)
+                assert len((await stats(m2))["partitions"]) == 6
+                assert len((await stats(b2))["partitions"]) == 6
+    finally:
+        enough.set()
+        await stream
 
 
 async def test_poison_among_good_records_goes_to_the_dlq(case: Case) -> None:
