@@ -181,7 +181,8 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     dev = row(page, "dev-box")
     await expect(dev.locator(".badge.default")).to_be_visible()
 
-    await page.get_by_role("button", name="Rotate production-app").click()
+    await page.get_by_role("button", name="Rotate production-app").focus()
+    await page.keyboard.press(" ")  # the space bar opens it, as on a button
     rotate = page.get_by_role("dialog", name="Rotate production-app")
     await expect(rotate).to_be_visible()
     await rotate.get_by_label("None: the old secret stops working now").check()

@@ -100,6 +100,11 @@ async def test_a_key_is_created_shown_once_renamed_defaulted_rotated_and_deleted
         assert [(k["name"], k["hint"]) for k in listed] == [("production-app", hint(secret))]
         key_id = listed[0]["id"]
 
+        # Without script, a dialog opens by its link: the server renders it open.
+        no_script = await client.get(keys_url, params={"dialog": "create-key"})
+        assert re.search(r'<dialog id="create-key"[^>]* open data-open-modal', no_script.text)
+        assert '<dialog id="create-key" class="dialog" aria-labelledby' in no_script.text
+
         after = await client.get(keys_url)
         assert secret not in after.text  # afterwards only the hint
         assert hint(secret) in after.text

@@ -70,6 +70,15 @@
     }
   });
 
+  // Links styled and announced as buttons answer the space bar as buttons do.
+  document.addEventListener("keydown", function (event) {
+    var link = event.target.closest && event.target.closest("a[role=button]");
+    if (link && (event.key === " " || event.key === "Spacebar")) {
+      event.preventDefault();
+      link.click();
+    }
+  });
+
   function copyFrom(button) {
     var source = document.querySelector(button.getAttribute("data-copy"));
     if (!source) return;
