@@ -7,7 +7,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,10 @@ async def test_usage_and_costs_equal_what_clients_were_told(system: System) -> N
         return dict(totals)
 
     await eventually(costs_by_key, until=lambda got: got == expected_cost, what="cost totals")
+    total = await billing.get(f"/v1/projects/{project}/costs/total", params={"start_time": start})
+    shown = json.loads(total.text, parse_float=Decimal)["amount"]["value"]
+    # A shown total is the exact sum rounded once, half-up, to the cent.
+    assert shown == sum(expected_cost.values()).quantize(Decimal("0.01"), ROUND_HALF_UP)
 
     # last_used_at came back to the key service from usage.events.
     async def last_used() -> list[object]:
