@@ -168,7 +168,7 @@ async def test_usage_and_costs_equal_what_clients_were_told(system: System) -> N
     total = await billing.get(f"/v1/projects/{project}/costs/total", params={"start_time": start})
     shown = json.loads(total.text, parse_float=Decimal)["amount"]["value"]
     # A shown total is the exact sum rounded once, half-up, to the cent.
-    assert shown == sum(expected_cost.values()).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    assert shown == sum(expected_cost.values(), Decimal(0)).quantize(Decimal("0.01"), ROUND_HALF_UP)
 
     # last_used_at came back to the key service from usage.events.
     async def last_used() -> list[object]:
