@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 COOKIE_NAME = "tollgate_console_session"
+MAX_TRACKED_CLIENTS = 10_000
 FlashKind = Literal["success", "error"]
 
 
@@ -113,6 +114,9 @@ class SignInThrottle:
     def failed(self, client: str) -> None:
         """Count one failed sign-in of client."""
         self._window(client).append(self._clock())
+        if len(self._failures) > MAX_TRACKED_CLIENTS:  # many addresses: forget the quiet ones
+            for quiet in [c for c in self._failures if not self._window(c)]:
+                del self._failures[quiet]
 
     def succeeded(self, client: str) -> None:
         """Forget client's failures."""

@@ -11,7 +11,7 @@ from http.cookies import SimpleCookie
 import httpx
 import pytest
 
-from services.console.session import COOKIE_NAME, SessionStore
+from services.console.session import COOKIE_NAME, SessionStore, SignInThrottle
 from tests.console.helpers import TOKEN, console_client, console_settings, csrf_of, sign_in
 
 DOWN = console_settings(keys_url="http://127.0.0.1:9", api_timeout_s=2)
@@ -232,3 +232,18 @@ def test_sessions_end_after_idle_time_and_maximum_age() -> None:
     assert store.get(raw) is None  # active all along, but past the maximum age
     assert store.get(None) is None
     assert store.get("forged") is None
+
+
+def test_the_throttle_counts_per_address_within_a_minute() -> None:
+    now = [0.0]
+    throttle = SignInThrottle(limit=2, clock=lambda: now[0])
+    throttle.failed("10.0.0.1")
+    throttle.failed("10.0.0.1")
+    assert throttle.blocked("10.0.0.1")
+    assert not throttle.blocked("10.0.0.2")
+    now[0] += 61
+    assert not throttle.blocked("10.0.0.1")  # the minute has passed
+    throttle.failed("10.0.0.1")
+    throttle.succeeded("10.0.0.1")
+    throttle.failed("10.0.0.1")
+    assert not throttle.blocked("10.0.0.1")  # a success forgets earlier failures

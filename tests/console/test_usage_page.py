@@ -160,6 +160,7 @@ async def test_the_usage_page_shows_the_numbers_the_apis_return(
         assert "No requests in this period" not in page.text
         assert 'aria-labelledby="chart-tokens-t chart-tokens-d"' in page.text
 
+        assert f"key={b['id']}" in page.text  # each key's row filters the page by it
         only_b = totals(
             (await client.get(usage_url, params={"period": "24h", "key": b["id"]})).text
         )
