@@ -52,7 +52,10 @@ def bar_chart(
     count = max(len(labels), 1)
     totals = [float(sum(float(s.values[i]) for s in series)) for i in range(len(labels))]
     top = nice_ceiling(max(totals, default=0.0))
-    plot_w, plot_h = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    ticks = [(top * step / 4, fmt(top * step / 4)) for step in range(5)]
+    # The plot starts where the longest axis label ends (about 7 units a character).
+    left = max(LEFT, 14 + 7 * max(len(text) for _, text in ticks))
+    plot_w, plot_h = width - left - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / count
     bar_w = max(slot * 0.7, 1.0)
 
@@ -65,18 +68,17 @@ def bar_chart(
         f'<title id="{_id(title)}-t">{escape(title)}</title>',
         f'<desc id="{_id(title)}-d">{escape(description)}</desc>',
     ]
-    for step in range(5):
-        value = top * step / 4
+    for value, text in ticks:
         parts.append(
-            f'<line class="grid" x1="{LEFT}" x2="{width - RIGHT}" y1="{y(value):.1f}" '
+            f'<line class="grid" x1="{left}" x2="{width - RIGHT}" y1="{y(value):.1f}" '
             f'y2="{y(value):.1f}"/>'
-            f'<text class="axis" x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
-            f"{escape(fmt(value))}</text>"
+            f'<text class="axis" x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
+            f"{escape(text)}</text>"
         )
     max_labels = MAX_X_LABELS * width // WIDTH
     every = max(1, math.ceil(count / max_labels))
     for i, label in enumerate(labels):
-        x = LEFT + i * slot + (slot - bar_w) / 2
+        x = left + i * slot + (slot - bar_w) / 2
         base = 0.0
         tip = "; ".join(f"{s.name} {fmt(float(s.values[i]))}" for s in series)
         parts.append(f"<g><title>{escape(label)}: {escape(tip)}</title>")
@@ -91,11 +93,11 @@ def bar_chart(
         parts.append("</g>")
         if i % every == 0:
             parts.append(
-                f'<text class="axis" x="{LEFT + i * slot + slot / 2:.1f}" y="{HEIGHT - 12}" '
+                f'<text class="axis" x="{left + i * slot + slot / 2:.1f}" y="{HEIGHT - 12}" '
                 f'text-anchor="middle">{escape(label)}</text>'
             )
     parts.append(
-        f'<line class="baseline" x1="{LEFT}" x2="{width - RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
+        f'<line class="baseline" x1="{left}" x2="{width - RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
     )
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every text above is escaped

@@ -140,6 +140,7 @@ async def usage_page(
         labels=labels,
         errors=errors,
         export_query=request.url.query,
+        now=datetime.now(UTC),
     )
     return render(request, app, "usage.html", context, session=session)
 
