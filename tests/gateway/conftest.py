@@ -22,7 +22,7 @@ from tests.gateway.harness import (
 @pytest.fixture(scope="session")
 async def upstream() -> AsyncIterator[Served]:
     """The demo upstream, one for the session (tests compare its request count)."""
-    served = await Served(create_upstream()).start()
+    served = await Served(create_upstream(embedding_dimensions=16)).start()
     yield served
     await served.stop()
 
