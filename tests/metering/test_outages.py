@@ -126,7 +126,7 @@ async def _stored_offsets(case: Case, schema: str) -> int:
 async def test_consumers_killed_with_sigkill_mid_batch_and_restarted(
     case: Case, tmp_path: Path
 ) -> None:
-    events = stream_of(20_000)
+    events = stream_of(12_000)
     await case.produce(events)
     ports = {"metering": free_port(), "billing": free_port()}
     schemas = dict(zip(("metering", "billing"), case.schemas, strict=True))
