@@ -1,0 +1,63 @@
+"""Usage extraction per API, and the stream meter (pure logic, no servers)."""
+
+from __future__ import annotations
+
+import json
+
+from services.gateway.usage import StreamMeter, Usage, estimate, find_usage, from_upstream
+
+
+def test_each_api_names_its_usage_fields_its_own_way() -> None:
+    chat = {
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    assert from_upstream("/v1/chat/completions", chat) == Usage(10, 3, 4)
+    assert from_upstream("/v1/completions", {"prompt_tokens": 2, "completion_tokens": 1}) == Usage(
+        2, 1
+    )
+    assert from_upstream("/v1/embeddings", {"prompt_tokens": 7, "total_tokens": 7}) == Usage(7, 0)
+    responses = {
+        "input_tokens": 5,
+        "output_tokens": 9,
+        "input_tokens_details": {"cached_tokens": 1},
+    }
+    assert from_upstream("/v1/responses", responses) == Usage(5, 9, 1)
+    assert from_upstream("/v1/chat/completions", None) is None
+
+
+def test_usage_is_found_from_the_end_of_a_large_body() -> None:
+    body = {
+        "data": [{"embedding": [0.1] * 8, "note": 'text with "usage" inside'}] * 1000,
+        "usage": {"prompt_tokens": 42, "total_tokens": 42},
+    }
+    assert find_usage(json.dumps(body).encode()) == {"prompt_tokens": 42, "total_tokens": 42}
+    assert find_usage(b'{"data": []}') is None
+    assert find_usage(b'{"usage": null}') is None
+
+
+def _event(payload: object) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def test_stream_meter_drops_the_usage_chunk_only_when_not_asked() -> None:
+    usage_chunk = _event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+    content = _event({"choices": [{"index": 0, "delta": {"content": "hi there"}}]})
+    for asked in (True, False):
+        meter = StreamMeter("/v1/chat/completions", forward_usage_chunk=asked)
+        assert meter.feed(content)
+        assert meter.feed(usage_chunk) is asked
+        assert meter.feed(b"data: [DONE]\n\n")
+        assert meter.result({}) == Usage(3, 2)
+
+
+def test_stream_meter_estimates_what_was_produced_when_cut_short() -> None:
+    meter = StreamMeter("/v1/responses", forward_usage_chunk=True)
+    meter.feed(
+        b"event: response.output_text.delta\n"
+        + _event({"type": "response.output_text.delta", "delta": "one two"})
+    )
+    payload = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "a b c"}]}]}
+    assert meter.result(payload) == Usage(3, 2, 0, "estimated")
+    assert estimate("/v1/embeddings", {"input": ["x y", "z"]}, "") == Usage(3, 0, 0, "estimated")
