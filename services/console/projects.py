@@ -35,6 +35,7 @@ async def _projects_page(
     *,
     error: str | None = None,
     name: str = "",
+    dialog: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
     projects = await app.keys.list_projects()
@@ -45,15 +46,17 @@ async def _projects_page(
         "error": error,
         "name": name,
         "name_max": NAME_MAX_LENGTH,
-        "open_dialog": "create-project" if error else None,
+        "open_dialog": "create-project" if error else dialog,
     }
     return render(request, app, "projects.html", context, session=session, status_code=status_code)
 
 
 @router.get("/projects")
-async def projects_page(request: Request, app: ConsoleDep, session: SessionDep) -> HTMLResponse:
-    """Every project, and a form to create one."""
-    return await _projects_page(request, app, session)
+async def projects_page(
+    request: Request, app: ConsoleDep, session: SessionDep, dialog: str | None = None
+) -> HTMLResponse:
+    """Every project, and a form to create one (``dialog`` opens it without script)."""
+    return await _projects_page(request, app, session, dialog=dialog)
 
 
 @router.post("/projects", response_model=None)

@@ -245,3 +245,39 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     assert all(url.startswith(running.console + "/") for url in requested), requested
     # The wrong token's 401 is the only error a page may log (the browser notes the status).
     assert all("401" in p for p in problems), problems
+
+
+async def test_the_console_works_without_script(browser: Browser, running: System) -> None:
+    context = await browser.new_context(java_script_enabled=False, base_url=running.console)
+    page = await context.new_page()
+    await page.goto("/")
+    await page.get_by_label("Operator token").fill(TOKEN)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Create your first project").click()
+    dialog = page.get_by_role("dialog", name="Create project")
+    await dialog.get_by_label("Name").fill("Plain")
+    await dialog.get_by_role("button", name="Create project").click()
+    await expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
+
+    await page.get_by_role("button", name="Create your first API key").click()
+    await expect(page).to_have_url(re.compile(r"dialog=create-key"))
+    create = page.get_by_role("dialog", name="Create API key")
+    await create.get_by_label("Name").fill("no-script")
+    await create.get_by_role("button", name="Create key").click()
+    shown = page.get_by_role("dialog", name="Save your key")
+    await expect(shown).to_be_visible()
+    secret = await shown.get_by_label("Secret key").input_value()
+    assert secret.startswith("sk-tg-")
+    await shown.get_by_role("link", name="Done").click()
+    await expect(page.get_by_role("dialog", name="Save your key")).to_have_count(0)
+    assert secret not in await page.content()
+    await expect(page.locator("code.hint", has_text="sk-..." + secret[-4:])).to_be_visible()
+    assert await gateway_status(running, secret) == 200
+
+    await page.get_by_role("link", name="Usage").click()
+    await expect(page.locator("[data-custom-range]")).to_be_visible()  # no script hides it
+    await page.get_by_label("Period", exact=True).select_option("30d")
+    await page.get_by_role("button", name="Apply").click()
+    await expect(page).to_have_url(re.compile(r"period=30d"))
+    await shot(page, "14-usage-without-script")
+    await context.close()
