@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -39,28 +41,30 @@ def _label(moment: datetime, width: str) -> str:
     )
 
 
+async def _buckets(
+    call: Awaitable[list[dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The buckets an API answered, or none and its error message."""
+    try:
+        return await call, None
+    except ApiProblem as exc:
+        return [], exc.message
+
+
 async def _report(
     app: Console, project_id: str, period: Period, keys: list[str], models: list[str]
 ) -> tuple[Report, dict[str, str]]:
     """The report, and per part of the page the error of an API that failed."""
-    errors: dict[str, str] = {}
-    usage: list[dict[str, Any]] = []
-    costs: list[dict[str, Any]] = []
-    try:
-        usage = await app.usage.usage(
-            project_id,
-            api_query(period, width=period.width, group_by=GROUP_BY, key_ids=keys, models=models),
-        )
-    except ApiProblem as exc:
-        errors["usage"] = exc.message
-    try:
-        # The cost ledger is per UTC day (as OpenAI's): whole days, however short the period.
-        costs = await app.costs.costs(
-            project_id,
-            api_query(period, width="1d", group_by=GROUP_BY, key_ids=keys, models=models),
-        )
-    except ApiProblem as exc:
-        errors["costs"] = exc.message
+    usage_query = api_query(
+        period, width=period.width, group_by=GROUP_BY, key_ids=keys, models=models
+    )
+    # The cost ledger is per UTC day (as OpenAI's): whole days, however short the period.
+    costs_query = api_query(period, width="1d", group_by=GROUP_BY, key_ids=keys, models=models)
+    (usage, usage_error), (costs, costs_error) = await asyncio.gather(
+        _buckets(app.usage.usage(project_id, usage_query)),
+        _buckets(app.costs.costs(project_id, costs_query)),
+    )
+    errors = {k: v for k, v in (("usage", usage_error), ("costs", costs_error)) if v}
     return build_report(period, usage, costs), errors
 
 
