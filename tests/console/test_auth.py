@@ -95,6 +95,9 @@ async def test_sign_in_gives_a_strict_httponly_cookie_that_sign_out_ends() -> No
         assert len(cookie.value) >= 40
         raw = cookie.value
 
+        again = await client.get("/signin")  # signed in already: straight on
+        assert again.status_code == 303
+        assert again.headers["location"] == "/"
         page = await client.get("/projects")  # signed in: the key service's outage, no redirect
         assert page.status_code == 503
         assert "did not answer" in page.text

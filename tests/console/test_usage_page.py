@@ -139,6 +139,16 @@ async def test_the_usage_page_shows_the_numbers_the_apis_return(
         assert seven["input-tokens"] == str(sum(e.input_tokens for e in recent + old))
         assert seven["output-tokens"] == str(sum(e.output_tokens for e in recent + old))
 
+        # 75 daily buckets take the APIs three pages (31 a page): the console reads them all.
+        first_day = (now - timedelta(days=74)).date().isoformat()
+        long = await client.get(
+            usage_url,
+            params={"period": "custom", "start": first_day, "end": now.date().isoformat()},
+        )
+        assert totals(long.text) == seven
+        first = now - timedelta(days=74)
+        assert f"{first:%b %-d, %Y} to {now:%b %-d, %Y}" in long.text  # named by its dates
+
         page = await client.get(usage_url, params={"period": "24h"})
         shown = totals(page.text)
         hour = now.replace(minute=0, second=0, microsecond=0)
