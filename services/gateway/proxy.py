@@ -119,7 +119,7 @@ class Proxy:
         request_id = str(request.state.request_id)
         call = Call(key, endpoint, request_id, started)
         attributes = {"tollgate.key_id": key.key_id, "tollgate.project_id": key.project_id}
-        with tracer.start_as_current_span(f"POST {endpoint}", attributes=attributes) as span:
+        with tracer.start_as_current_span(f"gateway {endpoint}", attributes=attributes) as span:
             try:
                 payload, raw = await self._read(request)
                 route = self._route(call, payload)
