@@ -66,7 +66,11 @@ SERVICES: tuple[Service, ...] = (
         "billing", "TOLLGATE_BILLING_", _uvicorn("services.billing.main:create_app", 8083), 8083
     ),
     Service(
-        "gateway", "TOLLGATE_GATEWAY_", _uvicorn("services.gateway.main:create_app", 8080), 8080
+        "gateway",
+        "TOLLGATE_GATEWAY_",
+        # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused race.
+        (*_uvicorn("services.gateway.main:create_app", 8080), "--timeout-keep-alive", "75"),
+        8080,
     ),
     Service(
         "console", "TOLLGATE_CONSOLE_", _uvicorn("services.console.main:create_app", 8084), 8084
