@@ -108,6 +108,8 @@ class LedgerConsumer(Generic[T]):
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
         self._tasks: list[asyncio.Task[None]] = []
+        self._kafka_offsets: dict[TopicPartition, int] = {}
+        self._kafka_commit: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join the group and start consuming in the background."""
@@ -123,6 +125,9 @@ class LedgerConsumer(Generic[T]):
             session_timeout_ms=self.config.session_timeout_ms,
             heartbeat_interval_ms=max(1000, self.config.session_timeout_ms // 4),
             max_poll_interval_ms=300_000,
+            # A member stuck in a rebalance (its batch retrying a dead database) is dropped
+            # after this, rather than holding the whole group for max_poll_interval_ms.
+            rebalance_timeout_ms=30_000,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RoundRobinPartitionAssignor,),
         )
@@ -153,8 +158,14 @@ class LedgerConsumer(Generic[T]):
         finally:
             if locked:
                 self.batch_lock.release()
-        await self.consumer.stop()
-        await self.producer.stop()
+        if self._kafka_commit is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._kafka_commit
+        # aiokafka can sit in a group join while it stops: bounded, so shutdown goes on.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.consumer.stop(), 15)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.producer.stop(), 15)
 
     @property
     def running(self) -> bool:
@@ -266,10 +277,18 @@ class LedgerConsumer(Generic[T]):
             self.stats.applied += fresh_count
             self.stats.duplicates += len(items) - fresh_count
             self.stats.dead_letters += len(batch.poison)
-            try:
-                await self.consumer.commit(batch.offsets)
-            except KafkaError as exc:  # advisory only: PostgreSQL holds the truth
-                log.warning("kafka offset commit failed", extra={"error": repr(exc)})
+            # Kafka's offsets are advisory (lag monitoring): committed in the background,
+            # after the transaction, never holding up the next batch.
+            self._kafka_offsets.update(batch.offsets)
+            if self._kafka_commit is None or self._kafka_commit.done():
+                self._kafka_commit = asyncio.create_task(self._commit_kafka())
+
+    async def _commit_kafka(self) -> None:
+        offsets, self._kafka_offsets = self._kafka_offsets, {}
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance moved a partition: PostgreSQL holds the truth
+            log.warning("kafka offset commit failed", extra={"error": repr(exc)})
 
     def _parse(self, value: bytes | None, now: datetime) -> T:
         item = self.parse(value)
