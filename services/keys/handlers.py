@@ -25,6 +25,7 @@ from shared.kafka import ensure_topics
 from shared.ledger_retry import READ_ERRORS, backoff
 
 log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 15.0
 
 
 def latest_use(values: list[bytes | None]) -> dict[str, datetime]:
@@ -51,6 +52,7 @@ class LastUsedConsumer:
         self.client_id = client_id
         self.updated = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def stats(self) -> dict[str, Any]:
         """What /readyz reports about the consumer."""
@@ -58,18 +60,29 @@ class LastUsedConsumer:
 
     def start(self) -> None:
         """Consume in the background (and keep retrying while Kafka is away)."""
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="keys-last-used")
 
     async def stop(self) -> None:
         """Stop consuming; uncommitted records come again to the next consumer."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Ask first (a consumer cancelled half-way through its start leaks sockets), then
+            # cancel; either way bounded, since aiokafka may sit in a group join meanwhile.
+            self._stopping.set()
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:
+                self._task.cancel()
+                done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:
+                log.warning("last_used consumer did not stop within %s s", 2 * STOP_TIMEOUT_S)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             consumer = AIOKafkaConsumer(
                 self.settings.usage_topic,
                 bootstrap_servers=self.settings.kafka_bootstrap,
@@ -77,6 +90,9 @@ class LastUsedConsumer:
                 client_id=self.client_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                # Bound how long a join (and so a stop during one) can wait for the group.
+                rebalance_timeout_ms=10_000,
+                session_timeout_ms=10_000,
             )
             try:
                 # Subscribing to a topic not created yet only logs errors until it exists.
@@ -89,13 +105,18 @@ class LastUsedConsumer:
             except (KafkaError, *READ_ERRORS) as exc:
                 attempt += 1
                 log.warning("last_used consumer interrupted: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(backoff(attempt, base=0.2, cap=5.0))
+                await self._pause(backoff(attempt, base=0.2, cap=5.0))
+            except Exception:
+                # last_used_at must keep flowing whatever broke; start over with a new consumer.
+                attempt += 1
+                log.exception("last_used consumer failed; restarting it")
+                await self._pause(backoff(attempt, base=0.2, cap=5.0))
             finally:
                 with contextlib.suppress(KafkaError, TimeoutError):
                     await asyncio.wait_for(consumer.stop(), 10)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
+        while not self._stopping.is_set():
             batches = await consumer.getmany(
                 timeout_ms=1000, max_records=self.settings.last_used_batch
             )

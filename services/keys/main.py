@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             application="tollgate-keys",
         )
         client_id = f"keys-{socket.gethostname()}-{os.getpid()}"
-        relay = OutboxRelay(settings, pool, client_id) if settings.relay else None
+        relay = OutboxRelay(settings, client_id) if settings.relay else None
         consumer = LastUsedConsumer(settings, pool, client_id) if settings.consume_usage else None
         try:
             await apply_migrations(pool, settings.db_schema, MIGRATIONS)
@@ -61,7 +62,11 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             for worker in (consumer, relay):
                 if worker is not None:
                     await worker.stop()
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except TimeoutError:
+                # A connection stuck after an outage must not hold the shutdown hostage.
+                pool.terminate()
 
     app = FastAPI(
         title="Tollgate keys",

@@ -27,19 +27,20 @@ from shared.kafka import ensure_topics, idempotent_producer
 from shared.ledger_retry import READ_ERRORS, backoff
 
 log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 20.0
 
 
 class OutboxRelay:
     """Moves committed outbox rows to Kafka, in order, at least once."""
 
-    def __init__(self, settings: KeysSettings, pool: asyncpg.Pool, client_id: str) -> None:
+    def __init__(self, settings: KeysSettings, client_id: str) -> None:
         self.settings = settings
-        self.pool = pool
         self.client_id = client_id
         self.published = 0
         self.last_error: str | None = None
         self.leader = False
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -53,41 +54,61 @@ class OutboxRelay:
 
     def start(self) -> None:
         """Run the relay in the background."""
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="keys-outbox-relay")
 
     async def stop(self) -> None:
-        """Stop publishing; what is left in the outbox goes out on the next start."""
+        """Stop after the batch in flight; what is left goes out on the next start."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Ask first: cancelling a Kafka client half-way through its start leaks sockets.
+            self._stopping.set()
+            self._wake.set()
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
         await self._close_producer()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless asked to stop meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._lead()
-            except asyncio.CancelledError:
-                raise
             except (*READ_ERRORS, KafkaError) as exc:
                 self.leader = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("outbox relay interrupted: %s", self.last_error)
                 attempt += 1
-                await asyncio.sleep(backoff(attempt, base=0.2, cap=5.0))
+                await self._pause(backoff(attempt, base=0.2, cap=5.0))
+            except Exception as exc:
+                # Whatever else broke (a driver in a bad state after an outage, say), the
+                # relay must outlive it: start over on a fresh connection.
+                self.leader = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("outbox relay failed; restarting it")
+                attempt += 1
+                await self._pause(backoff(attempt, base=0.2, cap=5.0))
 
     async def _lead(self) -> None:
-        """Hold the relay lock on a connection of our own, then publish until cancelled."""
+        """Hold the relay lock on a connection of our own, then publish until stopped."""
         dsn = self.settings.database_url.get_secret_value()
         conn = await asyncpg.connect(dsn, server_settings={"search_path": self.settings.db_schema})
         try:
             lock = f"keys-outbox-relay:{self.settings.db_schema}"
             # Another replica may be the relay; take over when its session ends.
-            while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock):  # noqa: ASYNC110
-                await asyncio.sleep(self.settings.relay_poll_s)
+            while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock):
+                if self._stopping.is_set():
+                    return
+                await self._pause(self.settings.relay_poll_s)
             self.leader = True
             await conn.add_listener(self.settings.notify_channel, self._notified)
+            # Batches are read and deleted on this same connection: when it breaks, the lock
+            # goes with it and everything starts over on a fresh one.
             await self._publish_forever(conn)
         finally:
             self.leader = False
@@ -99,12 +120,12 @@ class OutboxRelay:
 
     async def _publish_forever(self, conn: asyncpg.Connection) -> None:
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             if conn.is_closed():
                 raise asyncpg.InterfaceError("the relay's connection closed")
             self._wake.clear()
             try:
-                sent = await self._publish_batch()
+                sent = await self._publish_batch(conn)
             except (KafkaError, TimeoutError, OSError) as exc:
                 # A producer that failed may hold sequence state the broker no longer
                 # accepts: replace it, and send the same batch again from its start.
@@ -112,7 +133,7 @@ class OutboxRelay:
                 log.warning("publish failed, retrying: %s", self.last_error)
                 await self._close_producer()
                 attempt += 1
-                await asyncio.sleep(backoff(attempt, base=0.2, cap=3.0))
+                await self._pause(backoff(attempt, base=0.2, cap=3.0))
                 continue
             attempt = 0
             self.last_error = None
@@ -120,8 +141,8 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_s)
 
-    async def _publish_batch(self) -> int:
-        rows = await repo.outbox_batch(self.pool, self.settings.relay_batch)
+    async def _publish_batch(self, conn: asyncpg.Connection) -> int:
+        rows = await repo.outbox_batch(conn, self.settings.relay_batch)
         if not rows:
             return 0
         producer = await self._ensure_producer()
@@ -133,7 +154,7 @@ class OutboxRelay:
             for r in rows
         ]
         await asyncio.gather(*futures)
-        await repo.delete_outbox(self.pool, [r["id"] for r in rows])
+        await repo.delete_outbox(conn, [r["id"] for r in rows])
         self.published += len(rows)
         log.debug("published %d key events in %.3fs", len(rows), time.monotonic() - started)
         return len(rows)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 import asyncpg
+from asyncpg.exceptions import InternalClientError
 
 from services.keys import repository as repo
 from services.keys.errors import (
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from services.keys.repository import Conn
 
 log = logging.getLogger(__name__)
+
+# A database that is away, or a connection the driver left broken by an outage: retry later.
+OUTAGE: tuple[type[BaseException], ...] = (*RETRYABLE, InternalClientError)
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class KeyService:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
-        except RETRYABLE as exc:
+        except OUTAGE as exc:
             # An outage (or a lost serialisation race): the caller may simply retry.
             log.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable("The key database is unavailable; retry shortly.") from exc

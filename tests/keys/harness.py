@@ -31,7 +31,11 @@ INTERNAL = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
 def make_settings(
     *, kafka: str, database_url: str, schema: str, prefix: str, group: str, **extra: Any
 ) -> KeysSettings:
-    """Settings for one test's own schema, topics and consumer group."""
+    """Settings for one test's own schema, topics and consumer group.
+
+    The usage consumer is off unless a test asks for it: each one joins a consumer group of
+    its own, which costs the shared broker a group each time.
+    """
     return KeysSettings(
         kafka_bootstrap=kafka,
         database_url=SecretStr(database_url),
@@ -40,8 +44,7 @@ def make_settings(
         db_schema=schema,
         topic_prefix=prefix,
         consumer_group=group,
-        relay_poll_s=0.2,
-        **extra,
+        **({"relay_poll_s": 0.2, "consume_usage": False} | extra),
     )
 
 

@@ -92,7 +92,7 @@ async def test_the_event_row_is_written_with_the_change(
 async def test_a_second_relay_waits_for_the_first(keys: Running, db: asyncpg.Connection) -> None:
     from services.keys.outbox import OutboxRelay
 
-    other = OutboxRelay(keys.settings, keys.app.state.pool, "other")
+    other = OutboxRelay(keys.settings, "other")
     other.start()
     try:
         await eventually(lambda: _leader(keys), what="first relay leads")

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
 
+from services.keys.settings import KeysSettings
 from shared.events import UsageRecorded
-from tests.keys.harness import Running
+from tests.keys.harness import Running, running
 from tests.polling import eventually
 
 
@@ -27,7 +28,12 @@ def usage(key_id: str, project_id: str, at: datetime) -> bytes:
     ).to_bytes()
 
 
-async def test_last_used_at_follows_usage_events(keys: Running) -> None:
+async def test_last_used_at_follows_usage_events(keys_settings: KeysSettings) -> None:
+    async with running(keys_settings.model_copy(update={"consume_usage": True})) as keys:
+        await _last_used_at_follows_usage_events(keys)
+
+
+async def _last_used_at_follows_usage_events(keys: Running) -> None:
     project = await keys.project()
     used, unused = await keys.key(project, "used"), await keys.key(project, "unused")
     assert used["last_used_at"] is None

@@ -28,6 +28,7 @@ async def test_events_survive_a_broker_outage_in_order(
         schema=pg_schema,
         prefix=f"outage-{unique}.",
         group=f"keys-last-used-{unique}",
+        consume_usage=True,  # its consumer retries through the outage too
     )
     async with running(settings) as keys:
         project = await keys.project()
