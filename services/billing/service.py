@@ -69,6 +69,12 @@ class Pricer:
         """The event's cost lines; Poison for an unknown model or a time before any price."""
         if event.cached_input_tokens > event.input_tokens:
             raise Poison("invalid usage event: cached_input_tokens exceeds input_tokens")
+        if event.input_tokens == 0 and event.output_tokens == 0:
+            # A request refused before any model ran (unknown model, bad JSON, 413) used no
+            # tokens: it costs nothing whatever its model, so it needs no price.
+            return PricedUsage(
+                event.event_id, event.occurred_at, event.project_id, event.key_id, event.model, ()
+            )
         entry = self.models.get(event.model)
         if entry is None:
             raise Poison(f"unknown model {event.model!r}: not in the price book")

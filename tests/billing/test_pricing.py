@@ -62,6 +62,16 @@ def test_unknown_model_and_time_before_any_price_are_poison(pricer: Pricer) -> N
         pricer(b'{"input_tokens": 1}')
 
 
+def test_a_request_that_used_no_tokens_costs_nothing_whatever_its_model(pricer: Pricer) -> None:
+    # The gateway records refused requests (unknown model, bad JSON) with no tokens.
+    for model in ("nope", "", UNPRICED):
+        refused = pricer(usage(model=model, input_tokens=0, output_tokens=0, status=404).to_bytes())
+        assert refused.lines == ()
+    assert cost_deltas([refused]) == {}
+    with pytest.raises(Poison, match="unknown model"):
+        pricer(usage(model="nope", input_tokens=1, output_tokens=0).to_bytes())
+
+
 def test_costs_are_exact_or_refused() -> None:
     assert cost(3, Decimal("0.333")) == Decimal("0.000000999")
     assert cost(1, Decimal("0.000001")) == Decimal("1e-12")
