@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.responses import JSONResponse
 
 from services.billing import repository
 from services.billing.errors import LedgerUnavailable
@@ -14,7 +13,7 @@ from services.billing.service import GROUP_FIELDS, WIDTHS, costs_page
 from services.billing.settings import BillingSettings
 from shared.events import utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import READ_ERRORS, RETRYABLE
+from shared.ledger_retry import RETRYABLE
 from shared.usage_query import COSTS_LIMITS, parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
@@ -71,27 +70,3 @@ def costs_router(settings: BillingSettings) -> APIRouter:
         )
 
     return router
-
-
-health_router = APIRouter()
-
-
-@health_router.get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    """The process is up (liveness)."""
-    return {"status": "ok"}
-
-
-@health_router.get("/readyz", include_in_schema=False)
-async def readyz(request: Request) -> JSONResponse:
-    """The database answers and the consumer (when this process runs one) is consuming."""
-    consumer = request.app.state.consumer
-    stats = consumer.stats.as_dict() if consumer is not None else {}
-    status, code = "ok", 200
-    try:
-        await request.app.state.pool.fetchval("SELECT 1")
-    except READ_ERRORS:
-        status, code = "database unavailable", 503
-    if consumer is not None and not consumer.running:
-        status, code = "consumer stopped", 503
-    return JSONResponse({"status": status, **stats}, status_code=code)

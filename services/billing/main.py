@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.billing.api import costs_router, health_router
+from services.billing.api import costs_router
 from services.billing.handlers import cost_consumer
 from services.billing.settings import BillingSettings
 from shared.catalogue import load_catalogue
@@ -18,6 +18,7 @@ from shared.db import apply_migrations, create_pool
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.kafka import ensure_topics
+from shared.ledger_health import health_router
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 

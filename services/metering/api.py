@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
 
 from services.metering import repository
 from services.metering.errors import LedgerUnavailable
@@ -14,7 +13,7 @@ from services.metering.settings import MeteringSettings
 from shared.errors import BadRequest
 from shared.events import utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import READ_ERRORS, RETRYABLE
+from shared.ledger_retry import RETRYABLE
 from shared.usage_query import parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
@@ -56,27 +55,3 @@ def usage_router(settings: MeteringSettings) -> APIRouter:
         return last_used_list(project_id, rows)
 
     return router
-
-
-health_router = APIRouter()
-
-
-@health_router.get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    """The process is up (liveness)."""
-    return {"status": "ok"}
-
-
-@health_router.get("/readyz", include_in_schema=False)
-async def readyz(request: Request) -> JSONResponse:
-    """The database answers and the consumer (when this process runs one) is consuming."""
-    consumer = request.app.state.consumer
-    stats = consumer.stats.as_dict() if consumer is not None else {}
-    status, code = "ok", 200
-    try:
-        await request.app.state.pool.fetchval("SELECT 1")
-    except READ_ERRORS:
-        status, code = "database unavailable", 503
-    if consumer is not None and not consumer.running:
-        status, code = "consumer stopped", 503
-    return JSONResponse({"status": status, **stats}, status_code=code)

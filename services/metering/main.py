@@ -10,13 +10,14 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.metering.api import health_router, usage_router
+from services.metering.api import usage_router
 from services.metering.handlers import usage_consumer
 from services.metering.settings import MeteringSettings
 from shared.db import apply_migrations, create_pool
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.kafka import ensure_topics
+from shared.ledger_health import health_router
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 
