@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from deploy.demo_upstream import create_app as create_upstream
 from deploy.stack import Endpoints
@@ -24,7 +23,7 @@ from services.keys.settings import KeysSettings
 from services.metering.main import create_app as create_metering
 from services.metering.settings import MeteringSettings
 from tests.console.helpers import INTERNAL_TOKEN, TOKEN, console_settings
-from tests.private_servers import free_port
+from tests.served import Served
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,35 +55,6 @@ def service_settings(
         {**common, "db_schema": schemas[2], "consumer_group": f"billing-{unique}"}
     )
     return keys, metering, billing
-
-
-class Served:
-    """An ASGI app served by uvicorn on a free port, in this event loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.port = free_port()
-        self.server: uvicorn.Server | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> Served:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()
-            await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None and self.task is not None:
-            self.server.should_exit = True
-            await self.task
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from deploy.demo_upstream import create_app as create_upstream
 from deploy.stack import Endpoints
 from tests.gateway.harness import (
     FakeKeyService,
-    Served,
     gateway_settings,
     start_gateway,
     write_catalogue,
 )
+from tests.served import Served
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI, Header, Response
 from pydantic import BaseModel, SecretStr
@@ -21,42 +20,11 @@ from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent, KeyEventType, KeyState, UsageRecorded
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS
 from tests.private_servers import free_port
+from tests.served import Served
 
 INTERNAL_TOKEN = "internal-token-for-gateway-tests"
 CHAT = "Qwen/Qwen2.5-0.5B-Instruct"
 EMBED = "Qwen/Qwen3-Embedding-0.6B"
-
-
-class Served:
-    """An ASGI app served by uvicorn on a free port, in this event loop."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.app = app
-        self.port = port or free_port()
-        self.server: uvicorn.Server | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> Served:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", backlog=4096
-        )
-        self.server = uvicorn.Server(config)
-        self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()
-            await asyncio.sleep(0.01)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None and self.task is not None:
-            self.server.should_exit = True
-            await self.task
-            self.server = None
 
 
 class VerifyBody(BaseModel):

@@ -15,11 +15,11 @@ from tests.gateway.harness import (
     CHAT,
     EMBED,
     FakeKeyService,
-    Served,
     new_key,
     upstream_requests,
     usage_events,
 )
+from tests.served import Served
 
 BODY = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}]}
 

@@ -17,13 +17,13 @@ from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import (
     CHAT,
     FakeKeyService,
-    Served,
     new_key,
     upstream_requests,
     usage_events,
 )
 from tests.polling import eventually
 from tests.private_servers import Private
+from tests.served import Served
 
 BODY = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

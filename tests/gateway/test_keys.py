@@ -12,8 +12,9 @@ import redis.asyncio as aioredis
 from deploy.stack import Endpoints
 from services.gateway.cache import LocalCache, RedisStore
 from tests.gateway.conftest import StartGateway
-from tests.gateway.harness import CHAT, FakeKeyService, Served, new_key, publish_key
+from tests.gateway.harness import CHAT, FakeKeyService, new_key, publish_key
 from tests.polling import eventually
+from tests.served import Served
 
 BODY = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 

@@ -18,10 +18,10 @@ from tests.gateway.harness import (
     CHAT,
     EMBED,
     FakeKeyService,
-    Served,
     new_key,
     usage_events,
 )
+from tests.served import Served
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.gateway.harness import CHAT, FakeKeyService, Served, new_key
+from tests.gateway.harness import CHAT, FakeKeyService, new_key
+from tests.served import Served
 
 
 def _exporter() -> InMemorySpanExporter:
