@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.stack import Endpoints, Stack
 from shared.kafka import ensure_topics
@@ -45,11 +46,23 @@ def unique() -> str:
 
 
 @pytest.fixture
-async def topic_prefix(endpoints: Endpoints, unique: str) -> str:
-    """A topic prefix of this test's own, with Tollgate's topics created under it."""
+async def topic_prefix(endpoints: Endpoints, unique: str) -> AsyncIterator[str]:
+    """A topic prefix of this test's own, with Tollgate's topics created under it.
+
+    The topics are deleted afterwards, so a long-lived local broker does not pile up
+    thousands of partitions (which would slow its every restart).
+    """
     prefix = f"test-{unique}."
     await ensure_topics(endpoints.kafka_bootstrap, prefix=prefix)
-    return prefix
+    yield prefix
+    admin = AIOKafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
