@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import openai
 import pytest
@@ -32,17 +31,6 @@ def system(
     started = start_system(endpoints, topic_prefix, unique, tmp_path)
     yield started
     started.stop()
-
-
-@pytest.fixture
-async def drop_schemas(endpoints: Endpoints, unique: str) -> AsyncIterator[None]:
-    yield
-    conn = await asyncpg.connect(endpoints.database_url)
-    try:
-        for service in ("keys", "metering", "billing"):
-            await conn.execute(f'DROP SCHEMA IF EXISTS "e2e_{unique}_{service}" CASCADE')
-    finally:
-        await conn.close()
 
 
 class Tally:
