@@ -30,6 +30,7 @@ if ! command -v uv >/dev/null && [[ ! -x "$HOME/.local/bin/uv" ]]; then
 fi
 UV=$(command -v uv || echo "$HOME/.local/bin/uv")
 "$UV" sync --frozen --quiet
-# Daft, a real client, in its own locked environment (it pins openai 2.x; we test with 3.x).
-"$UV" sync --frozen --quiet --project tests/clients/daft
+# Real clients in their own locked environments: Daft (it pins openai 2.x) and the openai
+# SDK 1.x; the main environment tests with openai 3.x.
+for client in tests/clients/*/; do "$UV" sync --frozen --quiet --project "$client"; done
 "$UV" run --frozen python -c "from deploy.servers import fetch_kafka; fetch_kafka()"
