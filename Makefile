@@ -1,7 +1,8 @@
 # Tollgate: `make up` runs the whole system on this machine, `make test` runs the test suite.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv on PATH, or else the one `make bootstrap` installed into this python3 (`python3 -m uv`).
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 
 .PHONY: help bootstrap up down status test lint fmt bench clean

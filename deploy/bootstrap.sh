@@ -20,17 +20,17 @@ if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! command -v uv >/dev/null && [[ ! -x "$HOME/.local/bin/uv" ]]; then
+if ! command -v uv >/dev/null && ! python3 -m uv --version >/dev/null 2>&1; then
   echo "installing uv"
-  python3 -m pip install --quiet --user "uv==0.13.8" 2>/dev/null \
+  python3 -m pip install --quiet --disable-pip-version-check "uv==0.13.8" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "uv==0.13.8"
 fi
-UV=$(command -v uv || echo "$HOME/.local/bin/uv")
-"$UV" sync --frozen --quiet
+if command -v uv >/dev/null; then UV=uv; else UV="python3 -m uv"; fi
+$UV sync --frozen --quiet
 # Real clients in their own locked environments: Daft (it pins openai 2.x) and the openai
 # SDK 1.x; the main environment tests with openai 3.x.
-for client in tests/clients/*/; do "$UV" sync --frozen --quiet --project "$client"; done
-"$UV" run --frozen python -c "from deploy.servers import fetch_kafka; fetch_kafka()"
+for client in tests/clients/*/; do $UV sync --frozen --quiet --project "$client"; done
+$UV run --frozen python -c "from deploy.servers import fetch_kafka; fetch_kafka()"
