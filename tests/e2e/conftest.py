@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from deploy.stack import Endpoints
+from tests.e2e.system import System, start_system
+
+
+@pytest.fixture
+def system(
+    endpoints: Endpoints, topic_prefix: str, unique: str, tmp_path: Path
+) -> Iterator[System]:
+    started = start_system(endpoints, topic_prefix, unique, tmp_path)
+    yield started
+    started.stop()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ consumer groups and Redis prefix, against the session's Kafka, PostgreSQL and Re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -20,6 +21,8 @@ from deploy.stack import Endpoints
 from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+CHAT = "Qwen/Qwen2.5-0.5B-Instruct"
+EMBED = "Qwen/Qwen3-Embedding-0.6B"
 
 
 @dataclass
@@ -130,3 +133,22 @@ def start_system(endpoints: Endpoints, topic_prefix: str, unique: str, tmp: Path
         system.stop()
         raise
     return system
+
+
+async def run_client(client: str, script: str, args: list[str], key: str) -> str:
+    """Run a real client's script in its own environment (tests/clients/<client>), the key in
+    TOLLGATE_KEY; return the last line it printed."""
+    folder = REPO / "tests" / "clients" / client
+    python = folder / ".venv" / "bin" / "python"
+    assert python.exists(), f"{client}'s environment is missing: run `make bootstrap`"
+    run = await asyncio.create_subprocess_exec(
+        str(python),
+        str(folder / script),
+        *args,
+        env={**os.environ, "TOLLGATE_KEY": key, "DAFT_PROGRESS_BAR": "0"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(run.communicate(), 240)
+    assert run.returncode == 0, err.decode()[-3000:]
+    return out.decode().strip().splitlines()[-1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,9 @@ import httpx
 import openai
 import pytest
 
-from deploy.stack import Endpoints
 from shared.catalogue import load_catalogue
-from tests.e2e.system import System, start_system
+from tests.e2e.system import CHAT, EMBED, System
 from tests.polling import eventually
-
-CHAT = "Qwen/Qwen2.5-0.5B-Instruct"
-EMBED = "Qwen/Qwen3-Embedding-0.6B"
-
-
-@pytest.fixture
-def system(
-    endpoints: Endpoints, topic_prefix: str, unique: str, tmp_path: Path
-) -> Iterator[System]:
-    started = start_system(endpoints, topic_prefix, unique, tmp_path)
-    yield started
-    started.stop()
 
 
 class Tally:
