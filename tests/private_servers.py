@@ -6,6 +6,7 @@ Each runs on free ports under the test's tmp folder and is stopped by its fixtur
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,11 +68,13 @@ class Private:
 
 def _private(kind: type[Kafka | Postgres | Redis], tmp: Path) -> Iterator[Private]:
     private = Private(kind(tmp / "run", private_ports()))
-    private.start()
     try:
+        private.start()
         yield private
     finally:
         private.stop()
+        # PostgreSQL's data may live outside tmp (under /var/tmp): leave nothing behind.
+        shutil.rmtree(private.server.home, ignore_errors=True)
 
 
 @pytest.fixture
