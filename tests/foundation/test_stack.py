@@ -9,12 +9,13 @@ import pytest
 from deploy.process import is_running, port_open
 from deploy.servers import Ports, StackError
 from deploy.stack import Endpoints, Stack
+from tests.private_servers import private_ports
 
 
 @pytest.mark.slow
 def test_up_reuses_and_down_leaves_nothing(tmp_path: Path, endpoints: object) -> None:
     # Ports of its own, so the session's stack keeps running beside it.
-    ports = Ports(kafka=29092, kafka_controller=29093, postgres=25432, redis=26379)
+    ports = private_ports()
     stack = Stack(run_dir=tmp_path / "run", ports=ports)
     try:
         stack.up()
