@@ -20,10 +20,11 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from services.gateway.cache import Breaker, LocalCache, RedisStore
+from services.gateway.cache import Breaker, LocalCache
 from services.gateway.metrics import Metrics
 from shared.events import KeyEvent, KeyState
 from shared.kafka import ensure_topics
+from shared.key_store import KeyStore
 from shared.topics import KEYS_EVENTS, topic_name
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Feeder:
         bootstrap: str,
         topic_prefix: str,
         local: LocalCache,
-        store: RedisStore,
+        store: KeyStore,
         redis_breaker: Breaker,
         metrics: Metrics,
     ) -> None:
