@@ -46,7 +46,7 @@ class Subscriber:
         local: LocalCache,
         timeout_s: float = 1.0,
         ping_s: float = 0.5,
-        dead_after_s: float = 1.5,
+        dead_after_s: float = 2.0,
     ) -> None:
         self.redis_url = redis_url
         self.channel = channel
@@ -67,7 +67,7 @@ class Subscriber:
                 await self._listen()
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.up:
-                    log.warning("key-state subscription lost (%s)", type(exc).__name__)
+                    log.warning("key-state subscription lost (%s: %s)", type(exc).__name__, exc)
                 self.losses += 1
             finally:
                 self.local.covered(None)
