@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -59,7 +60,9 @@ class LocalCache:
         *,
         unsubscribed_ttl_s: float | None = None,
         stale_max_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.size = size
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
@@ -95,7 +98,7 @@ class LocalCache:
         entry = self._states.get(key_id)
         if entry is None:
             return None
-        age = time.monotonic() - entry.confirmed_at
+        age = self.clock() - entry.confirmed_at
         if age > (self.stale_max_s if allow_stale else self._trusted_for(entry)):
             return None
         self._states.move_to_end(key_id)
@@ -109,7 +112,7 @@ class LocalCache:
         None when state is older than a version seen before whose state was since evicted:
         the caller must then ask a more authoritative source rather than trust state.
         """
-        at = time.monotonic() if confirmed_at is None else confirmed_at
+        at = self.clock() if confirmed_at is None else confirmed_at
         known = self._versions.get(state.key_id, 0)
         current = self._states.get(state.key_id)
         if state.version < known:
@@ -140,7 +143,7 @@ class LocalCache:
         expiry = self._negative.get(key_hash)
         if expiry is None:
             return False
-        if time.monotonic() >= expiry:
+        if self.clock() >= expiry:
             del self._negative[key_hash]
             return False
         return True
@@ -150,7 +153,7 @@ class LocalCache:
             return
         if len(self._negative) >= self.size:  # invented keys must not grow memory unbounded
             self._negative.clear()
-        self._negative[key_hash] = time.monotonic() + self.negative_ttl_s
+        self._negative[key_hash] = self.clock() + self.negative_ttl_s
 
     def __len__(self) -> int:
         return len(self._states)
