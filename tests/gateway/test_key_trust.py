@@ -7,8 +7,10 @@ import time
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from services.gateway.cache import LocalCache
+from shared.key_store import KeyStore
 from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import CHAT, FakeKeyService, new_key
 from tests.polling import eventually
@@ -125,3 +127,39 @@ async def test_with_redis_down_a_revocation_is_picked_up_from_the_key_service(
         took = time.monotonic() - revoked
     print(f"\nwith Redis down, refused {took * 1000:.0f} ms after the key service revoked it")
     assert took < 1.5
+
+
+async def test_the_subscription_comes_back_after_redis_restarts(
+    make_gateway: StartGateway,
+    keyservice: tuple[FakeKeyService, Served],
+    private_redis: Private,
+    redis_prefix: str,
+) -> None:
+    # A long unsubscribed TTL: only a pushed change can reach the gateway within a second.
+    gateway = await make_gateway(redis=private_redis.redis_url, unsubscribed_cache_ttl_s=60)
+    secret, state = new_key()
+    keyservice[0].add(state)  # the key service keeps saying "active"
+    client = aioredis.Redis.from_url(private_redis.redis_url)
+    store = KeyStore(client, redis_prefix)
+    try:
+        async with httpx.AsyncClient() as http:
+            assert await _status(http, gateway.url, secret) == 200
+            await private_redis.astop()
+            await private_redis.astart()
+
+            async def subscribers() -> int:
+                [(_, count)] = await client.pubsub_numsub(store.channel)
+                return int(count)
+
+            await eventually(subscribers, until=lambda n: n == 1, timeout=10, what="resubscribed")
+            revoked = time.monotonic()
+            await store.apply([state.model_copy(update={"status": "revoked", "version": 2})])
+
+            async def status() -> int:
+                return await _status(http, gateway.url, secret)
+
+            await eventually(status, until=lambda s: s == 401, timeout=1.0, what="pushed")
+            print(f"\nafter a Redis restart, refused {(time.monotonic() - revoked) * 1000:.0f} ms"
+                  " after the write")  # fmt: skip
+    finally:
+        await client.aclose()
