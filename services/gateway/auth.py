@@ -1,10 +1,12 @@
 """Authentication: checksum, then the in-process cache, then Redis, then the key service.
 
-Each step answers only what it can: a fresh local entry is trusted (the feeder updates it
-within milliseconds of a key event); Redis is asked next; a miss there goes to the key
-service's verify endpoint (a key used the instant it was created is not in Redis yet), and
-its "unknown" is remembered briefly. When neither Redis nor the key service can answer for
-a key not held locally, the request is refused with 503: it never reaches an upstream.
+Each step answers only what it can: a local entry is trusted while the cache says so (for its
+full TTL only while the Redis subscription pushes every change to it, see ``cache.py``);
+Redis is asked next; a miss there goes to the key service's verify endpoint (a key used the
+instant it was created may not be in Redis yet), and its "unknown" is remembered briefly.
+When neither Redis nor the key service can answer, a key confirmed by some source within
+``stale_key_max_s`` is still served from the process cache; any other is refused with 503:
+it never reaches an upstream.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from datetime import UTC, datetime
 
 import httpx
 from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
 
-from services.gateway.cache import Breaker, LocalCache, RedisStore
+from services.gateway.cache import Breaker, LocalCache
 from services.gateway.errors import AuthUnavailable, InvalidApiKey, MissingApiKey
 from services.gateway.metrics import Metrics
 from shared.apikeys import hash_key, hint, is_well_formed
 from shared.events import KeyState
 from shared.http import bearer_token
+from shared.key_store import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,10 @@ class Verifier:
             raise VerifyFailed("key service answered an invalid key state") from exc
 
 
+def _holds(state: KeyState, key_hash: str) -> bool:
+    return key_hash in (state.key_hash, state.previous_key_hash)
+
+
 def is_valid(state: KeyState, key_hash: str, now: datetime) -> bool:
     """True when state is active, unexpired, and key_hash is its secret (or, in grace, the old)."""
     if state.status != "active":
@@ -84,7 +92,7 @@ class Authenticator:
         self,
         *,
         local: LocalCache,
-        store: RedisStore,
+        store: KeyStore,
         verifier: Verifier,
         metrics: Metrics,
         redis_breaker: Breaker,
@@ -135,6 +143,7 @@ class Authenticator:
     async def _shared_lookup(self, key_hash: str) -> tuple[KeyState | None, str]:
         redis_answered = False
         if self.redis_breaker.available():
+            asked = time.monotonic()
             try:
                 found = await asyncio.wait_for(self.store.lookup(key_hash), self.redis_timeout_s)
             except (RedisError, OSError, TimeoutError, ValidationError) as exc:
@@ -143,10 +152,13 @@ class Authenticator:
             else:
                 redis_answered = True
                 self.redis_breaker.succeeded()
-                newest = self.local.put(found) if found is not None else None
+                newest = self.local.put(found, asked) if found is not None else None
                 if newest is not None:
+                    if not _holds(newest, key_hash):
+                        self.local.add_negative(key_hash)  # a secret the key no longer has
                     return newest, "redis"
         if self.verify_breaker.available():
+            asked = time.monotonic()
             try:
                 found = await self.verifier.verify(key_hash)
             except VerifyFailed as exc:
@@ -157,12 +169,12 @@ class Authenticator:
                 if found is None:
                     self.local.add_negative(key_hash)
                     return None, "verify"
-                newest = self.local.put(found)
+                newest = self.local.put(found, asked)
                 if redis_answered:
                     self._write_back(found)
                 return newest or found, "verify"
-        # Neither shared source answered: an entry older than the TTL is still the best
-        # knowledge we have (key events keep updating it); without one, refuse with 503.
+        # Neither shared source answered: an entry confirmed not too long ago is still the
+        # best knowledge we have; an older one, or none, is refused with 503.
         stale = self.local.get(key_hash, allow_stale=True)
         if stale is not None:
             return stale, "stale"

@@ -4,26 +4,32 @@ Both are versioned by the key's ``version``: a state older than one already held
 so neither a late event nor a slow verify answer can bring back a revoked key. The in-process
 cache also remembers the highest version of every key it has seen (a few bytes a key), so
 this holds even for keys whose full state was evicted.
+
+How long a local entry is trusted depends on what would have told this replica of a change:
+while the Redis subscription (``subscriber.py``) has been up since the entry was last
+confirmed, any change would have arrived within milliseconds, so the entry is trusted for
+``ttl_s``; otherwise only for ``unsubscribed_ttl_s``, after which Redis or the key service is
+asked again. When neither answers, an entry is served for ``stale_max_s`` after it was last
+confirmed by any source, and then no more.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared.events import KeyState
+from shared.key_store import KeyStore
 
 
 @dataclass(slots=True)
 class _Entry:
     state: KeyState
-    stored_at: float
+    confirmed_at: float  # monotonic: when a source last said this is the newest state
 
 
 class Breaker:
@@ -46,44 +52,81 @@ class Breaker:
 class LocalCache:
     """Key states by hash, LRU-bounded, with a short negative cache for unknown hashes."""
 
-    def __init__(self, size: int, ttl_s: float, negative_ttl_s: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        ttl_s: float,
+        negative_ttl_s: float,
+        *,
+        unsubscribed_ttl_s: float | None = None,
+        stale_max_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
         self.size = size
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
+        self.unsubscribed_ttl_s = ttl_s if unsubscribed_ttl_s is None else unsubscribed_ttl_s
+        self.stale_max_s = stale_max_s
+        # Since when (monotonic) changes have been pushed to this cache without a gap; None
+        # while nothing pushes them (the subscription is down).
+        self.covered_since: float | None = None
         self._states: OrderedDict[str, _Entry] = OrderedDict()  # key id -> entry
         self._by_hash: dict[str, str] = {}  # key hash (current or previous) -> key id
         self._versions: dict[str, int] = {}  # key id -> highest version ever seen
         self._negative: dict[str, float] = {}  # key hash -> monotonic expiry
 
+    def covered(self, since: float | None) -> None:
+        """Changes are pushed from since on without a gap (None: they are not, any more)."""
+        self.covered_since = since
+
+    def _trusted_for(self, entry: _Entry) -> float:
+        since = self.covered_since
+        if since is not None and entry.confirmed_at >= since:
+            return self.ttl_s
+        return min(self.ttl_s, self.unsubscribed_ttl_s)
+
     def get(self, key_hash: str, *, allow_stale: bool = False) -> KeyState | None:
-        """The state holding key_hash; None when absent or older than the TTL (unless stale ok)."""
+        """The state holding key_hash; None when absent or no longer trusted.
+
+        With allow_stale (no source can answer), an entry is served up to stale_max_s after
+        it was last confirmed.
+        """
         key_id = self._by_hash.get(key_hash)
         if key_id is None:
             return None
         entry = self._states.get(key_id)
         if entry is None:
             return None
-        if not allow_stale and time.monotonic() - entry.stored_at > self.ttl_s:
+        age = self.clock() - entry.confirmed_at
+        if age > (self.stale_max_s if allow_stale else self._trusted_for(entry)):
             return None
         self._states.move_to_end(key_id)
         return entry.state
 
-    def put(self, state: KeyState) -> KeyState | None:
+    def put(self, state: KeyState, confirmed_at: float | None = None) -> KeyState | None:
         """Store state unless a newer version is known; return the newest state held.
 
+        confirmed_at (monotonic, default now) is when the source read it: a lookup passes the
+        time it was sent, so a change published while it was under way is not outlived.
         None when state is older than a version seen before whose state was since evicted:
         the caller must then ask a more authoritative source rather than trust state.
         """
+        at = self.clock() if confirmed_at is None else confirmed_at
         known = self._versions.get(state.key_id, 0)
         current = self._states.get(state.key_id)
         if state.version < known:
             return current.state if current is not None else None
+        if current is not None and state.version == current.state.version:
+            current.confirmed_at = max(current.confirmed_at, at)  # the same state, confirmed
+            self._states.move_to_end(state.key_id)
+            return current.state
         self._versions[state.key_id] = state.version
         if current is not None:
             for old in (current.state.key_hash, current.state.previous_key_hash):
                 if old is not None and old not in (state.key_hash, state.previous_key_hash):
                     self._by_hash.pop(old, None)
-        self._states[state.key_id] = _Entry(state, time.monotonic())
+        self._states[state.key_id] = _Entry(state, at)
         self._states.move_to_end(state.key_id)
         for key_hash in (state.key_hash, state.previous_key_hash):
             if key_hash is not None:
@@ -100,7 +143,7 @@ class LocalCache:
         expiry = self._negative.get(key_hash)
         if expiry is None:
             return False
-        if time.monotonic() >= expiry:
+        if self.clock() >= expiry:
             del self._negative[key_hash]
             return False
         return True
@@ -110,71 +153,14 @@ class LocalCache:
             return
         if len(self._negative) >= self.size:  # invented keys must not grow memory unbounded
             self._negative.clear()
-        self._negative[key_hash] = time.monotonic() + self.negative_ttl_s
+        self._negative[key_hash] = self.clock() + self.negative_ttl_s
 
     def __len__(self) -> int:
         return len(self._states)
 
 
-# KEYS[1] = state key; KEYS[2..] = hash -> id keys. ARGV = version, state JSON, key id.
-_APPLY = """
-local held = redis.call('HGET', KEYS[1], 'v')
-if held and tonumber(held) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[3]) end
-return 1
-"""
-# KEYS[1] = hash -> id key. ARGV[1] = prefix of state keys.
-_LOOKUP = """
-local id = redis.call('GET', KEYS[1])
-if not id then return false end
-return redis.call('HGET', ARGV[1] .. id, 's')
-"""
+# The store moved to shared/ (the key service writes it too); the old name stays importable.
+RedisStore = KeyStore
 
 
-class RedisStore:
-    """Key states in Redis, shared by every replica, written only by newer versions."""
-
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix
-        self._apply = client.register_script(_APPLY)
-        self._lookup = client.register_script(_LOOKUP)
-        self.offsets_key = f"{prefix}feeder:offsets"
-
-    def _state_key(self, key_id: str) -> str:
-        return f"{self.prefix}key:{key_id}"
-
-    def _hash_key(self, key_hash: str) -> str:
-        return f"{self.prefix}hash:{key_hash}"
-
-    async def lookup(self, key_hash: str) -> KeyState | None:
-        """The state whose current or previous hash is key_hash, or None."""
-        raw = await self._lookup(keys=[self._hash_key(key_hash)], args=[f"{self.prefix}key:"])
-        return KeyState.model_validate_json(raw) if raw else None
-
-    async def apply(self, states: list[KeyState], offsets: dict[str, int] | None = None) -> None:
-        """Write each state unless Redis holds a newer one; then the feeder's offsets."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for state in states:
-                hashes = [self._hash_key(state.key_hash)]
-                if state.previous_key_hash:
-                    hashes.append(self._hash_key(state.previous_key_hash))
-                await self._apply(
-                    keys=[self._state_key(state.key_id), *hashes],
-                    args=[state.version, state.model_dump_json(), state.key_id],
-                    client=pipe,
-                )
-            if offsets:
-                pipe.hset(self.offsets_key, mapping=cast("Mapping[str, int]", offsets))  # type: ignore[arg-type]
-            await pipe.execute()
-
-    async def offsets(self) -> dict[str, int] | None:
-        """The feeder's saved positions; None when Redis holds none (it started empty)."""
-        raw = await self.client.hgetall(self.offsets_key)
-        if not raw:
-            return None
-        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
-
-
-__all__ = ["Breaker", "LocalCache", "RedisError", "RedisStore"]
+__all__ = ["Breaker", "KeyStore", "LocalCache", "RedisError", "RedisStore"]

@@ -2,7 +2,10 @@
 
 Every replica reads every partition (no consumer group: each needs every event), so a
 revocation reaches each replica's in-process cache as fast as Kafka delivers it. Redis
-writes are versioned and idempotent, so replicas writing the same events is harmless. When
+writes are versioned and idempotent (``shared/key_store.py``), so replicas writing the same
+events is harmless, and so is an event arriving after the key service wrote a newer state to
+Redis directly (the path that works while Kafka is down). A write that makes a state newer
+in Redis is also published to every replica's subscription (``subscriber.py``). When
 Redis holds no saved positions (it started empty, or lost its data) the feeder reads the
 compacted topic from the beginning and so rebuilds it. Events that could not be written to
 Redis while it was down are read again once it answers.
@@ -20,10 +23,11 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from services.gateway.cache import Breaker, LocalCache, RedisStore
+from services.gateway.cache import Breaker, LocalCache
 from services.gateway.metrics import Metrics
 from shared.events import KeyEvent, KeyState
 from shared.kafka import ensure_topics
+from shared.key_store import KeyStore
 from shared.topics import KEYS_EVENTS, topic_name
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ class Feeder:
         bootstrap: str,
         topic_prefix: str,
         local: LocalCache,
-        store: RedisStore,
+        store: KeyStore,
         redis_breaker: Breaker,
         metrics: Metrics,
     ) -> None:

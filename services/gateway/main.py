@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 
 from services.gateway.api import router
 from services.gateway.auth import Authenticator, Verifier
-from services.gateway.cache import Breaker, LocalCache, RedisStore
+from services.gateway.cache import Breaker, LocalCache
 from services.gateway.emitter import UsageEmitter
 from services.gateway.feeder import Feeder
 from services.gateway.metrics import Metrics
@@ -25,9 +25,11 @@ from services.gateway.proxy import Proxy
 from services.gateway.responses import OverheadMiddleware
 from services.gateway.settings import GatewaySettings
 from services.gateway.spool import Spool
+from services.gateway.subscriber import Subscriber
 from shared.catalogue import Catalogue, load_catalogue
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
+from shared.key_store import KeyStore
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 
@@ -81,8 +83,20 @@ class Gateway:
             max_connections=200,
         )
         self.redis_breaker = Breaker(s.dependency_retry_s)
-        self.local = LocalCache(s.local_cache_size, s.local_cache_ttl_s, s.negative_cache_ttl_s)
-        self.store = RedisStore(self.redis, s.redis_prefix)
+        self.local = LocalCache(
+            s.local_cache_size,
+            s.local_cache_ttl_s,
+            s.negative_cache_ttl_s,
+            unsubscribed_ttl_s=s.unsubscribed_cache_ttl_s,
+            stale_max_s=s.stale_key_max_s,
+        )
+        self.store = KeyStore(self.redis, s.redis_prefix)
+        self.subscriber = Subscriber(
+            redis_url=s.redis_url,
+            channel=self.store.channel,
+            local=self.local,
+            timeout_s=max(s.redis_timeout_s, 1.0),
+        )
         self.keys_client = httpx.AsyncClient(timeout=s.verify_timeout_s)
         self.upstream_clients = _upstream_clients(s)
         self.auth = Authenticator(
@@ -119,6 +133,7 @@ class Gateway:
         """Background work: key events in, usage events out; none of it blocks start-up."""
         self._tasks = [
             asyncio.create_task(_supervised(self.feeder.run), name="keys-feeder"),
+            asyncio.create_task(_supervised(self.subscriber.run), name="key-states"),
             asyncio.create_task(_supervised(self.emitter.run_publisher), name="usage-publisher"),
             asyncio.create_task(_supervised(self.emitter.run_replayer), name="spool-replayer"),
         ]

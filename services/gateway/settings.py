@@ -29,7 +29,22 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger bodies get 413")
     local_cache_size: int = Field(100_000, gt=0, description="keys held in process")
     local_cache_ttl_s: float = Field(
-        30.0, gt=0, description="re-check Redis after this long (events update it sooner)"
+        30.0,
+        gt=0,
+        description="re-check Redis after this long while the key-state subscription is up"
+        " (it pushes every change at once)",
+    )
+    unsubscribed_cache_ttl_s: float = Field(
+        1.0,
+        gt=0,
+        description="re-check Redis or the key service after this long while the key-state"
+        " subscription is down (or was, since the entry was confirmed)",
+    )
+    stale_key_max_s: float = Field(
+        300.0,
+        gt=0,
+        description="with neither Redis nor the key service answering, serve a cached key"
+        " this long after it was last confirmed; then refuse it with 503",
     )
     negative_cache_ttl_s: float = Field(
         2.0, ge=0, description="how long an unknown key is remembered"

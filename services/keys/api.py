@@ -200,6 +200,8 @@ async def readyz(request: Request) -> JSONResponse:
     body: dict[str, object] = {"status": "ok"}
     if relay is not None:
         body |= relay.stats()
+    if (mirror := getattr(request.app.state, "mirror", None)) is not None:
+        body |= mirror.stats()  # the direct Redis writes: written, failed, last error
     try:
         body["outbox_backlog"] = await repo.outbox_backlog(request.app.state.pool)
     except READ_ERRORS:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from services.keys.api import health_router, internal_router, management_router
 from services.keys.handlers import LastUsedConsumer
+from services.keys.mirror import StateMirror
 from services.keys.outbox import OutboxRelay
 from services.keys.service import KeyService
 from services.keys.settings import KeysSettings
@@ -42,6 +43,11 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
         client_id = f"keys-{socket.gethostname()}-{os.getpid()}"
         relay = OutboxRelay(settings, client_id) if settings.relay else None
         consumer = LastUsedConsumer(settings, pool, client_id) if settings.consume_usage else None
+        mirror = (
+            StateMirror(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
+            if settings.redis_write
+            else None
+        )
         try:
             await apply_migrations(pool, settings.db_schema, MIGRATIONS)
             # Kafka is not needed to start: the API works without it and the workers retry.
@@ -51,17 +57,21 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             app.state.pool = pool
             app.state.relay = relay
             app.state.consumer = consumer
+            app.state.mirror = mirror
             app.state.service = KeyService(
                 pool,
                 topic=settings.keys_topic,
                 channel=settings.notify_channel,
                 max_grace_s=settings.max_grace_s,
+                mirror=mirror,
             )
             yield
         finally:
             for worker in (consumer, relay):
                 if worker is not None:
                     await worker.stop()
+            if mirror is not None:
+                await mirror.close()
             try:
                 await asyncio.wait_for(pool.close(), 10)
             except TimeoutError:

@@ -1,5 +1,8 @@
 """The key service's logic: projects and keys, each change and its event in one transaction.
 
+After a transaction that changed keys commits, their new states are also written straight to
+the gateways' Redis (``mirror.py``): Kafka may be down, a revocation must not wait for it.
+
 Lock order, so that concurrent changes cannot deadlock: the project row first (taken by
 whatever may move the project's default), then key rows. Every change to a key locks its row
 before writing its outbox message, so per key the outbox order is the commit order.
@@ -26,6 +29,7 @@ from services.keys.errors import (
     KeyRevoked,
     ProjectNotFound,
 )
+from services.keys.mirror import StateMirror
 from services.keys.repository import Row
 from shared import apikeys
 from shared.errors import BadRequest
@@ -70,26 +74,48 @@ def view_status(row: Row, now: datetime) -> Literal["active", "expired", "revoke
 class KeyService:
     """Projects and keys on PostgreSQL, every key change announced through the outbox."""
 
-    def __init__(self, pool: asyncpg.Pool, *, topic: str, channel: str, max_grace_s: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        topic: str,
+        channel: str,
+        max_grace_s: int,
+        mirror: StateMirror | None = None,
+    ) -> None:
         self.pool = pool
         self.topic = topic
         self.channel = channel
         self.max_grace_s = max_grace_s
+        self.mirror = mirror
+        # Per open transaction (by its connection), the key states it wrote to the outbox.
+        self._changed: dict[int, list[KeyState]] = {}
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Conn]:
+        changed: list[KeyState] = []
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield conn
+            async with self.pool.acquire() as conn:
+                self._changed[id(conn)] = changed
+                try:
+                    async with conn.transaction():
+                        yield conn
+                finally:
+                    del self._changed[id(conn)]
         except OUTAGE as exc:
             # An outage (or a lost serialisation race): the caller may simply retry.
             log.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable("The key database is unavailable; retry shortly.") from exc
+        # Committed: only now may the gateways see it (a rolled-back change never existed).
+        if changed and self.mirror is not None:
+            await self.mirror.write(changed)
 
     async def _publish(self, conn: Conn, row: Row, event_type: KeyEventType, now: datetime) -> None:
-        event = KeyEvent(type=event_type, occurred_at=now, **key_state(row).model_dump())
+        state = key_state(row)
+        event = KeyEvent(type=event_type, occurred_at=now, **state.model_dump())
         await repo.enqueue(conn, self.topic, row["id"], event.to_bytes())
         await repo.notify(conn, self.channel)
+        self._changed[id(conn)].append(state)
 
     # Projects
 

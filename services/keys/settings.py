@@ -30,6 +30,15 @@ class KeysSettings(TokenGuardedSettings):
     consumer_group: str = Field("keys-last-used", description="consumer group on usage.events")
     last_used_batch: int = Field(2000, ge=1, le=100_000, description="usage records per update")
     max_grace_s: int = Field(MAX_GRACE_S, ge=0, description="longest rotation grace period")
+    redis_write: bool = Field(
+        True, description="also write each committed key state straight to the gateways' Redis"
+    )
+    redis_prefix: str = Field(
+        "tollgate:gw:", description="the gateways' Redis prefix (TOLLGATE_GATEWAY_REDIS_PREFIX)"
+    )
+    redis_timeout_s: float = Field(
+        0.5, gt=0, description="the direct Redis write's bound; past it the outbox carries it"
+    )
 
     @field_validator("internal_token")
     @classmethod

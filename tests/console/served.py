@@ -102,6 +102,7 @@ async def system(
 ) -> AsyncIterator[System]:
     """Upstream, keys, metering, billing, gateway and console, on this test's data."""
     keys, metering, billing = service_settings(endpoints, schemas, topic_prefix, unique)
+    keys = keys.model_copy(update={"redis_url": endpoints.redis_url, "redis_prefix": redis_prefix})
     async with AsyncExitStack() as stack:
 
         async def serve(app: Any) -> str:

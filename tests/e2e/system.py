@@ -105,7 +105,8 @@ def start_system(endpoints: Endpoints, topic_prefix: str, unique: str, tmp: Path
     specific = {
         "upstream": {},
         "keys": {"ADMIN_TOKEN": admin, "INTERNAL_TOKEN": internal,
-                 "DB_SCHEMA": f"e2e_{unique}_keys", "CONSUMER_GROUP": f"keys-{unique}"},
+                 "DB_SCHEMA": f"e2e_{unique}_keys", "CONSUMER_GROUP": f"keys-{unique}",
+                 "REDIS_PREFIX": f"e2e:{unique}:"},
         "gateway": {"INTERNAL_TOKEN": internal, "KEYS_URL": f"http://127.0.0.1:{ports['keys']}",
                     "CATALOGUE_PATH": str(catalogue), "SPOOL_DIR": str(tmp / "spool"),
                     "REDIS_PREFIX": f"e2e:{unique}:"},

@@ -14,7 +14,7 @@ from tests.keys.harness import Running, connect, make_settings, running
 
 @pytest.fixture
 def keys_settings(
-    endpoints: Endpoints, pg_schema: str, topic_prefix: str, unique: str
+    endpoints: Endpoints, pg_schema: str, topic_prefix: str, unique: str, redis_prefix: str
 ) -> KeysSettings:
     """Settings on the shared servers, isolated by schema, topic prefix and consumer group."""
     return make_settings(
@@ -23,6 +23,8 @@ def keys_settings(
         schema=pg_schema,
         prefix=topic_prefix,
         group=f"keys-last-used-{unique}",
+        redis_url=endpoints.redis_url,
+        redis_prefix=redis_prefix,
     )
 
 

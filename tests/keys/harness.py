@@ -36,6 +36,11 @@ def make_settings(
     The usage consumer is off unless a test asks for it: each one joins a consumer group of
     its own, which costs the shared broker a group each time.
     """
+    defaults: dict[str, Any] = {
+        "relay_poll_s": 0.2,
+        "consume_usage": False,
+        "redis_prefix": f"test:{schema}:",  # the direct Redis writes, apart per test
+    }
     return KeysSettings(
         kafka_bootstrap=kafka,
         database_url=SecretStr(database_url),
@@ -44,7 +49,7 @@ def make_settings(
         db_schema=schema,
         topic_prefix=prefix,
         consumer_group=group,
-        **({"relay_poll_s": 0.2, "consume_usage": False} | extra),
+        **(defaults | extra),
     )
 
 

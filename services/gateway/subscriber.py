@@ -1,0 +1,129 @@
+"""The key-state subscription: new key states pushed by Redis, applied to the process cache.
+
+Every write of a newer key state to Redis publishes it (``shared/key_store.py``), whoever wrote
+it: the key service right after its transaction committed, or any gateway's feeder. So a
+revocation reaches this replica's cache within milliseconds even while Kafka is down, and the
+cache may trust an entry for its full TTL only while this subscription has been up since the
+entry was confirmed (``LocalCache.covered``). Pub/sub delivers nothing that was published
+while a subscriber was away: on any loss the cache's trust is shortened at once, and after a
+reconnect only entries confirmed since then get the full TTL back.
+
+A connection that is silently gone (no reset, no answer) is noticed by pinging it every
+``ping_s``: no reply within ``dead_after_s`` counts as a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from services.gateway.cache import LocalCache
+from shared.key_store import parse_published
+
+log = logging.getLogger(__name__)
+_RETRY_S = 0.5
+_READ_S = 0.2
+
+
+class Subscriber:
+    """Runs until cancelled; resubscribes on its own after any loss."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        channel: str,
+        local: LocalCache,
+        timeout_s: float = 1.0,
+        ping_s: float = 0.5,
+        dead_after_s: float = 2.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.channel = channel
+        self.local = local
+        self.timeout_s = timeout_s
+        self.ping_s = ping_s
+        self.dead_after_s = dead_after_s
+        self.received = 0
+        self.losses = 0
+
+    @property
+    def up(self) -> bool:
+        return self.local.covered_since is not None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.up:
+                    log.warning("key-state subscription lost (%s: %s)", type(exc).__name__, exc)
+                self.losses += 1
+            finally:
+                self.local.covered(None)
+            await asyncio.sleep(_RETRY_S)
+
+    async def _listen(self) -> None:
+        # A client of its own: the shared one's socket timeout suits requests, not a wait.
+        client = aioredis.Redis.from_url(
+            self.redis_url,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        pubsub = client.pubsub()
+        try:
+            await asyncio.wait_for(pubsub.subscribe(self.channel), self.timeout_s)
+            await self._confirmed(pubsub)
+            # Anything published from here on reaches us; what was confirmed before may
+            # have missed a change, so it gets only the short trust (see LocalCache).
+            self.local.covered(time.monotonic())
+            log.info("key-state subscription up", extra={"channel": self.channel})
+            await self._receive(pubsub)
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(pubsub.aclose(), 1)  # type: ignore[no-untyped-call]
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(client.aclose(), 1)
+
+    async def _confirmed(self, pubsub: PubSub) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            message = await pubsub.get_message(timeout=_READ_S)
+            if message is not None and message["type"] == "subscribe":
+                return
+        raise TimeoutError("no subscribe confirmation")
+
+    async def _receive(self, pubsub: PubSub) -> None:
+        last_heard = last_ping = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=_READ_S)
+            now = time.monotonic()
+            if message is not None:
+                last_heard = now
+                if message["type"] == "message":
+                    self._apply(message)
+            if now - last_heard > self.dead_after_s:
+                raise TimeoutError("the subscription stopped answering")
+            if now - last_ping >= self.ping_s:
+                await asyncio.wait_for(pubsub.ping(), self.timeout_s)
+                last_ping = now
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        try:
+            state = parse_published(message["data"])
+        except ValidationError:
+            log.exception("unreadable key state on %s", self.channel)
+            return
+        self.local.put(state)
+        self.received += 1

@@ -1,0 +1,160 @@
+"""Key states in Redis, as the gateways read them and both the feeder and the key service write.
+
+Layout, under a prefix (``tollgate:gw:`` by default), every name carrying a hash tag so that
+each script touches one cluster slot only (the design's "Past one machine"):
+
+- ``{prefix}key:{<key_id>}``: hash, ``v`` (version) and ``s`` (state JSON): the newest state;
+- ``{prefix}key:{<key_id>}:hashes``: set of every secret hash the key has had (same slot);
+- ``{prefix}hash:{<key_hash>}``: hash, ``v`` and ``s`` again: the newest state known to hold
+  (or to have held) that secret, so a lookup by hash is one ``HGET``, one round trip;
+- ``{prefix}feeder:offsets:v2``: the gateways' feeder positions on ``keys.events``.
+
+A write is two round trips: the key script (compare-and-set on the version, remember the
+hashes, PUBLISH the state on ``{prefix}key-states`` when it is newer) answers the newest state
+and every hash the key ever had; then that newest state is compare-and-set onto each of those
+hash keys. So a secret dropped by a rotation ends up holding a state that no longer names it
+(refused), and an older state arriving late (from Kafka, or a slow writer) is turned into the
+newest one before it reaches any hash key: arrival order never matters. Hashes that already
+hold a newer state that does not name them are forgotten, so the set stays small.
+
+The names differ from the layout before hash tags (``key:<id>``, ``hash:<hash>`` holding an id,
+``feeder:offsets``): an upgraded gateway finds no saved positions and refills Redis from the
+compacted topic; the old keys are left unread and may be deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from shared.events import KeyState
+
+# KEYS[1] = key state, KEYS[2] = its hashes set. ARGV = version, state JSON, channel, hashes...
+# Answers {newest state JSON, every hash the key has had}; publishes only a newer state.
+_APPLY_KEY = """
+for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+local held = redis.call('HMGET', KEYS[1], 'v', 's')
+local newest = ARGV[2]
+if held[1] and tonumber(held[1]) >= tonumber(ARGV[1]) then
+  newest = held[2]
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[2])
+end
+return {newest, redis.call('SMEMBERS', KEYS[2])}
+"""
+# KEYS[1] = a hash key. ARGV = version, state JSON. 1 when written, 0 when it held as new.
+_APPLY_HASH = """
+local held = redis.call('HGET', KEYS[1], 'v')
+if held and tonumber(held) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
+return 1
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _hashes(state: KeyState) -> list[str]:
+    return [h for h in (state.key_hash, state.previous_key_hash) if h is not None]
+
+
+class KeyStore:
+    """Versioned key states in Redis: a state is only ever replaced by a newer version."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.channel = f"{prefix}key-states"
+        self.offsets_key = f"{prefix}feeder:offsets:v2"
+        self._apply_key = client.register_script(_APPLY_KEY)
+        self._apply_hash = client.register_script(_APPLY_HASH)
+
+    def state_key(self, key_id: str) -> str:
+        return f"{self.prefix}key:{{{key_id}}}"
+
+    def hashes_key(self, key_id: str) -> str:
+        return f"{self.prefix}key:{{{key_id}}}:hashes"
+
+    def hash_key(self, key_hash: str) -> str:
+        return f"{self.prefix}hash:{{{key_hash}}}"
+
+    async def lookup(self, key_hash: str) -> KeyState | None:
+        """The newest state known for this secret hash (it may no longer hold it), or None."""
+        raw = await self.client.hget(self.hash_key(key_hash), "s")
+        return KeyState.model_validate_json(raw) if raw else None
+
+    async def state(self, key_id: str) -> KeyState | None:
+        """The newest state of the key, or None."""
+        raw = await self.client.hget(self.state_key(key_id), "s")
+        return KeyState.model_validate_json(raw) if raw else None
+
+    async def apply(
+        self, states: Sequence[KeyState], offsets: Mapping[str, int] | None = None
+    ) -> None:
+        """Write each state unless Redis holds a newer one; then the feeder's offsets, if any.
+
+        The offsets are written last, after every hash key: a failure half-way leaves them
+        behind, so the feeder reads those events again and the writes complete.
+        """
+        if states:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for state in states:
+                    await self._apply_key(
+                        keys=[self.state_key(state.key_id), self.hashes_key(state.key_id)],
+                        args=[
+                            state.version,
+                            state.model_dump_json(),
+                            self.channel,
+                            *_hashes(state),
+                        ],
+                        client=pipe,
+                    )
+                answers = await pipe.execute()
+            await self._spread(states, cast("list[list[object]]", answers))
+        if offsets:
+            await self.client.hset(self.offsets_key, mapping=dict(offsets))  # type: ignore[arg-type]
+
+    async def _spread(self, states: Sequence[KeyState], answers: list[list[object]]) -> None:
+        """Put each key's newest state on every hash it has had; forget hashes done with."""
+        newest: dict[str, tuple[KeyState, set[str]]] = {}
+        for state, (raw, hashes) in zip(states, answers, strict=True):
+            held = KeyState.model_validate_json(_text(cast("bytes", raw)))
+            known = {_text(h) for h in cast("list[bytes]", hashes)} | set(_hashes(state))
+            newest[state.key_id] = (held, known)
+        targets = [(held, h) for held, known in newest.values() for h in sorted(known)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for held, h in targets:
+                await self._apply_hash(
+                    keys=[self.hash_key(h)],
+                    args=[held.version, held.model_dump_json()],
+                    client=pipe,
+                )
+            await pipe.execute()
+        # Every target now holds this newest state or a newer one; a hash the newest state
+        # does not name never becomes valid again (versions only move forward), so the key
+        # no longer needs to remember it.
+        done = [(held, h) for held, h in targets if h not in _hashes(held)]
+        if done:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for held, h in done:
+                    pipe.srem(self.hashes_key(held.key_id), h)
+                await pipe.execute()
+
+    async def offsets(self) -> dict[str, int] | None:
+        """The feeder's saved positions; None when Redis holds none (it started empty)."""
+        raw = await self.client.hgetall(self.offsets_key)
+        if not raw:
+            return None
+        return {_text(k): int(v) for k, v in raw.items()}
+
+
+def parse_published(data: bytes | str) -> KeyState:
+    """A state as published on the key-states channel."""
+    return KeyState.model_validate_json(data)
+
+
+__all__ = ["KeyStore", "parse_published"]
