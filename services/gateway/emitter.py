@@ -107,7 +107,16 @@ class UsageEmitter:
                 if self._overflow:
                     self._batch, self._overflow = self._batch + self._overflow, []
             self._batch = await self._deliver(self._batch)
-            self._held = bool(self._batch)
+            if bool(self._batch) != self._held:
+                self._held = bool(self._batch)
+                if self._held:
+                    log.error(
+                        "spool full and Kafka away: %d usage events held in memory,"
+                        " metered requests get 503",
+                        len(self._batch),
+                    )
+                else:
+                    log.info("usage events placed again; admitting metered requests")
 
     async def run_replayer(self) -> None:
         while True:
@@ -140,13 +149,14 @@ class UsageEmitter:
         await self._quarantine(outcome.refused, "publish")
         if not outcome.unsent:
             return []
+        values = [value for _, value in outcome.unsent]
         try:
-            await asyncio.to_thread(self.spool.append, [value for _, value in outcome.unsent])
-        except (SpoolFull, OSError) as exc:
-            log.error("usage events held in memory: %s", exc)  # noqa: TRY400 (expected, no traceback)
-            return outcome.unsent
-        self.metrics.usage_events.labels("spooled").inc(len(outcome.unsent))
-        return []
+            written = await asyncio.to_thread(self.spool.append_what_fits, values)
+        except (SpoolFull, OSError) as exc:  # the disk itself is full or failing
+            log.error("usage events not spooled: %s", exc)  # noqa: TRY400 (no traceback needed)
+            written = 0
+        self.metrics.usage_events.labels("spooled").inc(written)
+        return outcome.unsent[written:]
 
     async def _replay(self, segment: Path) -> bool:
         """Replay one segment; False when Kafka did not take all of it (the rest stays)."""

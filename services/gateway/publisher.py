@@ -47,6 +47,7 @@ _REFUSED_BATCH = (
     UnknownError,
 )
 _TRANSIENT = (KafkaError, OSError, TimeoutError)
+_SKIPPED = "Kafka unavailable"  # the breaker is open: nothing was tried
 
 
 def _reason(exc: BaseException) -> str:
@@ -104,7 +105,7 @@ class Publisher:
                 if alone.suspects:
                     outcome.refused.append(Refused(message[1], alone.suspects[0][1] or reason))
                     await self._drop_producer()
-        if outcome.unsent:
+        if outcome.unsent and outcome.trouble != _SKIPPED:
             log.warning(
                 "%d usage events not acknowledged (%s)", len(outcome.unsent), outcome.trouble
             )
@@ -119,7 +120,7 @@ class Publisher:
         outcome = Outcome()
         producer = await self._connected()
         if producer is None:
-            outcome.unsent, outcome.trouble = list(messages), "Kafka unavailable"
+            outcome.unsent, outcome.trouble = list(messages), _SKIPPED
             return outcome
         sent: list[tuple[Message, asyncio.Future[object]]] = []
         loop = asyncio.get_running_loop()

@@ -84,6 +84,21 @@ class Spool:
         self.check_level()
         return path
 
+    def append_what_fits(self, lines: list[bytes]) -> int:
+        """Write as many leading lines as the bound allows as one segment; how many."""
+        room = self.max_bytes - self.used_bytes
+        fit = 0
+        for line in lines:
+            room -= len(line) + 1
+            if room < 0:
+                break
+            fit += 1
+        if fit:
+            self.append(lines[:fit])
+        else:
+            self.check_level(len(lines[0]) + 1 if lines else 0)
+        return fit
+
     def segments(self) -> list[Path]:
         """Whole segments, oldest first."""
         return sorted(self.folder.glob("*" + SUFFIX))
