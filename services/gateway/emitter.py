@@ -122,6 +122,8 @@ class UsageEmitter:
         while True:
             await asyncio.sleep(_REPLAY_EVERY_S)
             await asyncio.to_thread(self.spool.quarantine.rescan)
+            if not self.kafka.available():
+                continue  # no need to read a segment Kafka cannot take now
             for segment in self.spool.segments():
                 if not await self._replay(segment):
                     break  # Kafka does not take events now: the next round tries again

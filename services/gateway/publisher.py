@@ -26,6 +26,7 @@ from aiokafka.errors import (
     InvalidTimestampError,
     KafkaError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     UnknownError,
 )
@@ -63,6 +64,7 @@ class Outcome:
     unsent: list[Message] = field(default_factory=list)
     suspects: list[tuple[Message, str]] = field(default_factory=list)
     trouble: str = ""  # the first transient failure, for the log
+    gap: bool = False  # some failed on a sequence gap: a fresh producer will take them
 
 
 class Publisher:
@@ -83,8 +85,10 @@ class Publisher:
         first = await self._attempt(messages)
         outcome = Outcome(first.delivered, first.refused, first.unsent, [], first.trouble)
         suspects = first.suspects
-        if suspects:
-            await self._drop_producer()  # its sequence has a gap now
+        if suspects or first.gap:
+            # A refused batch (this call's, or the other task's on the shared producer) left
+            # a gap in the producer's sequence.
+            await self._drop_producer()
             if outcome.unsent:  # perhaps only because of that gap: once more
                 again = await self._attempt(outcome.unsent)
                 outcome.delivered += again.delivered
@@ -153,6 +157,7 @@ class Publisher:
             else:
                 outcome.unsent.append(message)
                 outcome.trouble = outcome.trouble or _reason(error)
+                outcome.gap = outcome.gap or isinstance(error, OutOfOrderSequenceNumber)
         return outcome
 
     async def _connected(self) -> AIOKafkaProducer | None:
