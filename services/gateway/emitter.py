@@ -100,7 +100,7 @@ class UsageEmitter:
         while True:
             if self._held:
                 await asyncio.sleep(_HOLD_RETRY_S)
-            else:
+            elif not self._batch:  # else a batch a failure interrupted: placed first
                 self._batch = [await self.queue.get()]
                 while len(self._batch) < _BATCH and not self.queue.empty():
                     self._batch.append(self.queue.get_nowait())
@@ -124,7 +124,7 @@ class UsageEmitter:
             await asyncio.to_thread(self.spool.quarantine.rescan)
             if not self.kafka.available():
                 continue  # no need to read a segment Kafka cannot take now
-            for segment in self.spool.segments():
+            for segment in await asyncio.to_thread(self.spool.segments):
                 if not await self._replay(segment):
                     break  # Kafka does not take events now: the next round tries again
 

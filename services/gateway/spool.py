@@ -43,10 +43,7 @@ class Spool:
             leftover.unlink(missing_ok=True)
         self._index: dict[Path, tuple[int, int]] = {}  # segment: (events, bytes)
         self._depth = self._bytes = 0
-        for segment in self.segments():
-            known = count_in_name(segment)
-            count = known if known is not None else len(self.read(segment))
-            self._add(segment, count, segment.stat().st_size)
+        self.segments()
         self._level = "ok"
         self.check_level()
 
@@ -100,8 +97,17 @@ class Spool:
         return fit
 
     def segments(self) -> list[Path]:
-        """Whole segments, oldest first."""
-        return sorted(self.folder.glob("*" + SUFFIX))
+        """Whole segments, oldest first; one put there by hand (a re-feed) is counted too."""
+        found = sorted(self.folder.glob("*" + SUFFIX))
+        for segment in found:
+            if segment not in self._index:
+                known = count_in_name(segment)
+                try:
+                    count = known if known is not None else len(self.read(segment))
+                    self._add(segment, count, segment.stat().st_size)
+                except FileNotFoundError:
+                    continue
+        return found
 
     @staticmethod
     def read(segment: Path) -> list[bytes]:
@@ -119,7 +125,8 @@ class Spool:
         if not lines:
             self.remove(segment)
             return segment
-        stamp = int(segment.name.split("-", 1)[0])
+        head = segment.name.split("-", 1)[0]
+        stamp = int(head) if head.isdigit() else None  # a file named by hand: now
         data = b"".join(line + b"\n" for line in lines)
         path = write_durably(self.folder, new_name(len(lines), stamp), data)
         segment.unlink(missing_ok=True)

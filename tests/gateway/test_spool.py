@@ -176,3 +176,13 @@ async def test_a_full_spool_holds_events_in_memory_until_there_is_room(tmp_path:
             await publisher
         await emitter.close()
     assert spool.depth == 7
+
+
+def test_a_segment_put_there_by_hand_is_counted_and_replaced(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    refeed = spool.folder / "refeed.jsonl"  # an operator re-feeds quarantined records
+    refeed.write_bytes(b"\n".join(lines(3)) + b"\n")
+    assert spool.segments() == [refeed]
+    assert spool.depth == 3
+    kept = spool.replace(refeed, lines(1))
+    assert (spool.depth, spool.segments()) == (1, [kept])
