@@ -111,8 +111,8 @@ class Quarantine:
         if not lines:
             return None
         data = b"".join(lines)
-        path = write_durably(self.folder, new_name(len(lines)), data)
-        with self._lock:
+        with self._lock:  # a rescan meanwhile would count the new file twice, or not at all
+            path = write_durably(self.folder, new_name(len(lines)), data)
             self._count += len(lines)
             self._bytes += len(data)
         log.error(
@@ -124,15 +124,15 @@ class Quarantine:
 
     def rescan(self) -> None:
         """Count again from the folder (an operator may have moved files away)."""
-        count = size = 0
-        for path in self.folder.glob("*" + SUFFIX):
-            try:
-                size += path.stat().st_size
-            except FileNotFoundError:
-                continue
-            known = count_in_name(path)
-            count += known if known is not None else _lines(path)
         with self._lock:
+            count = size = 0
+            for path in self.folder.glob("*" + SUFFIX):
+                try:
+                    size += path.stat().st_size
+                except FileNotFoundError:
+                    continue
+                known = count_in_name(path)
+                count += known if known is not None else _lines(path)
             self._count, self._bytes = count, size
 
     def entries(self) -> list[dict[str, object]]:
