@@ -27,6 +27,7 @@ from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
+    ProducerClosed,
     RecordListTooLargeError,
     UnknownError,
 )
@@ -65,6 +66,7 @@ class Outcome:
     suspects: list[tuple[Message, str]] = field(default_factory=list)
     trouble: str = ""  # the first transient failure, for the log
     gap: bool = False  # some failed on a sequence gap: a fresh producer will take them
+    producer: AIOKafkaProducer | None = None  # the one this attempt used
 
 
 class Publisher:
@@ -87,8 +89,8 @@ class Publisher:
         suspects = first.suspects
         if suspects or first.gap:
             # A refused batch (this call's, or the other task's on the shared producer) left
-            # a gap in the producer's sequence.
-            await self._drop_producer()
+            # a gap in the producer's sequence, or the other task replaced the producer.
+            await self._drop_producer(first.producer)
             if outcome.unsent:  # perhaps only because of that gap: once more
                 again = await self._attempt(outcome.unsent)
                 outcome.delivered += again.delivered
@@ -96,7 +98,7 @@ class Publisher:
                 outcome.unsent, outcome.trouble = again.unsent, again.trouble
                 suspects += again.suspects
                 if again.suspects:
-                    await self._drop_producer()
+                    await self._drop_producer(again.producer)
             for at, (message, reason) in enumerate(suspects):
                 if outcome.unsent:  # Kafka is in trouble: the rest waits in the spool
                     outcome.unsent += [m for m, _ in suspects[at:]]
@@ -108,7 +110,7 @@ class Publisher:
                 outcome.trouble = outcome.trouble or alone.trouble
                 if alone.suspects:
                     outcome.refused.append(Refused(message[1], alone.suspects[0][1] or reason))
-                    await self._drop_producer()
+                    await self._drop_producer(alone.producer)
         if outcome.unsent and outcome.trouble != _SKIPPED:
             log.warning(
                 "%d usage events not acknowledged (%s)", len(outcome.unsent), outcome.trouble
@@ -122,7 +124,7 @@ class Publisher:
     async def _attempt(self, messages: list[Message]) -> Outcome:
         """One try: send all, wait for every acknowledgement within the delivery timeout."""
         outcome = Outcome()
-        producer = await self._connected()
+        producer = outcome.producer = await self._connected()
         if producer is None:
             outcome.unsent, outcome.trouble = list(messages), _SKIPPED
             return outcome
@@ -139,6 +141,8 @@ class Publisher:
             except _TRANSIENT as exc:
                 outcome.unsent += messages[at:]
                 outcome.trouble = _reason(exc)
+                # The other task replaced the shared producer meanwhile: a fresh one will do.
+                outcome.gap = isinstance(exc, ProducerClosed)
                 break
             sent.append((message, future))
         if sent:
@@ -157,7 +161,9 @@ class Publisher:
             else:
                 outcome.unsent.append(message)
                 outcome.trouble = outcome.trouble or _reason(error)
-                outcome.gap = outcome.gap or isinstance(error, OutOfOrderSequenceNumber)
+                outcome.gap = outcome.gap or isinstance(
+                    error, (OutOfOrderSequenceNumber, ProducerClosed)
+                )
         return outcome
 
     async def _connected(self) -> AIOKafkaProducer | None:
@@ -191,7 +197,11 @@ class Publisher:
     async def stop(self) -> None:
         await self._drop_producer()
 
-    async def _drop_producer(self) -> None:
+    async def _drop_producer(self, used: AIOKafkaProducer | None = None) -> None:
+        """Stop the producer (only if it is still the one used: the other task may have
+        replaced it already)."""
+        if used is not None and used is not self._producer:
+            return
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(*_TRANSIENT):
