@@ -31,7 +31,7 @@ def _proxied(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
         gateway = _gateway(request)
         if not gateway.emitter.accepting:
             # Its usage could be kept nowhere: refuse it before any work, never serve unmetered.
-            raise UsageUnavailable
+            raise UsageUnavailable()
         return await gateway.proxy.handle(request, endpoint)
 
     forward.__name__ = endpoint.removeprefix("/v1/").replace("/", "_")
@@ -76,10 +76,13 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     """Ready when the key feeder has read the key events up to where they were at start and
     usage can be kept (else metered requests get 503: a balancer should send them elsewhere)."""
     checks = gateway.readiness()
-    ready = checks["keys_feeder_caught_up"] and checks["usage_accepting"]
-    return JSONResponse(
-        {"status": "ready" if ready else "starting", **checks}, 200 if ready else 503
-    )
+    if not checks["keys_feeder_caught_up"]:
+        status = "starting"
+    elif not checks["usage_accepting"]:
+        status = "usage_unavailable"
+    else:
+        status = "ready"
+    return JSONResponse({"status": status, **checks}, 200 if status == "ready" else 503)
 
 
 @router.get("/metrics")

@@ -195,6 +195,7 @@ async def test_a_full_spool_refuses_metered_requests_and_loses_no_usage(
         status, checks = await _figures(client, gateway.url)
         assert status == 503, "not ready: a balancer sends traffic to another replica"
         assert checks["usage_accepting"] is False
+        assert checks["status"] == "usage_unavailable"
         assert 0 < checks["spool_bytes"] <= bound, "the bound held"
         assert checks["usage_pending"] > 0, "the rest waits in memory"
         rendered = (await client.get(gateway.url + "/metrics")).text
