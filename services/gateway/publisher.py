@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -72,10 +73,17 @@ class Outcome:
 class Publisher:
     """One idempotent producer for usage events, replaced after an outage or a refusal."""
 
-    def __init__(self, bootstrap: str, topic: str, delivery_timeout_s: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        delivery_timeout_s: float,
+        new_producer: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.delivery_timeout_s = delivery_timeout_s
+        self._new_producer = new_producer or self._idempotent
         self.kafka = Breaker(retry_s=1.0)
         self._producer: AIOKafkaProducer | None = None
         self._connecting = asyncio.Lock()
@@ -174,11 +182,7 @@ class Publisher:
         async with self._connecting:
             if (current := self._current()) is not None:
                 return current  # another task connected while this one waited
-            producer = idempotent_producer(
-                self.bootstrap,
-                "tollgate-gateway",
-                request_timeout_ms=int(self.delivery_timeout_s * 1000),
-            )
+            producer = self._new_producer()
             try:
                 await asyncio.wait_for(producer.start(), self.delivery_timeout_s)
             except _TRANSIENT as exc:
@@ -190,6 +194,13 @@ class Publisher:
             self.kafka.succeeded()
             self._producer = producer
             return producer
+
+    def _idempotent(self) -> AIOKafkaProducer:
+        return idempotent_producer(
+            self.bootstrap,
+            "tollgate-gateway",
+            request_timeout_ms=int(self.delivery_timeout_s * 1000),
+        )
 
     def _current(self) -> AIOKafkaProducer | None:
         return self._producer
