@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.gateway.errors import ModelNotFound
+from services.gateway.errors import ModelNotFound, UsageUnavailable
 
 if TYPE_CHECKING:
     from services.gateway.main import Gateway
@@ -28,7 +28,11 @@ def _proxied(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     solving and validation (a large share of a request's CPU) are skipped on the hot path."""
 
     async def forward(request: Request) -> Response:
-        return await _gateway(request).proxy.handle(request, endpoint)
+        gateway = _gateway(request)
+        if not gateway.emitter.accepting:
+            # Its usage could be kept nowhere: refuse it before any work, never serve unmetered.
+            raise UsageUnavailable()
+        return await gateway.proxy.handle(request, endpoint)
 
     forward.__name__ = endpoint.removeprefix("/v1/").replace("/", "_")
     return forward
@@ -69,12 +73,16 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(gateway: GatewayDep) -> JSONResponse:
-    """Ready when the key feeder has read the key events up to where they were at start."""
+    """Ready when the key feeder has read the key events up to where they were at start and
+    usage can be kept (else metered requests get 503: a balancer should send them elsewhere)."""
     checks = gateway.readiness()
-    ready = checks["keys_feeder_caught_up"]
-    return JSONResponse(
-        {"status": "ready" if ready else "starting", **checks}, 200 if ready else 503
-    )
+    if not checks["keys_feeder_caught_up"]:
+        status = "starting"
+    elif not checks["usage_accepting"]:
+        status = "usage_unavailable"
+    else:
+        status = "ready"
+    return JSONResponse({"status": status, **checks}, 200 if status == "ready" else 503)
 
 
 @router.get("/metrics")

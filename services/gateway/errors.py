@@ -12,7 +12,8 @@ ApiError (shared)
 ├── UpstreamError               502 bad_gateway
 ├── UpstreamTimeout             504 timeout
 └── ServiceUnavailable
-    └── AuthUnavailable         503 (neither Redis nor the key service answered)
+    ├── AuthUnavailable         503 (neither Redis nor the key service answered)
+    └── UsageUnavailable        503 (usage could not be kept: spool full, Kafka away)
 """
 
 from __future__ import annotations
@@ -84,5 +85,14 @@ class AuthUnavailable(ServiceUnavailable):
         super().__init__(
             "The API key could not be checked right now (key store unavailable). "
             "Please retry shortly."
+        )
+        self.headers["retry-after"] = "1"
+
+
+class UsageUnavailable(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__(
+            "Usage cannot be recorded right now (usage spool full), so the request was not "
+            "served. Please retry shortly."
         )
         self.headers["retry-after"] = "1"

@@ -111,7 +111,7 @@ class Gateway:
         self.emitter = UsageEmitter(
             bootstrap=s.kafka_bootstrap,
             topic_prefix=s.topic_prefix,
-            spool=Spool(s.spool_dir),
+            spool=Spool(s.spool_dir, max_bytes=s.spool_max_bytes, warn_ratio=s.spool_warn_ratio),
             metrics=metrics,
             queue_size=s.usage_queue_size,
             delivery_timeout_s=s.kafka_delivery_timeout_s,
@@ -151,12 +151,21 @@ class Gateway:
         await self.redis.aclose()
 
     def readiness(self) -> dict[str, Any]:
+        """What /readyz reports; ``usage_accepting`` false means metered requests get 503."""
+        spool = self.emitter.spool
         return {
             "keys_feeder_caught_up": self.feeder.caught_up.is_set(),
             "redis_available": self.redis_breaker.available(),
             "kafka_available": self.emitter.kafka.available(),
-            "spool_depth": self.emitter.spool.depth,
+            "usage_accepting": self.emitter.accepting,
+            "usage_pending": self.emitter.pending,
+            "spool_depth": spool.depth,
+            "spool_bytes": spool.used_bytes,
+            "spool_max_bytes": spool.max_bytes,
+            "quarantined": spool.quarantine.count,
             "keys_cached": len(self.local),
+            "key_states_subscribed": self.subscriber.up,
+            "key_states_received": self.subscriber.received,
         }
 
 

@@ -6,7 +6,12 @@ key ids are on the traces and on every usage event instead.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from services.gateway.emitter import UsageEmitter
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -42,16 +47,49 @@ class Metrics:
         )
         self.usage_events = Counter(
             "tollgate_gateway_usage_events",
-            "Usage events by outcome (published, spooled, replayed, dropped)",
+            "Usage events by outcome (published, spooled, replayed, quarantined)",
             ["outcome"],
             registry=r,
         )
         self.spool_depth = Gauge(
             "tollgate_gateway_spool_depth", "Usage events waiting in the spool", registry=r
         )
+        self.spool_bytes = Gauge(
+            "tollgate_gateway_spool_bytes",
+            "Bytes of spool segments and quarantine files (what counts against the bound)",
+            registry=r,
+        )
+        self.spool_max_bytes = Gauge(
+            "tollgate_gateway_spool_max_bytes", "The spool's bound (SPOOL_MAX_BYTES)", registry=r
+        )
+        self.quarantined = Gauge(
+            "tollgate_gateway_usage_quarantined",
+            "Usage records in quarantine (Kafka refuses them for good, or not an event)",
+            registry=r,
+        )
+        self.usage_pending = Gauge(
+            "tollgate_gateway_usage_pending",
+            "Usage events in memory, not yet on Kafka or in the spool",
+            registry=r,
+        )
+        self.usage_accepting = Gauge(
+            "tollgate_gateway_usage_accepting",
+            "1 while usage can be kept; 0: spool full and Kafka away, metered requests get 503",
+            registry=r,
+        )
         self.key_events = Counter(
             "tollgate_gateway_key_events", "Key events applied by the feeder", registry=r
         )
+
+    def watch_usage(self, emitter: UsageEmitter) -> None:
+        """Read the spool's and the emitter's figures at each scrape."""
+        spool = emitter.spool
+        self.spool_depth.set_function(lambda: spool.depth)
+        self.spool_bytes.set_function(lambda: spool.used_bytes)
+        self.spool_max_bytes.set_function(lambda: spool.max_bytes)
+        self.quarantined.set_function(lambda: spool.quarantine.count)
+        self.usage_pending.set_function(lambda: emitter.pending)
+        self.usage_accepting.set_function(lambda: int(emitter.accepting))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,6 +25,15 @@ class GatewaySettings(ServiceSettings):
     spool_dir: Path = Field(
         _REPO / ".run" / "spool", description="usage events while Kafka is down"
     )
+    spool_max_bytes: int = Field(
+        4 * 1024**3,
+        gt=0,
+        description="bound on the spool and its quarantine together; past it usage waits in"
+        " memory and metered requests get 503 until Kafka takes events again",
+    )
+    spool_warn_ratio: float = Field(
+        0.8, gt=0, le=1, description="log a warning once the spool holds this share of its bound"
+    )
     redis_prefix: str = Field("tollgate:gw:", description="prefix on every Redis key")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger bodies get 413")
     local_cache_size: int = Field(100_000, gt=0, description="keys held in process")

@@ -1,0 +1,219 @@
+"""Usage events onto Kafka with an outcome per record: delivered, refused for good, or unsent.
+
+Kafka answers per partition batch, not per record: when the broker refuses a batch as too
+large, invalid or corrupt, every record in it gets that error, the culprit and its neighbours
+alike (a batch of good records can even be too large together). Such records are suspects:
+each is sent again alone, and only one that is refused alone is refused for good. aiokafka
+raises ``MessageSizeTooLargeError`` from ``send`` for a record above ``max_request_size``;
+that one never left the client and is refused at once. Any other failure (no broker,
+timeouts, not leader, ...) leaves the records unsent, for the spool.
+
+A batch the broker refused leaves a gap in the idempotent producer's sequence for its
+partition, so the producer is replaced after each refusal (the broker then sees a new
+producer id); the records that failed only because of that gap are sent again once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    RecordListTooLargeError,
+    UnknownError,
+)
+
+from services.gateway.cache import Breaker
+from services.gateway.quarantine import Refused
+from shared.kafka import idempotent_producer
+
+log = logging.getLogger(__name__)
+Message = tuple[bytes, bytes]  # (key id, event JSON)
+
+# Broker errors about the records of a batch, none of which a retry cures. UnknownError is
+# how aiokafka 0.14 reports INVALID_RECORD (87), a code it has no class for.
+_REFUSED_BATCH = (
+    CorruptRecordException,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidTimestampError,
+    UnknownError,
+)
+_TRANSIENT = (KafkaError, OSError, TimeoutError)
+_SKIPPED = "Kafka unavailable"  # the breaker is open: nothing was tried
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Outcome:
+    """What became of each record of one publish call."""
+
+    delivered: int = 0
+    refused: list[Refused] = field(default_factory=list)
+    unsent: list[Message] = field(default_factory=list)
+    suspects: list[tuple[Message, str]] = field(default_factory=list)
+    trouble: str = ""  # the first transient failure, for the log
+    gap: bool = False  # some failed on a sequence gap: a fresh producer will take them
+    producer: AIOKafkaProducer | None = None  # the one this attempt used
+
+
+class Publisher:
+    """One idempotent producer for usage events, replaced after an outage or a refusal."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        delivery_timeout_s: float,
+        new_producer: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.delivery_timeout_s = delivery_timeout_s
+        self._new_producer = new_producer or self._idempotent
+        self.kafka = Breaker(retry_s=1.0)
+        self._producer: AIOKafkaProducer | None = None
+        self._connecting = asyncio.Lock()
+
+    async def publish(self, messages: list[Message]) -> Outcome:
+        """Send messages keyed by key id; an outcome for every one of them."""
+        if not messages:
+            return Outcome()
+        first = await self._attempt(messages)
+        outcome = Outcome(first.delivered, first.refused, first.unsent, [], first.trouble)
+        suspects = first.suspects
+        if suspects or first.gap:
+            # A refused batch (this call's, or the other task's on the shared producer) left
+            # a gap in the producer's sequence, or the other task replaced the producer.
+            await self._drop_producer(first.producer)
+            if outcome.unsent:  # perhaps only because of that gap: once more
+                again = await self._attempt(outcome.unsent)
+                outcome.delivered += again.delivered
+                outcome.refused += again.refused
+                outcome.unsent, outcome.trouble = again.unsent, again.trouble
+                suspects += again.suspects
+                if again.suspects:
+                    await self._drop_producer(again.producer)
+            for at, (message, reason) in enumerate(suspects):
+                if outcome.unsent:  # Kafka is in trouble: the rest waits in the spool
+                    outcome.unsent += [m for m, _ in suspects[at:]]
+                    break
+                alone = await self._attempt([message])
+                outcome.delivered += alone.delivered
+                outcome.refused += alone.refused
+                outcome.unsent += alone.unsent
+                outcome.trouble = outcome.trouble or alone.trouble
+                if alone.suspects:
+                    outcome.refused.append(Refused(message[1], alone.suspects[0][1] or reason))
+                    await self._drop_producer(alone.producer)
+        if outcome.unsent and outcome.trouble != _SKIPPED:
+            log.warning(
+                "%d usage events not acknowledged (%s)", len(outcome.unsent), outcome.trouble
+            )
+            self.kafka.failed()
+            # A fresh producer after an outage: an idempotent one that timed out may hold
+            # sequence numbers the broker no longer accepts.
+            await self._drop_producer()
+        return outcome
+
+    async def _attempt(self, messages: list[Message]) -> Outcome:
+        """One try: send all, wait for every acknowledgement within the delivery timeout."""
+        outcome = Outcome()
+        producer = outcome.producer = await self._connected()
+        if producer is None:
+            outcome.unsent, outcome.trouble = list(messages), _SKIPPED
+            return outcome
+        sent: list[tuple[Message, asyncio.Future[object]]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.delivery_timeout_s
+        for at, message in enumerate(messages):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    future = await producer.send(self.topic, value=message[1], key=message[0])
+            except MessageSizeTooLargeError as exc:  # client-side: never left this process
+                outcome.refused.append(Refused(message[1], _reason(exc)))
+                continue
+            except _TRANSIENT as exc:
+                outcome.unsent += messages[at:]
+                outcome.trouble = _reason(exc)
+                # The other task replaced the shared producer meanwhile: a fresh one will do.
+                outcome.gap = isinstance(exc, ProducerClosed)
+                break
+            sent.append((message, future))
+        if sent:
+            futures = [future for _, future in sent]
+            await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+        for message, future in sent:
+            if not future.done() or future.cancelled():
+                outcome.unsent.append(message)
+                outcome.trouble = outcome.trouble or "not acknowledged in time"
+                continue
+            error = future.exception()
+            if error is None:
+                outcome.delivered += 1
+            elif isinstance(error, _REFUSED_BATCH):
+                outcome.suspects.append((message, _reason(error)))
+            else:
+                outcome.unsent.append(message)
+                outcome.trouble = outcome.trouble or _reason(error)
+                outcome.gap = outcome.gap or isinstance(
+                    error, (OutOfOrderSequenceNumber, ProducerClosed)
+                )
+        return outcome
+
+    async def _connected(self) -> AIOKafkaProducer | None:
+        if self._producer is not None:
+            return self._producer
+        if not self.kafka.available():
+            return None
+        async with self._connecting:
+            if (current := self._current()) is not None:
+                return current  # another task connected while this one waited
+            producer = self._new_producer()
+            try:
+                await asyncio.wait_for(producer.start(), self.delivery_timeout_s)
+            except _TRANSIENT as exc:
+                log.warning("Kafka unreachable for usage events (%s)", type(exc).__name__)
+                self.kafka.failed()
+                with contextlib.suppress(*_TRANSIENT):
+                    await asyncio.wait_for(producer.stop(), 2)
+                return None
+            self.kafka.succeeded()
+            self._producer = producer
+            return producer
+
+    def _idempotent(self) -> AIOKafkaProducer:
+        return idempotent_producer(
+            self.bootstrap,
+            "tollgate-gateway",
+            request_timeout_ms=int(self.delivery_timeout_s * 1000),
+        )
+
+    def _current(self) -> AIOKafkaProducer | None:
+        return self._producer
+
+    async def stop(self) -> None:
+        await self._drop_producer()
+
+    async def _drop_producer(self, used: AIOKafkaProducer | None = None) -> None:
+        """Stop the producer (only if it is still the one used: the other task may have
+        replaced it already)."""
+        if used is not None and used is not self._producer:
+            return
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(*_TRANSIENT):
+                await asyncio.wait_for(producer.stop(), 2)
