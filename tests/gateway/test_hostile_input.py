@@ -1,0 +1,429 @@
+"""Hostile bodies through the real gateway on the real stack: a 4xx in OpenAI's shape, no
+traceback, the same keep-alive connection goes on working, the usage event carries the
+catalogue id or ``UNKNOWN_MODEL`` (never the client's string), and the real metering and
+billing consumers count every later good request exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI, Request, Response
+
+from deploy.stack import Endpoints
+from shared.events import UNKNOWN_MODEL, utc_now
+from shared.topics import USAGE_EVENTS_DLQ
+from tests.gateway.conftest import StartGateway
+from tests.gateway.harness import CHAT, EMBED, FakeKeyService, new_key, usage_events
+from tests.metering.harness import AUTH, both
+from tests.metering.ledgers import Case, end_offsets
+from tests.polling import eventually
+from tests.served import Served
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+DEEP = 50_000
+SAFE_ID = re.compile(r"req_[A-Za-z0-9]{20}")
+
+
+def _body(**fields: Any) -> bytes:
+    return json.dumps({"messages": MESSAGES, **fields}).encode()
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile body, the answer it must get and the model its usage event must carry."""
+
+    what: str
+    body: bytes
+    status: int = 400
+    model: str = UNKNOWN_MODEL
+    param: str | None = None
+    code: str | None = None
+
+
+CHAT_B = CHAT.encode()
+HOSTILE = [
+    Hostile("invalid UTF-8 in the model", b'{"model": "\xff\xfe", "messages": []}'),
+    Hostile("invalid UTF-8 in a message", b'{"model": "%s", "x": "\xc3\x28"}' % CHAT_B),
+    Hostile("a UTF-16 body", json.dumps({"model": CHAT}).encode("utf-16")),
+    Hostile("lone surrogate in the model", b'{"model": "a\\ud800b", "messages": []}'),
+    Hostile("lone surrogate in a message", b'{"model": "%s", "x": "y\\udc00"}' % CHAT_B),
+    Hostile("half a surrogate pair", b'{"model": "%s", "x": "\\ud83d!"}' % CHAT_B),
+    Hostile("50,000 nested arrays", b'{"model": "x", "m": %s}' % (b"[" * DEEP + b"]" * DEEP)),
+    Hostile("50,000 nested objects", b'{"m": %s1%s}' % (b'{"a":' * DEEP, b"}" * DEEP)),
+    # Readable, but too deep to write again for the upstream's own model name.
+    Hostile(
+        "300 nested arrays in a body the gateway rewrites",
+        b'{"model": "test/no-usage", "m": %s}' % (b"[" * 300 + b"]" * 300),
+        model="test/no-usage",
+    ),
+    Hostile("NaN", b'{"model": "%s", "temperature": NaN}' % CHAT_B),
+    Hostile("model a number", _body(model=7), param="model", code="invalid_type"),
+    Hostile("model a decimal", _body(model=1.5), param="model", code="invalid_type"),
+    Hostile("model a boolean", _body(model=True), param="model", code="invalid_type"),
+    Hostile("model a list", _body(model=[CHAT]), param="model", code="invalid_type"),
+    Hostile("model an object", _body(model={"id": CHAT}), param="model", code="invalid_type"),
+    Hostile("model null", _body(model=None), param="model"),
+    Hostile("model empty", _body(model=""), param="model"),
+    Hostile("model missing", _body(), param="model"),
+    Hostile("body a list", b"[1, 2]"),
+    Hostile("body a string", b'"model"'),
+    Hostile("body a number", b"42"),
+    Hostile("body null", b"null"),
+    Hostile("empty body", b""),
+    Hostile("NUL in the model", _body(model="x\x00y"), 404, param="model", code="model_not_found"),
+    Hostile(
+        "terminal escapes in the model",
+        _body(model="\x1b[2J\x1b[31mred\u202e"),
+        404,
+        param="model",
+        code="model_not_found",
+    ),
+    Hostile(
+        "a model name of 1 MB",
+        _body(model="m" * 1_000_000),
+        404,
+        param="model",
+        code="model_not_found",
+    ),
+    Hostile("wrong kind of model", _body(model=EMBED), model=EMBED, code="model_not_supported"),
+]
+
+
+@dataclass
+class Ledger:
+    """What metering and billing must hold, from the answers the clients were given."""
+
+    tokens: dict[tuple[str, str, str], list[int]]
+    costs: dict[tuple[str, str, str], Decimal]
+
+    @classmethod
+    def empty(cls) -> Ledger:
+        return cls(defaultdict(lambda: [0, 0, 0, 0, 0]), defaultdict(Decimal))
+
+    def refused(self, project: str, key: str, model: str) -> None:
+        row = self.tokens[(project, key, model)]
+        row[0] += 1
+        row[4] += 1
+
+    def answered(self, project: str, key: str, usage: dict[str, Any]) -> None:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        row = self.tokens[(project, key, CHAT)]
+        row[0] += 1
+        row[1] += usage["prompt_tokens"]
+        row[2] += cached
+        row[3] += usage["completion_tokens"]
+        # The test catalogue: 0.1 per million input (cached too: no cached price), 0.2 output.
+        amount = usage["prompt_tokens"] * Decimal("0.1") + usage["completion_tokens"] * Decimal(
+            "0.2"
+        )
+        self.costs[(project, key, CHAT)] += amount / Decimal(1_000_000)
+
+
+@pytest.fixture
+async def ledger_schemas(endpoints: Endpoints, unique: str) -> AsyncIterator[tuple[str, str]]:
+    names = (f"m_{unique}", f"b_{unique}")
+    yield names
+    conn = await asyncpg.connect(endpoints.database_url)
+    try:
+        for name in names:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[logging.LogRecord]]:
+    """Every record the in-process gateway (and uvicorn under it) logs meanwhile."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.DEBUG)
+    loggers = [
+        logging.getLogger(),
+        logging.getLogger("uvicorn"),
+        logging.getLogger("uvicorn.error"),
+    ]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def _connection(answer: httpx.Response) -> object:
+    """The client side address of the connection that carried answer."""
+    return answer.extensions["network_stream"].get_extra_info("client_addr")
+
+
+def _one_connection(url: str) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return httpx.AsyncClient(base_url=url, timeout=60, limits=limits)
+
+
+def _assert_openai_error(answer: httpx.Response, case: Hostile) -> None:
+    assert answer.status_code == case.status, (case.what, answer.text[:300])
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}, case.what
+    assert error["type"] == "invalid_request_error", case.what
+    if case.param is not None:
+        assert error["param"] == case.param, (case.what, error)
+    if case.code is not None:
+        assert error["code"] == case.code, (case.what, error)
+    # Never an unbounded echo of the client's string, never a control character.
+    assert 10 < len(error["message"]) <= 300, (case.what, error["message"][:400])
+    assert error["message"].isprintable(), (case.what, error["message"])
+
+
+async def _usage_api(m: httpx.AsyncClient, project: str) -> dict[tuple[str, str, str], list[int]]:
+    now = utc_now()
+    params: dict[str, str | int] = {
+        "start_time": int((now - timedelta(days=1)).timestamp()),
+        "end_time": int((now + timedelta(minutes=5)).timestamp()),
+        "bucket_width": "1d",
+        "group_by": "api_key_id,model",
+    }
+    r = await m.get(f"/v1/projects/{project}/usage", params=params, headers=AUTH)
+    assert r.status_code == 200, r.text
+    out: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for bucket in r.json()["data"]:
+        for res in bucket["results"]:
+            row = out[(project, res["api_key_id"], res["model"])]
+            row[0] += res["num_model_requests"]
+            row[1] += res["input_tokens"]
+            row[2] += res["input_cached_tokens"]
+            row[3] += res["output_tokens"]
+            row[4] += res["num_errors"]
+    return dict(out)
+
+
+async def _costs_api(b: httpx.AsyncClient, project: str) -> dict[tuple[str, str, str], Decimal]:
+    now = utc_now()
+    params: dict[str, str | int] = {
+        "start_time": int((now - timedelta(days=1)).timestamp()),
+        "end_time": int((now + timedelta(minutes=5)).timestamp()),
+        "group_by": "api_key_id,model",
+    }
+    r = await b.get(f"/v1/projects/{project}/costs", params=params, headers=AUTH)
+    assert r.status_code == 200, r.text
+    out: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
+    for bucket in json.loads(r.text, parse_float=Decimal)["data"]:
+        for res in bucket["results"]:
+            out[(project, res["api_key_id"], res["model"])] += Decimal(res["amount"]["value"])
+    return dict(out)
+
+
+async def test_hostile_bodies_are_refused_and_everything_is_still_counted(
+    *,
+    make_gateway: StartGateway,
+    keyservice: tuple[FakeKeyService, Served],
+    endpoints: Endpoints,
+    topic_prefix: str,
+    ledger_schemas: tuple[str, str],
+    catalogue: Path,
+    unique: str,
+) -> None:
+    gateway = await make_gateway()
+    secret_a, key_a = new_key(project=f"proj_a{unique}")
+    secret_b, key_b = new_key(project=f"proj_b{unique}")
+    for state in (key_a, key_b):
+        keyservice[0].add(state)
+    auth = {
+        key_a.key_id: {"Authorization": f"Bearer {secret_a}", "content-type": "application/json"},
+        key_b.key_id: {"Authorization": f"Bearer {secret_b}", "content-type": "application/json"},
+    }
+    want = Ledger.empty()
+    connections = set()
+    with captured_logs() as logs:
+        async with _one_connection(gateway.url) as client:
+            for i, case in enumerate(HOSTILE):
+                headers = {**auth[key_a.key_id], "x-request-id": f"hostile-{i}"}
+                answer = await client.post(
+                    "/v1/chat/completions", content=case.body, headers=headers
+                )
+                _assert_openai_error(answer, case)
+                connections.add(_connection(answer))
+                want.refused(key_a.project_id, key_a.key_id, case.model)
+                # The same connection goes on: good requests from the same key and another
+                # project's key are answered, and counted exactly.
+                for state in (key_a, key_b):
+                    good = await client.post(
+                        "/v1/chat/completions",
+                        json={"model": CHAT, "messages": [{"role": "user", "content": f"n{i}"}]},
+                        headers={**auth[state.key_id], "x-request-id": f"good-{i}-{state.key_id}"},
+                    )
+                    assert good.status_code == 200, (case.what, good.text)
+                    connections.add(_connection(good))
+                    want.answered(state.project_id, state.key_id, good.json()["usage"])
+    assert len(connections) == 1, "every answer came on the one keep-alive connection"
+    loud = [r for r in logs if r.levelno >= logging.ERROR or r.exc_info]
+    assert not loud, [r.getMessage()[:200] for r in loud]
+
+    total = 3 * len(HOSTILE)
+    events = {
+        e.request_id: e for e in await usage_events(endpoints.kafka_bootstrap, topic_prefix, total)
+    }
+    assert len(events) == total
+    for i, case in enumerate(HOSTILE):
+        event = events[f"hostile-{i}"]
+        assert (event.model, event.status_code, event.key_id) == (
+            case.model,
+            case.status,
+            key_a.key_id,
+        ), case.what
+        assert (event.input_tokens, event.output_tokens) == (0, 0), case.what
+    assert {e.model for e in events.values()} <= {CHAT, EMBED, "test/no-usage", UNKNOWN_MODEL}
+
+    await _assert_counted_exactly(
+        endpoints=endpoints,
+        prefix=topic_prefix,
+        schemas=ledger_schemas,
+        catalogue=catalogue,
+        unique=unique,
+        want=want,
+    )
+
+
+async def _assert_counted_exactly(
+    *,
+    endpoints: Endpoints,
+    prefix: str,
+    schemas: tuple[str, str],
+    catalogue: Path,
+    unique: str,
+    want: Ledger,
+) -> None:
+    """The real metering and billing consume the topic; their APIs equal the answers given,
+    every offset is stored, and nothing went to the dead-letter topic."""
+    case = Case(
+        endpoints.kafka_bootstrap, endpoints.database_url, prefix, schemas, catalogue, unique
+    )
+    projects = sorted({k[0] for k in want.tokens})
+    expected = (dict(want.tokens), {k: v for k, v in want.costs.items() if v})
+    async with both(*case.settings()) as (m, b):
+
+        async def probe() -> tuple[dict[Any, list[int]], dict[Any, Decimal]]:
+            tokens: dict[Any, list[int]] = {}
+            costs: dict[Any, Decimal] = {}
+            for project in projects:
+                tokens.update(await _usage_api(m, project))
+                costs.update(await _costs_api(b, project))
+            return tokens, costs
+
+        await eventually(probe, until=lambda got: got == expected, timeout=60, what="ledgers")
+        await eventually(case.drained, timeout=60, what="every offset stored")
+        assert await probe() == expected
+    dlq = await end_offsets(endpoints.kafka_bootstrap, prefix + USAGE_EVENTS_DLQ)
+    assert not any(dlq.values()), f"dead letters: {dlq}"
+
+
+@pytest.mark.parametrize(
+    "given",
+    # (Controls never get this far: the HTTP parser refuses them in a header.)
+    [b"x" * 8000, b"caf\xc3\xa9", b"a b", b"../../etc/passwd;rm", b"r" * 129, b"a\tb"],
+)
+async def test_an_odd_request_id_is_replaced_on_answer_and_event(
+    gateway: Served,
+    keyservice: tuple[FakeKeyService, Served],
+    endpoints: Endpoints,
+    topic_prefix: str,
+    given: bytes,
+) -> None:
+    secret, state = new_key()
+    keyservice[0].add(state)
+    headers = [(b"authorization", f"Bearer {secret}".encode()), (b"x-request-id", given)]
+    sane = {"Authorization": f"Bearer {secret}", "x-request-id": "trace-01.A_b"}
+    async with _one_connection(gateway.url) as client:
+        odd = await client.post(
+            "/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES}, headers=headers
+        )
+        kept = await client.post(
+            "/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES}, headers=sane
+        )
+    assert (odd.status_code, kept.status_code) == (200, 200)
+    assert SAFE_ID.fullmatch(odd.headers["x-request-id"])
+    assert kept.headers["x-request-id"] == "trace-01.A_b"
+    events = await usage_events(endpoints.kafka_bootstrap, topic_prefix, 2)
+    assert sorted(e.request_id for e in events) == sorted(
+        [odd.headers["x-request-id"], "trace-01.A_b"]
+    )
+
+
+def _capture_upstream(bodies: list[bytes]) -> FastAPI:
+    """An upstream that keeps the bytes it was sent and answers a fixed completion."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        bodies.append(await request.body())
+        answer = {
+            "id": "c",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+        }
+        return Response(json.dumps(answer), media_type="application/json")
+
+    return app
+
+
+async def test_a_body_not_rewritten_reaches_the_upstream_byte_for_byte(
+    make_gateway: StartGateway,
+    keyservice: tuple[FakeKeyService, Served],
+    catalogue: Path,
+    tmp_path: Path,
+) -> None:
+    bodies: list[bytes] = []
+    upstream = await Served(_capture_upstream(bodies)).start()
+    try:
+        yaml = catalogue.read_text() + "".join(
+            f"  - id: {model_id}\n    upstream:\n      base_url: {upstream.url}/v1\n"
+            f'      model: "{upstream_model}"\n'
+            for model_id, upstream_model in (
+                ("test/capture", "test/capture"),
+                ("test/renamed", "u"),
+            )
+        )
+        path = tmp_path / "capture.yaml"
+        path.write_text(yaml)
+        gateway = await make_gateway(catalogue=path)
+        secret, state = new_key()
+        keyservice[0].add(state)
+        headers = {"Authorization": f"Bearer {secret}", "content-type": "application/json"}
+        # Odd but valid: spacing, escapes, non-ASCII, key order, big and long numbers, NUL.
+        raw = (
+            b'{ "messages" : [ {"role":"user","content":"caf\\u00e9 \xe2\x98\x83 \\u0000"} ],\n'
+            b'  "model":"test/capture", "seed": 123456789012345678901234567890,'
+            b' "temperature": 1.0000000000000000001, "z": [[[[]]]], "a": "\\ud83d\\ude00" }'
+        )
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            same = await client.post("/v1/chat/completions", content=raw, headers=headers)
+            renamed_raw = raw.replace(b'"test/capture"', b'"test/renamed"')
+            renamed = await client.post(
+                "/v1/chat/completions", content=renamed_raw, headers=headers
+            )
+        assert (same.status_code, renamed.status_code) == (200, 200)
+        assert bodies[0] == raw
+        rewritten = json.loads(bodies[1])
+        assert rewritten["model"] == "u"
+        assert rewritten["messages"] == json.loads(raw)["messages"]
+        assert rewritten["a"] == "\U0001f600"
+    finally:
+        await upstream.stop()
