@@ -8,12 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +19,10 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from deploy.stack import Endpoints
-from shared.events import UNKNOWN_MODEL, utc_now
-from shared.topics import USAGE_EVENTS_DLQ
+from shared.events import UNKNOWN_MODEL
 from tests.gateway.conftest import StartGateway
+from tests.gateway.counted import Ledger, assert_counted_exactly, captured_logs
 from tests.gateway.harness import CHAT, EMBED, FakeKeyService, new_key, usage_events
-from tests.metering.harness import AUTH, both
-from tests.metering.ledgers import Case, end_offsets
-from tests.polling import eventually
 from tests.served import Served
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -102,36 +95,6 @@ HOSTILE = [
 ]
 
 
-@dataclass
-class Ledger:
-    """What metering and billing must hold, from the answers the clients were given."""
-
-    tokens: dict[tuple[str, str, str], list[int]]
-    costs: dict[tuple[str, str, str], Decimal]
-
-    @classmethod
-    def empty(cls) -> Ledger:
-        return cls(defaultdict(lambda: [0, 0, 0, 0, 0]), defaultdict(Decimal))
-
-    def refused(self, project: str, key: str, model: str) -> None:
-        row = self.tokens[(project, key, model)]
-        row[0] += 1
-        row[4] += 1
-
-    def answered(self, project: str, key: str, usage: dict[str, Any]) -> None:
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-        row = self.tokens[(project, key, CHAT)]
-        row[0] += 1
-        row[1] += usage["prompt_tokens"]
-        row[2] += cached
-        row[3] += usage["completion_tokens"]
-        # The test catalogue: 0.1 per million input (cached too: no cached price), 0.2 output.
-        amount = usage["prompt_tokens"] * Decimal("0.1") + usage["completion_tokens"] * Decimal(
-            "0.2"
-        )
-        self.costs[(project, key, CHAT)] += amount / Decimal(1_000_000)
-
-
 @pytest.fixture
 async def ledger_schemas(endpoints: Endpoints, unique: str) -> AsyncIterator[tuple[str, str]]:
     names = (f"m_{unique}", f"b_{unique}")
@@ -142,30 +105,6 @@ async def ledger_schemas(endpoints: Endpoints, unique: str) -> AsyncIterator[tup
             await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
-
-
-@contextmanager
-def captured_logs() -> Iterator[list[logging.LogRecord]]:
-    """Every record the in-process gateway (and uvicorn under it) logs meanwhile."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Keep(logging.DEBUG)
-    loggers = [
-        logging.getLogger(),
-        logging.getLogger("uvicorn"),
-        logging.getLogger("uvicorn.error"),
-    ]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
 
 
 def _connection(answer: httpx.Response) -> object:
@@ -190,44 +129,6 @@ def _assert_openai_error(answer: httpx.Response, case: Hostile) -> None:
     # Never an unbounded echo of the client's string, never a control character.
     assert 10 < len(error["message"]) <= 300, (case.what, error["message"][:400])
     assert error["message"].isprintable(), (case.what, error["message"])
-
-
-async def _usage_api(m: httpx.AsyncClient, project: str) -> dict[tuple[str, str, str], list[int]]:
-    now = utc_now()
-    params: dict[str, str | int] = {
-        "start_time": int((now - timedelta(days=1)).timestamp()),
-        "end_time": int((now + timedelta(minutes=5)).timestamp()),
-        "bucket_width": "1d",
-        "group_by": "api_key_id,model",
-    }
-    r = await m.get(f"/v1/projects/{project}/usage", params=params, headers=AUTH)
-    assert r.status_code == 200, r.text
-    out: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-    for bucket in r.json()["data"]:
-        for res in bucket["results"]:
-            row = out[(project, res["api_key_id"], res["model"])]
-            row[0] += res["num_model_requests"]
-            row[1] += res["input_tokens"]
-            row[2] += res["input_cached_tokens"]
-            row[3] += res["output_tokens"]
-            row[4] += res["num_errors"]
-    return dict(out)
-
-
-async def _costs_api(b: httpx.AsyncClient, project: str) -> dict[tuple[str, str, str], Decimal]:
-    now = utc_now()
-    params: dict[str, str | int] = {
-        "start_time": int((now - timedelta(days=1)).timestamp()),
-        "end_time": int((now + timedelta(minutes=5)).timestamp()),
-        "group_by": "api_key_id,model",
-    }
-    r = await b.get(f"/v1/projects/{project}/costs", params=params, headers=AUTH)
-    assert r.status_code == 200, r.text
-    out: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
-    for bucket in json.loads(r.text, parse_float=Decimal)["data"]:
-        for res in bucket["results"]:
-            out[(project, res["api_key_id"], res["model"])] += Decimal(res["amount"]["value"])
-    return dict(out)
 
 
 async def test_hostile_bodies_are_refused_and_everything_is_still_counted(
@@ -291,7 +192,7 @@ async def test_hostile_bodies_are_refused_and_everything_is_still_counted(
         assert (event.input_tokens, event.output_tokens) == (0, 0), case.what
     assert {e.model for e in events.values()} <= {CHAT, EMBED, "test/no-usage", UNKNOWN_MODEL}
 
-    await _assert_counted_exactly(
+    await assert_counted_exactly(
         endpoints=endpoints,
         prefix=topic_prefix,
         schemas=ledger_schemas,
@@ -299,39 +200,6 @@ async def test_hostile_bodies_are_refused_and_everything_is_still_counted(
         unique=unique,
         want=want,
     )
-
-
-async def _assert_counted_exactly(
-    *,
-    endpoints: Endpoints,
-    prefix: str,
-    schemas: tuple[str, str],
-    catalogue: Path,
-    unique: str,
-    want: Ledger,
-) -> None:
-    """The real metering and billing consume the topic; their APIs equal the answers given,
-    every offset is stored, and nothing went to the dead-letter topic."""
-    case = Case(
-        endpoints.kafka_bootstrap, endpoints.database_url, prefix, schemas, catalogue, unique
-    )
-    projects = sorted({k[0] for k in want.tokens})
-    expected = (dict(want.tokens), {k: v for k, v in want.costs.items() if v})
-    async with both(*case.settings()) as (m, b):
-
-        async def probe() -> tuple[dict[Any, list[int]], dict[Any, Decimal]]:
-            tokens: dict[Any, list[int]] = {}
-            costs: dict[Any, Decimal] = {}
-            for project in projects:
-                tokens.update(await _usage_api(m, project))
-                costs.update(await _costs_api(b, project))
-            return tokens, costs
-
-        await eventually(probe, until=lambda got: got == expected, timeout=60, what="ledgers")
-        await eventually(case.drained, timeout=60, what="every offset stored")
-        assert await probe() == expected
-    dlq = await end_offsets(endpoints.kafka_bootstrap, prefix + USAGE_EVENTS_DLQ)
-    assert not any(dlq.values()), f"dead letters: {dlq}"
 
 
 @pytest.mark.parametrize(
