@@ -55,6 +55,11 @@ class Ledger:
         self.costs[(project, key, CHAT)] += amount / Decimal(1_000_000)
 
 
+# The gateway's own loggers, and uvicorn's under it (asyncio's complaints about another test's
+# leftovers, collected meanwhile, are not the gateway's).
+_GATEWAY_LOGGERS = ("services.", "shared.", "uvicorn")
+
+
 @contextmanager
 def captured_logs() -> Iterator[list[logging.LogRecord]]:
     """Every record the in-process gateway (and uvicorn under it) logs meanwhile."""
@@ -62,7 +67,8 @@ def captured_logs() -> Iterator[list[logging.LogRecord]]:
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
+            if record.name.startswith(_GATEWAY_LOGGERS):
+                records.append(record)
 
     handler = Keep(logging.DEBUG)
     loggers = [
@@ -77,6 +83,11 @@ def captured_logs() -> Iterator[list[logging.LogRecord]]:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+
+
+def loud(records: list[logging.LogRecord]) -> list[str]:
+    """The errors and tracebacks among records (none is wanted for anything a client sends)."""
+    return [r.getMessage()[:200] for r in records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def usage_api(m: httpx.AsyncClient, project: str) -> dict[tuple[str, str, str], list[int]]:
