@@ -18,6 +18,8 @@ from typing import Literal
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.events import UNKNOWN_MODEL, ModelName
+
 ModelKind = Literal["chat", "completion", "embedding"]
 
 
@@ -59,12 +61,24 @@ class Price(_Frozen):
 class ModelEntry(_Frozen):
     """One model the gateway serves."""
 
-    id: str
+    id: ModelName = Field(
+        min_length=1,
+        description="what clients name it and usage events carry: printable, at most 256 "
+        "characters, never the unknown-model marker",
+        examples=["Qwen/Qwen2.5-0.5B-Instruct"],
+    )
     kind: ModelKind = "chat"
     owned_by: str = "tollgate"
     created: int = 1_767_225_600
     upstream: Upstream
     prices: tuple[Price, ...] = ()
+
+    @field_validator("id")
+    @classmethod
+    def _not_the_marker(cls, model_id: str) -> str:
+        if model_id == UNKNOWN_MODEL:
+            raise ValueError(f"{UNKNOWN_MODEL!r} marks usage of no known model; it cannot be an id")
+        return model_id
 
     @field_validator("prices")
     @classmethod

@@ -8,18 +8,24 @@
     └── ServiceUnavailable        503 service_unavailable
 
 Each service derives its own errors from these; ``install_error_handlers`` turns them, and
-FastAPI's own validation and HTTP errors, into OpenAI's error body.
+FastAPI's own validation and HTTP errors, into OpenAI's error body. Anything else is a 500
+and one log line (the traceback only the first time a failure is seen at a given place), so
+a failure that repeats per request does not flood the log.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
+from pathlib import Path
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,64 @@ def _validation_param(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid value{where}: {first.get('msg', 'invalid')}.", param
 
 
+_SITES_REMEMBERED = 1000
+_SERVER_ERROR = "The server had an error while processing your request."
+
+
+class UnexpectedErrors:
+    """Where an unexpected failure is logged: once with its traceback per place it happens
+    (type, file, line), one line after that."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str]] = set()
+
+    def log(self, exc: BaseException) -> None:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        site = (type(exc).__qualname__, where)
+        first = site not in self.seen
+        if first and len(self.seen) < _SITES_REMEMBERED:
+            self.seen.add(site)
+        # %r keeps a message that holds newlines (or a client's text) on one line.
+        log.error(
+            "unhandled %s at %s: %r",
+            type(exc).__name__,
+            where,
+            str(exc)[:200],
+            exc_info=exc if first else None,
+        )
+
+
+class _CatchUnexpected:
+    """Answers an unexpected exception with the generic 500 itself: Starlette's own 500
+    handler re-raises for the server to log, a second traceback per failing request."""
+
+    def __init__(self, app: ASGIApp, errors: UnexpectedErrors) -> None:
+        self.app = app
+        self.errors = errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            self.errors.log(exc)
+            if not started:  # else the server closes the half-sent response
+                await JSONResponse(error_body(_SERVER_ERROR, "server_error"), 500)(
+                    scope, receive, send
+                )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error of app in OpenAI's shape."""
 
@@ -118,14 +182,17 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    errors = UnexpectedErrors()
+
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(
-            error_body("The server had an error while processing your request.", "server_error"),
-            status_code=500,
-        )
+        # Only what fails outside _CatchUnexpected (in a middleware added before it) gets here.
+        errors.log(exc)
+        return JSONResponse(error_body(_SERVER_ERROR, "server_error"), status_code=500)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
+    # Innermost of the app's middleware, whenever the others are added (add_middleware puts
+    # each outside the ones before): request ids and metrics still see the 500.
+    app.user_middleware.append(Middleware(_CatchUnexpected, errors=errors))

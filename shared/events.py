@@ -5,26 +5,68 @@
 ``KeyEvent`` (on ``keys.events``) carries a key's whole current state, never its secret.
 ``UsageRecorded`` (on ``usage.events``) is one authenticated request's usage.
 ``DeadLetter`` (on ``usage.events.dlq``) is a record a consumer could not parse or apply.
+
+Every string field has a length bound and a character set that Kafka and PostgreSQL accept
+(no NUL, no lone surrogate, no other C0 control), enforced here: what a producer can build,
+every consumer can store. ``model`` on a usage event is a catalogue id, or ``UNKNOWN_MODEL``
+for a request that named no model the catalogue knows; never the client's own string.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.ids import uuid7
+from shared.ids import KEY_ID_CHARS, PROJECT_ID_CHARS, REQUEST_ID_CHARS, uuid7
 
 SCHEMA_VERSION = 1
+KEY_NAME_MAX = 64
+MODEL_MAX = 256
+# The model of a usage event whose request named no model the catalogue knows (unknown, missing,
+# not a string). Parentheses keep it out of any real id; the catalogue refuses it as an id.
+UNKNOWN_MODEL = "(unknown)"
 KeyEventType = Literal[
     "key.created", "key.updated", "key.default_changed", "key.rotated", "key.revoked"
 ]
 KeyStatus = Literal["active", "revoked"]
 UsageSource = Literal["upstream", "estimated"]
+Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings"]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-TokenCount = Annotated[int, Field(ge=0, le=2**40)]
+TOKEN_COUNT_MAX = 2**40
+TokenCount = Annotated[int, Field(ge=0, le=TOKEN_COUNT_MAX)]
+
+# NUL (PostgreSQL's text refuses it), lone surrogates (UTF-8 cannot encode them), the other C0
+# controls and DEL (they break logs and terminals; names never need them).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def free_text(value: str) -> str:
+    """Refuse what Kafka's UTF-8 or PostgreSQL's text cannot hold, and other C0 controls."""
+    if _CONTROL.search(value):
+        raise ValueError("text cannot hold NUL, control characters or lone surrogates")
+    return value
+
+
+def printable(value: str) -> str:
+    """Refuse anything but printable characters (no controls, format marks or surrogates)."""
+    if not value.isprintable():
+        raise ValueError("only printable characters are allowed")
+    return value
+
+
+KeyId = Annotated[str, StringConstraints(pattern=f"^{KEY_ID_CHARS}$")]
+ProjectId = Annotated[str, StringConstraints(pattern=f"^{PROJECT_ID_CHARS}$")]
+RequestId = Annotated[str, StringConstraints(pattern=f"^{REQUEST_ID_CHARS}$")]
+KeyHint = Annotated[str, StringConstraints(pattern=r"^sk-\.\.\.[A-Za-z0-9]{4}$")]
+KeyName = Annotated[
+    str, StringConstraints(min_length=1, max_length=KEY_NAME_MAX), AfterValidator(free_text)
+]
+# Empty is accepted for events written before UNKNOWN_MODEL existed; no gateway writes it now.
+ModelName = Annotated[str, StringConstraints(max_length=MODEL_MAX), AfterValidator(printable)]
 
 
 class Event(BaseModel):
@@ -46,10 +88,21 @@ class KeyState(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    key_id: str = Field(examples=["key_4f2k9..."])
-    project_id: str = Field(examples=["proj_8d0a..."])
-    name: str = Field(examples=["production-app"])
-    hint: str = Field(examples=["sk-...Ac4A"])
+    key_id: KeyId = Field(
+        description="the key's id: key_ and up to 64 letters, digits or _",
+        examples=["key_4f2k9QpL0xZa7TmB3cWd1YhE"],
+    )
+    project_id: ProjectId = Field(
+        description="the owning project's id: proj_ and up to 64 letters, digits or _",
+        examples=["proj_8d0aJk2LmN4pQ6rS8tU0vW2x"],
+    )
+    name: KeyName = Field(
+        description=f"1 to {KEY_NAME_MAX} characters, no control characters",
+        examples=["production-app"],
+    )
+    hint: KeyHint = Field(
+        description="sk-... and the secret's last 4 characters", examples=["sk-...Ac4A"]
+    )
     key_hash: Sha256Hex = Field(description="SHA-256 hex of the full secret")
     previous_key_hash: Sha256Hex | None = Field(
         None, description="the old secret's hash while a rotation's grace period lasts"
@@ -75,11 +128,26 @@ class KeyEvent(Event, KeyState):
 class UsageRecorded(Event):
     """One request that passed authentication, written after its response ended."""
 
-    request_id: str
-    project_id: str
-    key_id: str
-    model: str
-    endpoint: str = Field(examples=["/v1/chat/completions"])
+    request_id: RequestId = Field(
+        description="the caller's X-Request-Id when sane (1 to 128 of A-Z a-z 0-9 . _ -), "
+        "else one the gateway made",
+        examples=["req_Q2x9LmB7tPz4Kd1Wc8Ye"],
+    )
+    project_id: ProjectId = Field(
+        description="the key's project", examples=["proj_8d0aJk2LmN4pQ6rS8tU0vW2x"]
+    )
+    key_id: KeyId = Field(
+        description="the key that authenticated the request (the message key)",
+        examples=["key_4f2k9QpL0xZa7TmB3cWd1YhE"],
+    )
+    model: ModelName = Field(
+        description=f"the catalogue id of the model, or {UNKNOWN_MODEL!r} when the request "
+        f"named no model the catalogue knows; printable, at most {MODEL_MAX} characters",
+        examples=["Qwen/Qwen2.5-0.5B-Instruct", UNKNOWN_MODEL],
+    )
+    endpoint: Endpoint = Field(
+        description="the gateway endpoint called", examples=["/v1/chat/completions"]
+    )
     input_tokens: TokenCount = 0
     output_tokens: TokenCount = 0
     cached_input_tokens: TokenCount = 0

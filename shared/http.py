@@ -12,10 +12,10 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import Unauthorized
-from shared.ids import resource_id
+from shared.ids import REQUEST_ID_CHARS, resource_id
 from shared.logs import request_id_var
 
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+_SAFE_REQUEST_ID = re.compile(REQUEST_ID_CHARS)
 
 
 class RequestIdMiddleware:
@@ -32,7 +32,9 @@ class RequestIdMiddleware:
             (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-request-id"),
             None,
         )
-        request_id = given if given and _SAFE_REQUEST_ID.match(given) else resource_id("req", 20)
+        request_id = (
+            given if given and _SAFE_REQUEST_ID.fullmatch(given) else resource_id("req", 20)
+        )
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 

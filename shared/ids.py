@@ -10,6 +10,14 @@ import uuid_utils
 
 _ALPHABET = string.ascii_letters + string.digits
 
+# What the ids on events may look like (unanchored; ``re.fullmatch`` them, or wrap in ^...$).
+# Made by resource_id: a prefix, ``_`` and 24 base62 characters; tests and tools use shorter
+# ones, so the bound is looser. Request ids are the caller's ``X-Request-Id`` when it matches,
+# else ``req_`` + 20 base62 characters.
+KEY_ID_CHARS = r"key_[A-Za-z0-9_]{1,64}"
+PROJECT_ID_CHARS = r"proj_[A-Za-z0-9_]{1,64}"
+REQUEST_ID_CHARS = r"[A-Za-z0-9._\-]{1,128}"
+
 
 def uuid7() -> uuid.UUID:
     """A new UUIDv7 as a standard-library UUID."""

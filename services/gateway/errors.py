@@ -2,7 +2,8 @@
 
 ApiError (shared)
 ├── BadRequest                  400 invalid_request_error
-│   ├── InvalidJson             400 (body is not JSON)
+│   ├── InvalidJson             400 (body is not JSON: syntax, invalid UTF-8, lone surrogates)
+│   ├── NestedTooDeeply         400 (JSON nested deeper than the parser or writer goes)
 │   └── WrongModelKind          400 model_not_supported
 ├── Unauthorized                401 invalid_api_key
 │   └── MissingApiKey           401 (OpenAI's wording, code null)
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from shared.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
 
+SHOWN_MAX = 64
+
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
@@ -32,6 +35,11 @@ class InvalidJson(BadRequest):
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
         )
+
+
+class NestedTooDeeply(BadRequest):
+    def __init__(self) -> None:
+        super().__init__("The JSON body of your request is nested too deeply.")
 
 
 class WrongModelKind(BadRequest):
@@ -50,12 +58,25 @@ class InvalidApiKey(Unauthorized):
         super().__init__(f"Incorrect API key provided: {hint}. Ask your project's owner for a key.")
 
 
+def shown(text: str, limit: int = SHOWN_MAX) -> str:
+    """A client's string as an error message may echo it: cut to limit characters, anything
+    unprintable (controls, format marks, surrogates) escaped."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(
+            c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode()
+            for c in cut
+        )
+    return cut + ("..." if len(text) > limit else "")
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
         super().__init__(
-            f"The model `{model}` does not exist or you do not have access to it.", param="model"
+            f"The model `{shown(model)}` does not exist or you do not have access to it.",
+            param="model",
         )
 
 

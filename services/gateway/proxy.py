@@ -1,31 +1,34 @@
 """The proxy: authenticated request in, the model's upstream answer out, one usage event.
 
 The body is read once (bounded), parsed once, and re-serialised only when the upstream must
-see something else (its own model name; ``stream_options.include_usage`` on streams).
-Answers are passed through as bytes; streams event by event as they arrive.
+see something else (its own model name; ``stream_options.include_usage`` on streams); else
+the upstream gets the client's bytes as they came. Answers are passed through as bytes;
+streams event by event as they arrive.
+
+The usage event carries the catalogue id, or ``UNKNOWN_MODEL``; never the client's string,
+and building it cannot fail on anything the client sent (``usage_event``).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 import httpx
+import orjson
 from fastapi import Request
 from opentelemetry import trace
 from starlette.responses import Response
 
 from services.gateway.auth import Authenticator
+from services.gateway.body import read_body, requested_model, serialise
 from services.gateway.emitter import UsageEmitter
 from services.gateway.errors import (
-    InvalidJson,
     ModelNotFound,
-    PayloadTooLarge,
     UpstreamError,
     UpstreamTimeout,
     WrongModelKind,
@@ -39,14 +42,19 @@ from services.gateway.usage import (
     from_upstream,
     response_text,
 )
+from services.gateway.usage_event import usage_event
 from shared.catalogue import Catalogue, ModelEntry
-from shared.errors import ApiError, BadRequest
-from shared.events import KeyState, UsageRecorded, utc_now
+from shared.errors import ApiError
+from shared.events import UNKNOWN_MODEL, Endpoint, KeyState
+
+# What _finish is given: the usage, or how to measure it (run inside its guard, since an
+# estimate walks the client's body).
+Measure = Usage | Callable[[], Usage]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.gateway")
 
-ENDPOINT_KINDS = {
+ENDPOINT_KINDS: dict[Endpoint, tuple[str, ...]] = {
     "/v1/chat/completions": ("chat",),
     "/v1/responses": ("chat",),
     "/v1/completions": ("chat", "completion"),
@@ -83,10 +91,10 @@ class Call:
     """One authenticated request, until its usage event is written."""
 
     key: KeyState
-    endpoint: str
+    endpoint: Endpoint
     request_id: str
     started: float
-    model: str = ""
+    model: str = UNKNOWN_MODEL  # the catalogue id once the request named a known model
     stream: bool = False
     done: bool = False
 
@@ -117,11 +125,11 @@ class Proxy:
         started = perf_counter()
         key = await self.auth.authenticate(request.headers.get("authorization"))
         request_id = str(request.state.request_id)
-        call = Call(key, endpoint, request_id, started)
+        call = Call(key, cast(Endpoint, endpoint), request_id, started)
         attributes = {"tollgate.key_id": key.key_id, "tollgate.project_id": key.project_id}
         with tracer.start_as_current_span(f"gateway {endpoint}", attributes=attributes) as span:
             try:
-                payload, raw = await self._read(request)
+                payload, raw = await read_body(request, self.max_body_bytes)
                 route = self._route(call, payload)
                 span.set_attribute("tollgate.model", call.model)
                 return await self._forward(request, call, route, payload, raw)
@@ -129,42 +137,17 @@ class Proxy:
                 span.set_attribute("http.response.status_code", exc.status_code)
                 self._finish(call, exc.status_code, Usage(source="estimated"))
                 raise
-
-    async def _read(self, request: Request) -> tuple[dict[str, Any], bytes]:
-        declared = request.headers.get("content-length", "")
-        too_big = declared.isdigit() and int(declared) > self.max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                too_big = True
-            if too_big:
-                # Keep reading (up to twice the limit) so the client gets to see the 413
-                # instead of a connection reset in the middle of its upload.
-                if size > 2 * self.max_body_bytes:
-                    break
-                continue
-            chunks.append(chunk)
-        if too_big:
-            raise PayloadTooLarge(self.max_body_bytes)
-        raw = b"".join(chunks)
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            raise InvalidJson() from None
-        if not isinstance(payload, dict):
-            raise BadRequest("The request body must be a JSON object.")
-        return payload, raw
+            except Exception:
+                # A bug, not the client's doing: still counted, then the generic 500.
+                self._finish(call, 500, Usage(source="estimated"))
+                raise
 
     def _route(self, call: Call, payload: dict[str, Any]) -> Route:
-        model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("You must provide a model parameter.", param="model")
-        call.model = model
+        model = requested_model(payload)
         route = self.routes.get(model)
         if route is None:
             raise ModelNotFound(model)
+        call.model = route.entry.id
         if route.entry.kind not in ENDPOINT_KINDS[call.endpoint]:
             raise WrongModelKind(
                 f"The model `{model}` is a {route.entry.kind} model and is not supported "
@@ -189,7 +172,7 @@ class Proxy:
                     **upstream_payload,
                     "stream_options": {**options, "include_usage": True},
                 }
-        body = raw if upstream_payload is payload else json.dumps(upstream_payload).encode()
+        body = raw if upstream_payload is payload else serialise(upstream_payload)
         client = next(self._next)
         upstream_request = client.build_request(
             "POST",
@@ -218,12 +201,13 @@ class Proxy:
         if call.stream:
             return self._stream(call, upstream, payload, wants_usage_chunk)
         content = upstream.content
-        usage = self._usage_of(call.endpoint, payload, content)
         return MeteredResponse(
             content,
             upstream.status_code,
             upstream.headers.get("content-type", "application/json"),
-            lambda: self._finish(call, upstream.status_code, usage),
+            lambda: self._finish(
+                call, upstream.status_code, lambda: self._usage_of(call.endpoint, payload, content)
+            ),
         )
 
     @staticmethod
@@ -244,8 +228,8 @@ class Proxy:
         if found is not None:
             return found
         try:
-            answer = json.loads(content)
-        except ValueError:
+            answer = orjson.loads(content)
+        except orjson.JSONDecodeError:
             answer = {}
         text = response_text(endpoint, answer) if isinstance(answer, dict) else ""
         return estimate(endpoint, payload, text)
@@ -264,8 +248,8 @@ class Proxy:
             return passed
         detail = ""
         try:
-            detail = str(json.loads(content)["error"]["message"])[:500]
-        except (ValueError, KeyError, TypeError):
+            detail = str(orjson.loads(content)["error"]["message"])[:500]
+        except (orjson.JSONDecodeError, KeyError, TypeError, RecursionError):
             detail = ""
         log.warning("upstream of %s answered %s", call.model, status)
         raise UpstreamError(
@@ -301,29 +285,35 @@ class Proxy:
 
         return MeteredStream(
             events(),
-            lambda: self._finish(call, outcome["status"], meter.result(payload)),
+            lambda: self._finish(call, outcome["status"], lambda: meter.result(payload)),
             upstream.aclose,
         )
 
-    def _finish(self, call: Call, status: int, usage: Usage) -> None:
-        """Write the call's usage event, once."""
+    def _finish(self, call: Call, status: int, usage: Measure) -> None:
+        """Write the call's usage event, once. Never raises on what the client sent: the
+        usage is measured under a guard and the event's fields are bounded before it is built."""
         if call.done:
             return
         call.done = True
+        if not isinstance(usage, Usage):
+            try:
+                usage = usage()
+            except Exception as exc:  # a pathological body must not lose the event
+                log.warning(
+                    "could not estimate the usage of a %s request (%s); counted with no tokens",
+                    call.model,
+                    type(exc).__name__,
+                )
+                usage = Usage(source="estimated")
         self.emitter.record(
-            UsageRecorded(
-                occurred_at=utc_now(),
+            usage_event(
                 request_id=call.request_id,
-                project_id=call.key.project_id,
-                key_id=call.key.key_id,
+                key=call.key,
                 model=call.model,
                 endpoint=call.endpoint,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                status_code=status,
-                latency_ms=int((perf_counter() - call.started) * 1000),
+                status=status,
+                usage=usage,
+                latency_s=perf_counter() - call.started,
                 stream=call.stream,
-                usage_source=usage.source,
             )
         )

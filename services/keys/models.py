@@ -19,21 +19,15 @@ from pydantic import (
     StringConstraints,
 )
 
-from shared.events import Sha256Hex
+from shared.events import KEY_NAME_MAX, Sha256Hex, free_text
 
-NAME_MAX = 64
-
-
-def _printable(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("names cannot hold control characters")
-    return value
-
+# The key events' own bounds, so that every name the API takes is one an event can carry.
+NAME_MAX = KEY_NAME_MAX
 
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX),
-    AfterValidator(_printable),
+    AfterValidator(free_text),
     Field(examples=["production-app"], description="1 to 64 characters, trimmed"),
 ]
 KeyStatusView = Literal["active", "expired", "revoked"]

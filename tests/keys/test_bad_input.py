@@ -47,6 +47,10 @@ def cases(project: str, key: str, revoked: str) -> list[Case]:
         Case("blank key name", "POST", keys, {"name": " \t "}, param="name"),
         Case("overlong key name", "POST", keys, {"name": "k" * 65}, param="name"),
         Case("control character in name", "POST", keys, {"name": "a\nb"}, param="name"),
+        Case("NUL in name", "POST", keys, {"name": "a\u0000b"}, param="name"),
+        # A lone surrogate: stdlib JSON takes it, PostgreSQL's UTF-8 cannot hold it.
+        Case("lone surrogate in name", "POST", keys, raw=b'{"name": "a\\ud800b"}', param="name"),
+        Case("lone surrogate in project", "POST", "/v1/projects", raw=b'{"name": "\\udfff"}'),
         Case("key name null", "POST", keys, {"name": None}, param="name"),
         Case("key name a list", "POST", keys, {"name": ["a"]}, param="name"),
         Case("key malformed JSON", "POST", keys, raw=b"name=a"),
@@ -89,6 +93,7 @@ def cases(project: str, key: str, revoked: str) -> list[Case]:
         Case("rename blank", "PATCH", one, {"name": "  "}, param="name"),
         Case("rename overlong", "PATCH", one, {"name": "n" * 65}, param="name"),
         Case("rename wrong type", "PATCH", one, {"name": 12}, param="name"),
+        Case("rename lone surrogate", "PATCH", one, raw=b'{"name": "x\\udbff"}', param="name"),
         Case("rename unknown key", "PATCH", f"{keys}/key_nope", {"name": "a"}, status=404),
         Case("rename revoked key", "PATCH", gone, {"name": "a"}, status=409, code="key_revoked"),
         Case("default unknown key", "POST", f"{keys}/key_nope/default", status=404),
