@@ -66,6 +66,11 @@ _USAGE_OPTION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 _PASS_THROUGH = frozenset({400, 409, 413, 422, 429})
 
 
+def _has_repeated_routing_key(raw: bytes) -> bool:
+    """True when "model" or "stream" may be given twice (cheap: a count of the bytes)."""
+    return raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1
+
+
 @dataclass(frozen=True)
 class Route:
     """How one catalogue model is reached (headers built once, credential read once)."""
@@ -172,6 +177,10 @@ class Proxy:
                     **upstream_payload,
                     "stream_options": {**options, "include_usage": True},
                 }
+        if upstream_payload is payload and _has_repeated_routing_key(raw):
+            # {"model": "cheap", "model": "dear"}: we route and meter the last one; an
+            # upstream whose parser takes the first must never see the other.
+            upstream_payload = dict(payload)
         body = raw if upstream_payload is payload else serialise(upstream_payload)
         client = next(self._next)
         upstream_request = client.build_request(

@@ -105,6 +105,21 @@ async def test_a_body_not_rewritten_reaches_the_upstream_byte_for_byte(capture: 
     assert rewritten["a"] == "\U0001f600"
 
 
+async def test_a_repeated_model_key_reaches_the_upstream_once(capture: Capture) -> None:
+    # The gateway routes and meters the last "model"; an upstream that reads the first must
+    # not be able to serve another model than the one metered.
+    raw = (
+        b'{"model": "test/renamed", "messages": [{"role": "user", "content": "hi"}],'
+        b' "model": "test/capture"}'
+    )
+    async with httpx.AsyncClient(base_url=capture.gateway.url, timeout=30) as client:
+        answer = await client.post("/v1/chat/completions", content=raw, headers=capture.headers)
+    assert answer.status_code == 200
+    sent = capture.bodies[-1]
+    assert sent.count(b'"model"') == 1
+    assert json.loads(sent)["model"] == "test/capture"
+
+
 async def test_a_body_too_deep_to_estimate_is_still_counted(
     capture: Capture, endpoints: Endpoints, topic_prefix: str
 ) -> None:
