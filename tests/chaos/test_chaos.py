@@ -117,6 +117,21 @@ async def _costs(system: System, keys: list[Key], start: int) -> dict[str, Decim
     return {k: v for k, v in totals.items() if v}
 
 
+async def _watch_spools(gateways: list[str], stop: asyncio.Event, deepest: dict[str, int]) -> None:
+    """Sample each gateway's ``spool_depth`` (on ``/readyz``) until stop: the Kafka outage
+    must have sent usage events through the spool, or it tested nothing."""
+    async with httpx.AsyncClient(timeout=2) as client:
+        while not stop.is_set():
+            for gateway in gateways:
+                try:
+                    depth = int((await client.get(f"{gateway}/readyz")).json()["spool_depth"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    continue
+                deepest[gateway] = max(deepest.get(gateway, 0), depth)
+            # Sampling pace, not a wait for an outcome.
+            await asyncio.sleep(0.5)
+
+
 Fault = tuple[str, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
 
 
@@ -175,6 +190,8 @@ async def test_ledgers_equal_what_clients_were_told_through_crashes(
             asyncio.create_task(client_loop(i, gateways, keys, rate=RATE, stop=stop, tally=tally))
             for i in range(CLIENTS)
         ]
+        deepest: dict[str, int] = {}
+        clients.append(asyncio.create_task(_watch_spools(gateways, stop, deepest)))
         answered_while_down: dict[str, int] = {}
         try:
             # Deliberate durations, not waits for an outcome: traffic flows all along.
@@ -194,7 +211,8 @@ async def test_ledgers_equal_what_clients_were_told_through_crashes(
         traffic_s = time.monotonic() - began - ready_s
         summary = (
             f"ready in {ready_s:.0f}s, traffic {traffic_s:.0f}s, {tally.answers} answers, "
-            f"while down {answered_while_down}, unmetered {dict(tally.unmetered)}, "
+            f"while down {answered_while_down}, deepest spools {deepest}, "
+            f"unmetered {dict(tally.unmetered)}, "
             f"told {tally.by_key}"
         )
         print(summary)
@@ -203,6 +221,7 @@ async def test_ledgers_equal_what_clients_were_told_through_crashes(
         # Traffic went on through every outage (the gateways never depend on the victims).
         assert all(n > 0 for n in answered_while_down.values()), summary
         assert sum(t.errors for t in tally.by_key.values()) > 0, "no metered error was sent"
+        assert any(deepest.values()), f"no usage event went through a spool: {summary}"
 
         expected = tally.expected_usage()
         await eventually(

@@ -170,10 +170,14 @@ async def one_request(
     if answer.status_code != 200:
         tally.failed(key.key_id, answer.status_code)
         return
-    if kind == "stream":
-        usage = _stream_usage(answer.extensions["sse"])
-    else:
-        usage = answer.json().get("usage")
+    try:
+        if kind == "stream":
+            usage = _stream_usage(answer.extensions["sse"])
+        else:
+            usage = answer.json().get("usage")
+    except ValueError:
+        tally.unknown.append(f"{what}: 200 with a body that is not JSON")
+        return
     if not usage:
         tally.unknown.append(f"{what}: 200 without usage")
         return

@@ -44,12 +44,20 @@ class Process:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Spawn the process and wait until it answers its health URL."""
+        self.spawn()
+        self.wait_healthy()
+
+    def spawn(self) -> None:
         argv = [sys.executable, "-m", "uvicorn", self.app, "--factory", "--host", "127.0.0.1",
                 "--port", str(self.port), "--no-access-log", *self.extra_args]  # fmt: skip
         with self.log.open("ab") as out:
             self.child = subprocess.Popen(
                 argv, cwd=REPO, env={**os.environ, **self.env}, stdout=out, stderr=out
             )
+
+    def wait_healthy(self) -> None:
+        assert self.child is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.child.poll() is not None:
@@ -109,7 +117,7 @@ def start_system(
     gateways: int = 1,
     settings: dict[str, dict[str, str]] | None = None,
 ) -> System:
-    """Start the processes in dependency order and return them.
+    """Start the processes and return them once each answers its health URL.
 
     ``settings`` adds or overrides a service's variables by name, without its prefix (e.g.
     ``{"metering": {"SESSION_TIMEOUT_MS": "6000"}}``; ``gateway`` holds for every replica).
@@ -165,7 +173,11 @@ def start_system(
             env = {prefix + k: v for k, v in own.items()}
             process = Process(name, apps[service], ports[name], env, tmp / f"{name}.log", extra)
             system.processes[name] = process
-            process.start()
+            # All start at once (none needs another to answer its health URL): on a small
+            # machine their imports overlap with the waits.
+            process.spawn()
+        for process in system.processes.values():
+            process.wait_healthy()
     except BaseException:
         system.stop()
         raise
