@@ -91,7 +91,7 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     """PIDs whose parent is pid (read from /proc)."""
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -115,7 +115,7 @@ def kill_tree(pid: int, timeout: float = 15.0) -> None:
         return
     family, queue = [pid], [pid]
     while queue:
-        found = _children(queue.pop())
+        found = children_of(queue.pop())
         family += found
         queue += found
     for member in family:

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from deploy.process import _children, is_running
+from deploy.process import children_of, is_running
 from tests.private_servers import Private
 
 
@@ -21,7 +21,7 @@ async def test_postgres_killed_with_its_backends_restarts_with_committed_rows(
     await conn.execute("INSERT INTO crash VALUES (7)")
     postmaster = private_postgres.server.pid()
     assert postmaster is not None
-    family = [postmaster, *_children(postmaster)]
+    family = [postmaster, *children_of(postmaster)]
     assert len(family) > 2  # the checkpointer, writers and this connection's backend
     await private_postgres.akill()
     assert not any(is_running(pid) for pid in family)
