@@ -38,6 +38,7 @@ class Process:
     log: Path
     extra_args: tuple[str, ...] = ()
     child: subprocess.Popen[bytes] | None = None
+    spawned_at: float = 0.0
 
     @property
     def url(self) -> str:
@@ -55,10 +56,12 @@ class Process:
             self.child = subprocess.Popen(
                 argv, cwd=REPO, env={**os.environ, **self.env}, stdout=out, stderr=out
             )
+        self.spawned_at = time.monotonic()
 
     def wait_healthy(self) -> None:
         assert self.child is not None
-        deadline = time.monotonic() + 60
+        # Counted from the spawn: several processes importing at once on a busy machine.
+        deadline = self.spawned_at + 90
         while time.monotonic() < deadline:
             if self.child.poll() is not None:
                 break
