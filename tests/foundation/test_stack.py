@@ -74,6 +74,8 @@ def test_up_reuses_and_down_leaves_nothing(tmp_path: Path, endpoints: object) ->
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         assert (run_dir / "spool").is_dir()
         assert (run_dir / "spool-1").is_dir()
+        for name in ("gateway", "gateway-1"):
+            assert "gateway started" in (run_dir / "services" / f"{name}.log").read_text()
         running = services.status(run_dir, replicas=2)
         assert running["gateway"] is not None, running
         assert running["gateway-1"] not in (None, running["gateway"]), running
