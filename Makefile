@@ -13,7 +13,7 @@ help: ## list the targets
 bootstrap: ## install what is missing: uv, Python deps, JDK, Maven, PostgreSQL, Redis, Kafka jars
 	@bash deploy/bootstrap.sh
 
-up: bootstrap ## start Kafka, PostgreSQL, Redis and the Tollgate services (reuses what runs)
+up: bootstrap ## start Kafka, PostgreSQL, Redis and the services (TOLLGATE_GATEWAY_REPLICAS=N: N gateways)
 	@$(RUN) python -m deploy.stack up
 
 down: ## stop everything `make up` started, by PID

@@ -14,7 +14,7 @@ KEYS_URL = "http://127.0.0.1:8081"
 GATEWAY_URL = "http://127.0.0.1:8080/v1"
 
 
-def ensure_first_key(run_dir: Path, admin_token: str) -> str:
+def ensure_first_key(run_dir: Path, admin_token: str, keys_url: str = KEYS_URL) -> str:
     """Create the demo project and its first key on the first run; return what to print."""
     record = run_dir / "first-key.json"
     if record.exists():
@@ -24,7 +24,7 @@ def ensure_first_key(run_dir: Path, admin_token: str) -> str:
             "once, at creation; make another with `uv run tollgate keys create`)"
         )
     auth = {"Authorization": f"Bearer {admin_token}"}
-    with httpx.Client(base_url=KEYS_URL, headers=auth, timeout=10) as client:
+    with httpx.Client(base_url=keys_url, headers=auth, timeout=10) as client:
         project = client.post("/v1/projects", json={"name": "default"})
         project.raise_for_status()
         project_id = project.json()["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,3 +89,40 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is pid (read from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(stat.parent.name))
+    return out
+
+
+def kill_tree(pid: int, timeout: float = 15.0) -> None:
+    """SIGKILL pid and every process under it, as a crash would end them (no shutdown runs),
+    and wait until all are gone. The parent is stopped first, so it forks no new child while
+    its children are collected (PostgreSQL's backends would outlive their postmaster and keep
+    its shared memory, and so block the restart)."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    family, queue = [pid], [pid]
+    while queue:
+        found = children_of(queue.pop())
+        family += found
+        queue += found
+    for member in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(is_running(member) for member in family):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes {family} outlived SIGKILL for {timeout:.0f}s")
+        time.sleep(0.05)

@@ -2,16 +2,22 @@
 
 Each one gets the stack's endpoints as its own prefixed settings (``TOLLGATE_KEYS_...``),
 logs to ``<run>/services/<name>.log`` and is ready when its health URL answers 200.
+
+The gateway runs as ``TOLLGATE_GATEWAY_REPLICAS`` replicas (default 1): replica ``i``
+listens on 8080 + 100 i, is named ``gateway`` (i = 0) or ``gateway-<i>``, and spools to
+``<run>/spool`` (i = 0, the folder a single gateway always used, so events it spooled
+before are still replayed) or ``<run>/spool-<i>``. All read the same topics.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +30,11 @@ from deploy.servers import REPO, StackError
 if TYPE_CHECKING:
     from deploy.stack import Endpoints
 
+GATEWAY_PORT = 8080
+REPLICA_PORT_STEP = 100
+MAX_REPLICAS = 20
+_REPLICA = re.compile(r"gateway-([1-9][0-9]*)")
+
 
 @dataclass(frozen=True)
 class Service:
@@ -31,61 +42,73 @@ class Service:
 
     name: str
     prefix: str
-    argv: tuple[str, ...]
+    app: str
     port: int
+    replica: int | None = None  # the gateway's replica index; None for the other services
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        argv: tuple[str, ...] = (sys.executable, "-m", "uvicorn", self.app, "--factory")
+        argv += ("--host", "127.0.0.1")
+        argv += ("--port", str(self.port), "--no-access-log")
+        if self.replica is not None:
+            # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused
+            # race.
+            argv += ("--timeout-keep-alive", "75")
+        return argv
 
     @property
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/healthz"
 
 
-def _uvicorn(app: str, port: int) -> tuple[str, ...]:
-    return (
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-    )
-
-
 SERVICES: tuple[Service, ...] = (
-    Service(
-        "upstream", "TOLLGATE_UPSTREAM_", _uvicorn("deploy.demo_upstream:create_app", 8090), 8090
-    ),
-    Service("keys", "TOLLGATE_KEYS_", _uvicorn("services.keys.main:create_app", 8081), 8081),
-    Service(
-        "metering", "TOLLGATE_METERING_", _uvicorn("services.metering.main:create_app", 8082), 8082
-    ),
-    Service(
-        "billing", "TOLLGATE_BILLING_", _uvicorn("services.billing.main:create_app", 8083), 8083
-    ),
-    Service(
-        "gateway",
-        "TOLLGATE_GATEWAY_",
-        # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused race.
-        (*_uvicorn("services.gateway.main:create_app", 8080), "--timeout-keep-alive", "75"),
-        8080,
-    ),
-    Service(
-        "console", "TOLLGATE_CONSOLE_", _uvicorn("services.console.main:create_app", 8084), 8084
-    ),
+    Service("upstream", "TOLLGATE_UPSTREAM_", "deploy.demo_upstream:create_app", 8090),
+    Service("keys", "TOLLGATE_KEYS_", "services.keys.main:create_app", 8081),
+    Service("metering", "TOLLGATE_METERING_", "services.metering.main:create_app", 8082),
+    Service("billing", "TOLLGATE_BILLING_", "services.billing.main:create_app", 8083),
+    Service("gateway", "TOLLGATE_GATEWAY_", "services.gateway.main:create_app", GATEWAY_PORT, 0),
+    Service("console", "TOLLGATE_CONSOLE_", "services.console.main:create_app", 8084),
 )
 
 
-def _available() -> tuple[Service, ...]:
-    """Services whose code is in this checkout (the stack grows as services land)."""
-    out = []
+def replica_name(index: int) -> str:
+    """``gateway`` for the first replica (its pid file and log keep their old names)."""
+    return "gateway" if index == 0 else f"gateway-{index}"
+
+
+def replicas_from_env() -> int:
+    """``TOLLGATE_GATEWAY_REPLICAS``, default 1; a value out of range is a StackError."""
+    raw = os.environ.get("TOLLGATE_GATEWAY_REPLICAS", "1").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_REPLICAS:
+        raise StackError(f"TOLLGATE_GATEWAY_REPLICAS must be 1 to {MAX_REPLICAS}, not {raw!r}")
+    return int(raw)
+
+
+def layout(replicas: int = 1, port_offset: int = 0) -> tuple[Service, ...]:
+    """Every service, the gateway as that many replicas, each port moved by port_offset
+    (tests run a second stack beside one that ``make up`` started)."""
+    out: list[Service] = []
     for service in SERVICES:
-        module = service.argv[3].split(":")[0]
-        if (REPO / (module.replace(".", "/") + ".py")).exists():
-            out.append(service)
+        if service.replica is None:
+            out.append(replace(service, port=service.port + port_offset))
+            continue
+        for i in range(replicas):
+            port = service.port + REPLICA_PORT_STEP * i + port_offset
+            out.append(replace(service, name=replica_name(i), port=port, replica=i))
     return tuple(out)
+
+
+def _available(services: tuple[Service, ...]) -> tuple[Service, ...]:
+    """Services whose code is in this checkout (the stack grows as services land)."""
+    return tuple(
+        s for s in services if (REPO / (s.app.split(":")[0].replace(".", "/") + ".py")).exists()
+    )
+
+
+def spool_dir(run_dir: Path, replica: int) -> Path:
+    """Replica 0 keeps the single gateway's folder; the others get one each beside it."""
+    return run_dir / "spool" if replica == 0 else run_dir / f"spool-{replica}"
 
 
 def token(run_dir: Path, name: str, env_var: str) -> str:
@@ -100,9 +123,15 @@ def token(run_dir: Path, name: str, env_var: str) -> str:
     return path.read_text().strip()
 
 
-def service_env(service: Service, run_dir: Path, endpoints: Endpoints) -> dict[str, str]:
+def service_env(
+    service: Service, run_dir: Path, endpoints: Endpoints, port_offset: int = 0
+) -> dict[str, str]:
     """Environment for one service: the stack's endpoints and tokens under its own prefix."""
     p = service.prefix
+
+    def url(port: int) -> str:
+        return f"http://127.0.0.1:{port + port_offset}"
+
     return {
         **os.environ,
         f"{p}KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
@@ -110,51 +139,79 @@ def service_env(service: Service, run_dir: Path, endpoints: Endpoints) -> dict[s
         f"{p}REDIS_URL": endpoints.redis_url,
         f"{p}ADMIN_TOKEN": token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN"),
         f"{p}INTERNAL_TOKEN": token(run_dir, "internal-token", "TOLLGATE_INTERNAL_TOKEN"),
-        f"{p}KEYS_URL": "http://127.0.0.1:8081",
-        f"{p}METERING_URL": "http://127.0.0.1:8082",
-        f"{p}BILLING_URL": "http://127.0.0.1:8083",
-        f"{p}GATEWAY_URL": "http://127.0.0.1:8080",
+        f"{p}KEYS_URL": url(8081),
+        f"{p}METERING_URL": url(8082),
+        f"{p}BILLING_URL": url(8083),
+        f"{p}GATEWAY_URL": url(GATEWAY_PORT),
         f"{p}CATALOGUE_PATH": str(REPO / "deploy" / "models.yaml"),
-        f"{p}SPOOL_DIR": str(run_dir / "spool"),
+        f"{p}SPOOL_DIR": str(spool_dir(run_dir, service.replica or 0)),
+        # The demo catalogue reads its upstream from here; an operator's own value wins.
+        "TOLLGATE_DEMO_UPSTREAM_URL": os.environ.get(
+            "TOLLGATE_DEMO_UPSTREAM_URL", url(8090) + "/v1"
+        ),
         "PYTHONPATH": str(REPO),
     }
 
 
-def up(run_dir: Path, endpoints: Endpoints, deadline_s: float = 60.0) -> None:
-    """Start every service that is not running and wait for its health URL."""
+def up(
+    run_dir: Path,
+    endpoints: Endpoints,
+    deadline_s: float = 60.0,
+    *,
+    replicas: int | None = None,
+    port_offset: int = 0,
+) -> None:
+    """Start every service that is not running and wait for its health URL; the gateway as
+    ``replicas`` replicas (default ``TOLLGATE_GATEWAY_REPLICAS``). Replicas beyond that which
+    a former ``up`` started keep running: ``status`` lists them and ``down`` stops them."""
+    wanted = replicas_from_env() if replicas is None else replicas
     folder = run_dir / "services"
     folder.mkdir(parents=True, exist_ok=True)
-    for service in _available():
+    services = _available(layout(wanted, port_offset))
+    for service in services:
         pid_file = folder / f"{service.name}.pid"
         log = folder / f"{service.name}.log"
         pid = read_pid(pid_file)
         if pid is None or not is_running(pid):
             if port_open(service.port):
                 raise StackError(f"{service.name}: port {service.port} is taken by another process")
-            pid = spawn_detached(
-                service.argv, log, env=service_env(service, run_dir, endpoints), cwd=REPO
-            )
+            env = service_env(service, run_dir, endpoints, port_offset)
+            pid = spawn_detached(service.argv, log, env=env, cwd=REPO)
             pid_file.write_text(str(pid))
         _wait_healthy(service, log, deadline_s)
         print(f"{service.name:9} http://127.0.0.1:{service.port}   log {log}")
     print(f"admin token  in {run_dir / 'admin-token'}")
-    if any(s.name == "keys" for s in _available()):
-        print(ensure_first_key(run_dir, token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN")))
+    if any(s.name == "keys" for s in services):
+        admin = token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN")
+        print(ensure_first_key(run_dir, admin, keys_url=f"http://127.0.0.1:{8081 + port_offset}"))
+
+
+def _replicas_running(run_dir: Path) -> list[int]:
+    """Indexes (1 and up) of the gateway replicas with a pid file, highest first: a former
+    ``up`` may have started more than today's setting asks for."""
+    found = (_REPLICA.fullmatch(p.stem) for p in (run_dir / "services").glob("gateway-*.pid"))
+    return sorted((int(m.group(1)) for m in found if m), reverse=True)
 
 
 def down(run_dir: Path) -> None:
-    """Stop the services this stack started, gateway first."""
+    """Stop the services this stack started: the console, every gateway replica, the rest."""
     folder = run_dir / "services"
-    for service in reversed(SERVICES):
-        stop_pid(folder / f"{service.name}.pid", signal.SIGTERM, timeout=20)
+    names = ["console", *(replica_name(i) for i in _replicas_running(run_dir)), "gateway"]
+    names += [s.name for s in reversed(SERVICES) if s.name not in names]
+    for name in names:
+        stop_pid(folder / f"{name}.pid", signal.SIGTERM, timeout=20)
 
 
-def status(run_dir: Path) -> dict[str, int | None]:
-    """PID of each service that runs, None for one that does not."""
+def status(run_dir: Path, replicas: int | None = None) -> dict[str, int | None]:
+    """PID of each service that runs, None for one that does not; every gateway replica that
+    runs is listed, and those the setting asks for."""
+    wanted = replicas_from_env() if replicas is None else replicas
+    names = [s.name for s in _available(layout(wanted))]
+    extra = [replica_name(i) for i in sorted(_replicas_running(run_dir)) if i >= wanted]
     out: dict[str, int | None] = {}
-    for service in _available():
-        pid = read_pid(run_dir / "services" / f"{service.name}.pid")
-        out[service.name] = pid if pid is not None and is_running(pid) else None
+    for name in names + extra:
+        pid = read_pid(run_dir / "services" / f"{name}.pid")
+        out[name] = pid if pid is not None and is_running(pid) else None
     return out
 
 

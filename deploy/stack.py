@@ -3,7 +3,8 @@
 ``make up``, ``make down`` and the test fixtures all go through this module. ``up`` installs
 nothing (``make bootstrap`` does), starts Kafka, PostgreSQL and Redis as private instances
 under the run folder (``.run/`` by default), waits until each answers, then starts the
-Tollgate services listed in ``deploy.services``. A second ``up`` reuses what already runs.
+Tollgate services listed in ``deploy.services`` (the gateway as ``TOLLGATE_GATEWAY_REPLICAS``
+replicas). A second ``up`` reuses what already runs.
 ``down`` stops exactly the processes that ``up`` recorded, by PID, and checks their ports
 are free again.
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.process import kill_tree
 from deploy.servers import Kafka, Ports, Postgres, Redis
 from deploy.stack import start_one
 
@@ -42,6 +43,18 @@ class Private:
     def stop(self) -> None:
         self.server.stop()
 
+    def kill(self) -> None:
+        """SIGKILL the server and its children, as a crash would; start() brings it back."""
+        pid = self.server.pid()
+        assert pid is not None, f"{self.server.name} has no pid"
+        kill_tree(pid)
+        if isinstance(self.server, Postgres):
+            # The dead postmaster may stay a zombie until init reaps it, and PostgreSQL takes
+            # the PID in its stale lock files for a live postmaster; all its processes are gone.
+            (self.server.data / "postmaster.pid").unlink(missing_ok=True)
+            socket_lock = f".s.PGSQL.{self.server.ports.postgres}.lock"
+            (self.server.home / socket_lock).unlink(missing_ok=True)
+
     async def astart(self) -> None:
         """start(), off the event loop, so the code under test keeps running meanwhile."""
         await asyncio.to_thread(self.start)
@@ -49,6 +62,10 @@ class Private:
     async def astop(self) -> None:
         """stop(), off the event loop."""
         await asyncio.to_thread(self.stop)
+
+    async def akill(self) -> None:
+        """kill(), off the event loop."""
+        await asyncio.to_thread(self.kill)
 
     @property
     def kafka_bootstrap(self) -> str:

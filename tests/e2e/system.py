@@ -1,7 +1,9 @@
 """The whole system as real processes: demo upstream, key service, gateway, metering, billing.
 
 Each runs under uvicorn on a free port with this test's own topic prefix, database schemas,
-consumer groups and Redis prefix, against the session's Kafka, PostgreSQL and Redis.
+consumer groups and Redis prefix, against the given Kafka, PostgreSQL and Redis (the
+session's, or a test's private ones). The gateway may run as several replicas: ``gateway``,
+``gateway-1``, ... each with its own spool folder, all reading the same topics.
 """
 
 from __future__ import annotations
@@ -34,20 +36,32 @@ class Process:
     port: int
     env: dict[str, str]
     log: Path
+    extra_args: tuple[str, ...] = ()
     child: subprocess.Popen[bytes] | None = None
+    spawned_at: float = 0.0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Spawn the process and wait until it answers its health URL."""
+        self.spawn()
+        self.wait_healthy()
+
+    def spawn(self) -> None:
         argv = [sys.executable, "-m", "uvicorn", self.app, "--factory", "--host", "127.0.0.1",
-                "--port", str(self.port), "--no-access-log"]  # fmt: skip
+                "--port", str(self.port), "--no-access-log", *self.extra_args]  # fmt: skip
         with self.log.open("ab") as out:
             self.child = subprocess.Popen(
                 argv, cwd=REPO, env={**os.environ, **self.env}, stdout=out, stderr=out
             )
-        deadline = time.monotonic() + 60
+        self.spawned_at = time.monotonic()
+
+    def wait_healthy(self) -> None:
+        assert self.child is not None
+        # Counted from the spawn: several processes importing at once on a busy machine.
+        deadline = self.spawned_at + 90
         while time.monotonic() < deadline:
             if self.child.poll() is not None:
                 break
@@ -59,6 +73,13 @@ class Process:
             time.sleep(0.2)
         self.stop()
         raise AssertionError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown hook runs, nothing is flushed. start() restarts."""
+        assert self.child is not None
+        assert self.child.poll() is None, f"{self.name} was not running"
+        self.child.kill()
+        self.child.wait()
 
     def stop(self) -> None:
         if self.child is not None and self.child.poll() is None:
@@ -85,10 +106,29 @@ class System:
             process.stop()
 
 
-def start_system(endpoints: Endpoints, topic_prefix: str, unique: str, tmp: Path) -> System:
-    """Start the five processes in dependency order and return them."""
+def gateway_name(replica: int) -> str:
+    """``gateway`` for the first replica, so callers of one gateway need not know of replicas."""
+    return "gateway" if replica == 0 else f"gateway-{replica}"
+
+
+def start_system(
+    endpoints: Endpoints,
+    topic_prefix: str,
+    unique: str,
+    tmp: Path,
+    *,
+    gateways: int = 1,
+    settings: dict[str, dict[str, str]] | None = None,
+) -> System:
+    """Start the processes and return them once each answers its health URL.
+
+    ``settings`` adds or overrides a service's variables by name, without its prefix (e.g.
+    ``{"metering": {"SESSION_TIMEOUT_MS": "6000"}}``; ``gateway`` holds for every replica).
+    """
     admin, internal = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    ports = {name: free_port() for name in ("upstream", "keys", "gateway", "metering", "billing")}
+    replicas = [gateway_name(i) for i in range(gateways)]
+    names = ("upstream", "keys", *replicas, "metering", "billing")
+    ports = {name: free_port() for name in names}
     catalogue = tmp / "models.yaml"
     catalogue.write_text(
         (REPO / "deploy" / "models.yaml")
@@ -108,8 +148,7 @@ def start_system(endpoints: Endpoints, topic_prefix: str, unique: str, tmp: Path
                  "DB_SCHEMA": f"e2e_{unique}_keys", "CONSUMER_GROUP": f"keys-{unique}",
                  "REDIS_PREFIX": f"e2e:{unique}:"},
         "gateway": {"INTERNAL_TOKEN": internal, "KEYS_URL": f"http://127.0.0.1:{ports['keys']}",
-                    "CATALOGUE_PATH": str(catalogue), "SPOOL_DIR": str(tmp / "spool"),
-                    "REDIS_PREFIX": f"e2e:{unique}:"},
+                    "CATALOGUE_PATH": str(catalogue), "REDIS_PREFIX": f"e2e:{unique}:"},
         "metering": {"ADMIN_TOKEN": admin, "DB_SCHEMA": f"e2e_{unique}_metering",
                      "CONSUMER_GROUP": f"metering-{unique}"},
         "billing": {"ADMIN_TOKEN": admin, "DB_SCHEMA": f"e2e_{unique}_billing",
@@ -122,14 +161,27 @@ def start_system(endpoints: Endpoints, topic_prefix: str, unique: str, tmp: Path
         "metering": "services.metering.main:create_app",
         "billing": "services.billing.main:create_app",
     }
+    overrides = settings or {}
     system = System(admin_token=admin)
     try:
-        for name, app in apps.items():
-            prefix = f"TOLLGATE_{name.upper()}_"
-            env = {prefix + k: v for k, v in {**common, **specific[name]}.items()}
-            process = Process(name, app, ports[name], env, tmp / f"{name}.log")
+        for name in names:
+            service = "gateway" if name in replicas else name
+            own = {**common, **specific[service], **overrides.get(service, {})}
+            extra: tuple[str, ...] = ()
+            if service == "gateway":
+                spool = tmp / ("spool" if name == "gateway" else f"spool-{name}")
+                own.setdefault("SPOOL_DIR", str(spool))
+                # Outlive the clients' idle connections, as `make up` does.
+                extra = ("--timeout-keep-alive", "75")
+            prefix = f"TOLLGATE_{service.upper()}_"
+            env = {prefix + k: v for k, v in own.items()}
+            process = Process(name, apps[service], ports[name], env, tmp / f"{name}.log", extra)
             system.processes[name] = process
-            process.start()
+            # All start at once (none needs another to answer its health URL): on a small
+            # machine their imports overlap with the waits.
+            process.spawn()
+        for process in system.processes.values():
+            process.wait_healthy()
     except BaseException:
         system.stop()
         raise
