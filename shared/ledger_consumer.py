@@ -9,12 +9,19 @@ of every partition goes into ``consumer_offsets``. Kafka's own committed offsets
 written only after that commit, as a courtesy for lag monitoring: on every partition
 assignment the consumer seeks to the offsets stored in PostgreSQL, which are the truth.
 
+A consumer never stalls on a record: an event the database refuses for its values
+(SQLSTATE classes 22, 23, 54) is found by splitting the batch and dead-lettered with the
+reason, and the rest of the batch commits exactly once (shared/ledger_batch.py). How a
+record's fault is told from the database's (a missing table, permission denied, a schema
+that refuses every record) is in shared/ledger_retry.py and shared/ledger_split.py: the
+former stall and retry, loudly, and show on /readyz as ``stalled`` (shared/ledger_progress.py).
+
 aiokafka is used directly rather than through FastStream: FastStream (0.7.8) hands a
 rebalance listener no consumer to seek with, acknowledges per message instead of
 committing an offset map we computed, and has no DLQ; we would bypass all of it. The
 settings FastStream gets wrong by default are set here explicitly: no auto-commit,
 ``auto_offset_reset="earliest"``, raw records parsed one by one (one bad record never
-fails a batch), and no nack: a failed transaction is retried whole, never skipped.
+fails a batch), and no nack: a failed transaction is retried, never skipped.
 
 The SQL (and the tables each service's 0001 migration creates) is in shared/ledger_store.py.
 """
@@ -26,10 +33,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic
+from typing import Any, Generic
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -39,7 +45,8 @@ from aiokafka.errors import KafkaError
 from shared import ledger_store
 from shared.events import utc_now
 from shared.kafka import idempotent_producer
-from shared.ledger_dlq import send_dead_letters
+from shared.ledger_batch import BatchWriter, Prepared
+from shared.ledger_progress import Progress
 from shared.ledger_retry import RETRYABLE, backoff
 from shared.ledger_types import (
     Apply,
@@ -50,22 +57,9 @@ from shared.ledger_types import (
     T,
 )
 
-if TYPE_CHECKING:
-    from shared.ledger_types import Conn
-
 __all__ = ["ConsumerConfig", "ConsumerStats", "Identified", "LedgerConsumer", "Poison"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Prepared(Generic[T]):
-    """A parsed batch, waiting for its transaction."""
-
-    items: list[T]
-    poison: list[tuple[Any, str]]
-    offsets: dict[TopicPartition, int]
-    epoch: int
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -81,6 +75,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # Nothing is fetched from a new partition until its offset came from PostgreSQL.
         self.owner.epoch += 1
         self.owner.stats.assigned = set(assigned)
+        self.owner.progress.reassigned(assigned)
         if assigned:
             self.owner.consumer.pause(*assigned)
             self.owner.pending_seek |= set(assigned)
@@ -101,6 +96,8 @@ class LedgerConsumer(Generic[T]):
         self.parse = parse
         self.apply = apply
         self.stats = ConsumerStats()
+        self.progress = Progress(config.stall_after_s)
+        self.writer = BatchWriter(config, pool, apply, self.stats)
         self.batch_lock = asyncio.Lock()
         self.epoch = 0
         self.pending_seek: set[TopicPartition] = set()
@@ -135,9 +132,11 @@ class LedgerConsumer(Generic[T]):
         await self.producer.start()
         self.consumer.subscribe([self.config.topic], listener=_Listener(self))
         await self.consumer.start()
+        name = self.config.group_id
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"{self.config.group_id}-consume"),
-            asyncio.create_task(self._cleanup_loop(), name=f"{self.config.group_id}-cleanup"),
+            asyncio.create_task(self._run(), name=f"{name}-consume"),
+            asyncio.create_task(self._cleanup_loop(), name=f"{name}-cleanup"),
+            asyncio.create_task(self._watch_ends(), name=f"{name}-lag"),
         ]
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -171,6 +170,10 @@ class LedgerConsumer(Generic[T]):
     def running(self) -> bool:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
+    def health(self) -> dict[str, Any]:
+        """Counters and progress (lag, age of the last commit, stalled), JSON-ready."""
+        return {**self.stats.as_dict(), **self.progress.as_dict()}
+
     async def _run(self) -> None:
         """Fetch and parse batch N+1 while batch N is stored; store batches one at a time."""
         in_flight: asyncio.Task[None] | None = None
@@ -185,6 +188,9 @@ class LedgerConsumer(Generic[T]):
                 epoch = self.epoch
                 batch = await self.consumer.getmany(
                     timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
+                )
+                self.progress.saw_ends(
+                    (tp, self.consumer.highwater(tp)) for tp in self.consumer.assignment()
                 )
                 prepared = self._prepare(batch, epoch) if batch else None
                 if in_flight is not None:
@@ -218,7 +224,7 @@ class LedgerConsumer(Generic[T]):
         async with self.batch_lock:
             epoch = self.epoch
             wanted = set(self.pending_seek) & self.consumer.assignment()
-            stored = await self._retrying(
+            stored = await self.writer.retrying(
                 lambda conn: ledger_store.read_offsets(conn, self.config, wanted)
             )
             if epoch != self.epoch:
@@ -228,15 +234,19 @@ class LedgerConsumer(Generic[T]):
                     self.consumer.seek(tp, stored[tp])
                 else:
                     await self.consumer.seek_to_beginning(tp)
+                    with contextlib.suppress(KafkaError, TimeoutError):  # for lag only
+                        stored[tp] = await asyncio.wait_for(self.consumer.position(tp), 10)
+            self.progress.positions(stored)
             self.consumer.resume(*wanted)
             self.pending_seek -= wanted | (self.pending_seek - self.consumer.assignment())
             self.epoch += 1
 
-    def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> _Prepared[T]:
+    def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> Prepared[T]:
         """Parse every record on its own: good events (once each), poison, next offsets."""
         started = time.perf_counter()
         now = utc_now()
         good: dict[uuid.UUID, T] = {}
+        sources: dict[uuid.UUID, Any] = {}
         poison: list[tuple[Any, str]] = []
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
@@ -248,35 +258,21 @@ class LedgerConsumer(Generic[T]):
                     poison.append((record, exc.reason))
                     continue
                 # The same event twice in one batch (a producer retry) counts once.
-                good.setdefault(item.event_id, item)
+                if item.event_id not in good:
+                    good[item.event_id] = item
+                    sources[item.event_id] = record
         self.stats.prepare_s += time.perf_counter() - started
-        return _Prepared(list(good.values()), poison, offsets, epoch)
+        return Prepared(list(good.values()), sources, poison, offsets, epoch)
 
-    async def _store(self, batch: _Prepared[T]) -> None:
+    async def _store(self, batch: Prepared[T]) -> None:
         """Dead letters first, then one transaction: claim ids, apply, store offsets."""
         async with self.batch_lock:
             if batch.epoch != self.epoch or self.pending_seek:
                 # A rebalance happened since the fetch: the new owner (maybe us again,
                 # after a seek) reads these records from the offsets in PostgreSQL.
                 return
-            if batch.poison:
-                await send_dead_letters(self.producer, self.config, batch.poison)
-            items = batch.items
-
-            async def store(conn: Conn) -> int:
-                async with conn.transaction():
-                    fresh = await ledger_store.claim(conn, items)
-                    await self.apply(conn, fresh)
-                    await ledger_store.write_offsets(conn, self.config, batch.offsets)
-                    return len(fresh)
-
-            started = time.perf_counter()
-            fresh_count = await self._retrying(store)
-            self.stats.store_s += time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.applied += fresh_count
-            self.stats.duplicates += len(items) - fresh_count
-            self.stats.dead_letters += len(batch.poison)
+            await self.writer.write(batch, self.producer)
+            self.progress.committed(batch.offsets)
             # Kafka's offsets are advisory (lag monitoring): committed in the background,
             # after the transaction, never holding up the next batch.
             self._kafka_offsets.update(batch.offsets)
@@ -296,27 +292,19 @@ class LedgerConsumer(Generic[T]):
             raise Poison(f"occurred_at {item.occurred_at.isoformat()} is too far in the future")
         return item
 
-    async def _retrying(self, work: Callable[[Conn], Awaitable[Any]]) -> Any:
-        """Run work on a pooled connection until it succeeds; retryable errors wait and retry."""
-        attempt = 0
+    async def _watch_ends(self) -> None:
+        """Ask the broker for end offsets now and then: a stuck batch fetches no watermarks."""
         while True:
+            await asyncio.sleep(self.config.lag_interval_s)
+            assigned = list(self.consumer.assignment())
+            if not assigned:
+                continue
             try:
-                async with self.pool.acquire() as conn:
-                    return await work(conn)
-            except RETRYABLE as exc:
-                attempt += 1
-                self.stats.db_retries += 1
-                self.stats.last_error = repr(exc)
-                log.warning("database error, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff(attempt))
-            except asyncpg.PostgresError as exc:
-                # Not known to be transient (a missing table, a broken constraint): stall
-                # loudly and keep trying rather than skip or drop anything.
-                attempt += 1
-                self.stats.db_retries += 1
-                self.stats.last_error = repr(exc)
-                log.exception("database error that may not pass, retrying")
-                await asyncio.sleep(max(1.0, backoff(attempt, cap=30.0)))
+                ends = await asyncio.wait_for(self.consumer.end_offsets(assigned), 10)
+            except Exception as exc:  # monitoring only: never let it stop the consumer
+                log.debug("end offsets unavailable", extra={"error": repr(exc)})
+                continue
+            self.progress.saw_ends(ends.items())
 
     async def _cleanup_loop(self) -> None:
         while True:
