@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic
 
 import asyncpg
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from shared import ledger_store
-from shared.ledger_dlq import send_dead_letters
+from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_retry import RETRYABLE, backoff
 from shared.ledger_split import NotRecordSpecific, Refused, check_control, split_apply
 from shared.ledger_types import Apply, ConsumerConfig, ConsumerStats, T
@@ -73,10 +73,10 @@ class BatchWriter(Generic[T]):
         self.stats = stats
         self.control: T | None = None  # an event the database accepted: see ledger_split
 
-    async def write(self, batch: Prepared[T], producer: AIOKafkaProducer) -> None:
+    async def write(self, batch: Prepared[T], dlq: DeadLetterSender) -> None:
         """Dead letters first, then the batch's transaction, as the module docstring says."""
         if batch.poison:
-            await self.dead_letters(producer, batch.poison)
+            await self.dead_letters(dlq, batch.poison)
         items = batch.items
         started = time.perf_counter()
         while True:
@@ -86,7 +86,7 @@ class BatchWriter(Generic[T]):
             if isinstance(outcome, int):
                 break
             await self.dead_letters(
-                producer, [(batch.sources[r.item.event_id], r.reason) for r in outcome]
+                dlq, [(batch.sources[r.item.event_id], r.reason) for r in outcome]
             )
             self.stats.refused += len(outcome)
             gone = {id(r.item) for r in outcome}
@@ -96,16 +96,8 @@ class BatchWriter(Generic[T]):
         self.stats.applied += outcome
         self.stats.duplicates += len(items) - outcome
 
-    async def dead_letters(
-        self, producer: AIOKafkaProducer, poison: Sequence[tuple[Any, str]]
-    ) -> None:
-        outcome = await send_dead_letters(
-            producer,
-            self.config.dlq_topic,
-            self.config.group_id,
-            poison,
-            max_bytes=self.config.max_dead_letter_bytes,
-        )
+    async def dead_letters(self, dlq: DeadLetterSender, poison: Sequence[tuple[Any, str]]) -> None:
+        outcome = await dlq.send(poison)
         self.stats.dead_letters += outcome.sent
         self.stats.dead_letters_lost += outcome.lost
 

@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import Any, Generic
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
@@ -46,6 +46,7 @@ from shared import ledger_store
 from shared.events import utc_now
 from shared.kafka import idempotent_producer
 from shared.ledger_batch import BatchWriter, Prepared
+from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_progress import Progress
 from shared.ledger_retry import RETRYABLE, backoff
 from shared.ledger_types import (
@@ -103,7 +104,12 @@ class LedgerConsumer(Generic[T]):
         self.pending_seek: set[TopicPartition] = set()
         # Kafka clients are made in start(): an unstarted client must not linger.
         self.consumer: AIOKafkaConsumer
-        self.producer: AIOKafkaProducer
+        self.dlq = DeadLetterSender(
+            lambda: idempotent_producer(config.bootstrap, f"{config.client_id}-dlq"),
+            config.dlq_topic,
+            config.group_id,
+            max_bytes=config.max_dead_letter_bytes,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._kafka_offsets: dict[TopicPartition, int] = {}
         self._kafka_commit: asyncio.Task[None] | None = None
@@ -128,8 +134,7 @@ class LedgerConsumer(Generic[T]):
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RoundRobinPartitionAssignor,),
         )
-        self.producer = idempotent_producer(self.config.bootstrap, f"{self.config.client_id}-dlq")
-        await self.producer.start()
+        await self.dlq.start()
         self.consumer.subscribe([self.config.topic], listener=_Listener(self))
         await self.consumer.start()
         name = self.config.group_id
@@ -163,8 +168,7 @@ class LedgerConsumer(Generic[T]):
         # aiokafka can sit in a group join while it stops: bounded, so shutdown goes on.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.consumer.stop(), 15)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.producer.stop(), 15)
+        await self.dlq.stop()
 
     @property
     def running(self) -> bool:
@@ -271,7 +275,7 @@ class LedgerConsumer(Generic[T]):
                 # A rebalance happened since the fetch: the new owner (maybe us again,
                 # after a seek) reads these records from the offsets in PostgreSQL.
                 return
-            await self.writer.write(batch, self.producer)
+            await self.writer.write(batch, self.dlq)
             self.progress.committed(batch.offsets)
             # Kafka's offsets are advisory (lag monitoring): committed in the background,
             # after the transaction, never holding up the next batch.

@@ -7,19 +7,20 @@ bounded too (``MAX_REASON`` characters, surrogates escaped).
 
 Sending retries what the broker may accept later (broker down, leader moving, timeouts)
 until it is acknowledged. An error that no retry cures (message too large for the topic,
-topic invalid or forbidden) gets one more try with the value truncated to
-``fallback_bytes``; if that is refused as well the letter is *lost on purpose*: logged
-with its source topic, partition and offset and counted, never retried forever, so that a
-broker refusing dead letters never stops the counting of good records.
+topic invalid or forbidden) gets a new producer and more tries with the value truncated
+to ``fallback_bytes``; after ``STRIKES`` such refusals the letter is *lost on purpose*:
+logged with its source topic, partition and offset and counted, never retried forever, so
+that a broker refusing dead letters never stops the counting of good records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ MAX_REASON = 2000  # characters; DeadLetter.reason's bound
 MAX_BYTES = 900_000  # a letter's JSON, at most, by default: under Kafka's 1 MB with room
 FALLBACK_BYTES = 64 * 1024  # the second try of a letter the broker refused for good
 MAX_KEY_BYTES = 1024  # a longer record key is not copied onto the letter
+STRIKES = 3  # non-retriable failures before a letter is given up
 
 
 def bound_reason(reason: str) -> str:
@@ -80,6 +82,7 @@ class _Pending:
     record: Any
     reason: str
     max_bytes: int
+    strikes: int = 0  # non-retriable failures so far
 
 
 @dataclass(frozen=True)
@@ -90,56 +93,103 @@ class Outcome:
     lost: int = 0
 
 
-async def send_dead_letters(
-    producer: AIOKafkaProducer,
-    topic: str,
-    group: str,
-    poison: Sequence[tuple[Any, str]],
-    *,
-    max_bytes: int = MAX_BYTES,
-    fallback_bytes: int = FALLBACK_BYTES,
-) -> Outcome:
-    """Send every dead letter; return once each is acknowledged or given up for good.
+class DeadLetterSender:
+    """Sends bounded dead letters to one DLQ topic with a producer of its own.
 
-    The caller stores the offsets past these records only after this returns: a crash in
-    between sends a letter twice (same source partition and offset), never loses one.
+    A batch the broker refused for good leaves the idempotent producer's sequence numbers
+    with a gap (aiokafka then answers OutOfOrderSequenceNumber to every later send on that
+    partition), so after any non-retriable error the producer is replaced by a new one.
     """
-    pending = [_Pending(record, reason, max_bytes) for record, reason in poison]
-    sent = lost = attempt = 0
-    while pending:
+
+    def __init__(
+        self,
+        make_producer: Callable[[], AIOKafkaProducer],
+        topic: str,
+        group: str,
+        *,
+        max_bytes: int = MAX_BYTES,
+        fallback_bytes: int = FALLBACK_BYTES,
+    ) -> None:
+        self.make_producer = make_producer
+        self.topic = topic
+        self.group = group
+        self.max_bytes = max_bytes
+        self.fallback_bytes = fallback_bytes
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self.producer = self.make_producer()
+        await self.producer.start()
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        if self.producer is not None:
+            with contextlib.suppress(TimeoutError, KafkaError):
+                await asyncio.wait_for(self.producer.stop(), timeout)
+
+    async def _replace_producer(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def send(self, poison: Sequence[tuple[Any, str]]) -> Outcome:
+        """Send every dead letter; return once each is acknowledged or given up for good.
+
+        The caller stores the offsets past these records only after this returns: a crash
+        in between sends a letter twice (same source partition and offset), never loses one.
+        A letter is given up after STRIKES non-retriable failures, truncated to
+        fallback_bytes after the first.
+        """
+        pending = [_Pending(record, reason, self.max_bytes) for record, reason in poison]
+        sent = lost = attempt = 0
+        while pending:
+            outcomes = await self._send_round(pending)
+            retry: list[_Pending] = []
+            wait = broken = False
+            for p, error in zip(pending, outcomes, strict=True):
+                if error is None:
+                    sent += 1
+                    _log_letter(p, "dead letter", logging.WARNING)
+                elif _retriable(error):
+                    retry.append(p)
+                    wait = True
+                else:
+                    broken = True
+                    p.strikes += 1
+                    if p.strikes < STRIKES:
+                        p.max_bytes = min(p.max_bytes, self.fallback_bytes)
+                        retry.append(p)
+                    else:
+                        lost += 1
+                        message = f"dead letter refused for good, dropped: {error!r}"
+                        _log_letter(p, message, logging.ERROR)
+            pending = retry
+            if broken:
+                await self._replace_producer()
+            if wait:
+                attempt += 1
+                log.warning("dead letters not acknowledged yet, retrying")
+                await asyncio.sleep(max(0.2, backoff(attempt, cap=10.0)))
+        return Outcome(sent, lost)
+
+    async def _send_round(self, pending: list[_Pending]) -> list[KafkaError | None]:
+        """Send each pending letter once; its error, or None once acknowledged."""
+        assert self.producer is not None, "start() the sender first"
         outcomes: list[Any] = []
         for p in pending:
-            letter = dead_letter(group, p.record, p.reason, p.max_bytes)
+            letter = dead_letter(self.group, p.record, p.reason, p.max_bytes)
             key = p.record.key if p.record.key and len(p.record.key) <= MAX_KEY_BYTES else None
             try:
-                outcomes.append(await producer.send(topic, letter.to_bytes(), key=key))
+                outcomes.append(await self.producer.send(self.topic, letter.to_bytes(), key=key))
             except KafkaError as exc:  # refused before sending (too large, closed, no metadata)
                 outcomes.append(exc)
         futures = [o for o in outcomes if not isinstance(o, BaseException)]
         results = iter(await asyncio.gather(*futures, return_exceptions=True))
-        retry: list[_Pending] = []
-        wait = False
-        for p, o in zip(pending, outcomes, strict=True):
-            error = o if isinstance(o, BaseException) else next(results)
-            if not isinstance(error, BaseException):
-                sent += 1
-                _log_letter(p, "dead letter", logging.WARNING)
-            elif not isinstance(error, KafkaError):
-                raise error
-            elif _retriable(error):
-                retry.append(p)
-                wait = True
-            elif p.max_bytes > fallback_bytes:
-                retry.append(_Pending(p.record, p.reason, fallback_bytes))
-            else:
-                lost += 1
-                _log_letter(p, f"dead letter refused for good, dropped: {error!r}", logging.ERROR)
-        pending = retry
-        if wait:
-            attempt += 1
-            log.warning("dead letters not acknowledged yet, retrying")
-            await asyncio.sleep(max(0.2, backoff(attempt, cap=10.0)))
-    return Outcome(sent, lost)
+        errors: list[KafkaError | None] = []
+        for o in outcomes:
+            result = o if isinstance(o, BaseException) else next(results)
+            if isinstance(result, BaseException) and not isinstance(result, KafkaError):
+                raise result
+            errors.append(result if isinstance(result, KafkaError) else None)
+        return errors
 
 
 def _log_letter(p: _Pending, message: str, level: int) -> None:

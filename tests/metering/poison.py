@@ -51,11 +51,11 @@ async def send(
 
 
 async def letters_by_group(
-    bootstrap: str, prefix: str, want: dict[str, int], timeout: float = 60
+    bootstrap: str, prefix: str, want: dict[str, int], timeout: float = 60, topic: str = ""
 ) -> dict[str, dict[Position, DeadLetter]]:
     """The DLQ's letters per consumer group, by source position, once want[group] arrived."""
     consumer = AIOKafkaConsumer(
-        prefix + USAGE_EVENTS_DLQ,
+        topic or prefix + USAGE_EVENTS_DLQ,
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
