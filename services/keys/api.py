@@ -200,6 +200,9 @@ async def readyz(request: Request) -> JSONResponse:
     body: dict[str, object] = {"status": "ok"}
     if relay is not None:
         body |= relay.stats()
+    consumer = request.app.state.consumer
+    if consumer is not None:
+        body |= consumer.stats()
     try:
         body["outbox_backlog"] = await repo.outbox_backlog(request.app.state.pool)
     except READ_ERRORS:
