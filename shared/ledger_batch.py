@@ -34,7 +34,7 @@ from shared import ledger_store
 from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_retry import RETRYABLE, backoff
 from shared.ledger_split import NotRecordSpecific, Refused, check_control, split_apply
-from shared.ledger_types import Apply, ConsumerConfig, ConsumerStats, T
+from shared.ledger_types import Apply, ConsumerConfig, ConsumerStats, Poison, T
 
 if TYPE_CHECKING:
     from shared.ledger_types import Conn
@@ -51,6 +51,29 @@ class Prepared(Generic[T]):
     poison: list[tuple[Any, str]]
     offsets: dict[TopicPartition, int]
     epoch: int
+
+
+def prepare(
+    batch: dict[TopicPartition, list[Any]], parse: Callable[[bytes | None], T], epoch: int
+) -> Prepared[T]:
+    """Parse every record on its own: good events (once each), poison, next offsets."""
+    good: dict[uuid.UUID, T] = {}
+    sources: dict[uuid.UUID, Any] = {}
+    poison: list[tuple[Any, str]] = []
+    offsets: dict[TopicPartition, int] = {}
+    for tp, records in batch.items():
+        for record in records:
+            offsets[tp] = record.offset + 1
+            try:
+                item = parse(record.value)
+            except Poison as exc:
+                poison.append((record, exc.reason))
+                continue
+            # The same event twice in one batch (a producer retry) counts once.
+            if item.event_id not in good:
+                good[item.event_id] = item
+                sources[item.event_id] = record
+    return Prepared(list(good.values()), sources, poison, offsets, epoch)
 
 
 class _Found(Exception):

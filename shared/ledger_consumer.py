@@ -9,12 +9,22 @@ of every partition goes into ``consumer_offsets``. Kafka's own committed offsets
 written only after that commit, as a courtesy for lag monitoring: on every partition
 assignment the consumer seeks to the offsets stored in PostgreSQL, which are the truth.
 
-A consumer never stalls on a record: an event the database refuses for its values
-(SQLSTATE classes 22, 23, 54) is found by splitting the batch and dead-lettered with the
-reason, and the rest of the batch commits exactly once (shared/ledger_batch.py). How a
-record's fault is told from the database's (a missing table, permission denied, a schema
-that refuses every record) is in shared/ledger_retry.py and shared/ledger_split.py: the
-former stall and retry, loudly, and show on /readyz as ``stalled`` (shared/ledger_progress.py).
+A consumer never stalls on a record: an event the database refuses for its values is
+found by splitting the batch and dead-lettered with the reason (SQLSTATE and message), and
+the rest of the batch commits exactly once (shared/ledger_batch.py). A record's fault is
+told from the database's in two steps:
+
+1. by SQLSTATE class (shared/ledger_retry.py): only 22 (data exception), 23 (integrity
+   violation) and 54 (program limit), and asyncpg's client-side DataError, can be a
+   record's; anything else (42P01 missing table, 42501 permission denied, ...) is never
+   split, and transient classes (08, 40, 53, 57) are retried as they always were;
+2. by a control (shared/ledger_split.py): a record refused on its own is dead-lettered
+   if some other record of the batch was applied, or if a record this consumer applied
+   before is still accepted (tried in a savepoint, rolled back). When the control is
+   refused too (a schema that refuses every record), nothing is dead-lettered.
+
+The database's faults stall the consumer: it retries with backoff, logs each failure, and
+after ``stall_after_s`` with records waiting /readyz answers 503 (shared/ledger_progress.py).
 
 aiokafka is used directly rather than through FastStream: FastStream (0.7.8) hands a
 rebalance listener no consumer to seek with, acknowledges per message instead of
@@ -32,9 +42,7 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Generic
 
 import asyncpg
@@ -45,7 +53,7 @@ from aiokafka.errors import KafkaError
 from shared import ledger_store
 from shared.events import utc_now
 from shared.kafka import idempotent_producer
-from shared.ledger_batch import BatchWriter, Prepared
+from shared.ledger_batch import BatchWriter, Prepared, prepare
 from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_progress import Progress
 from shared.ledger_retry import RETRYABLE, backoff
@@ -248,25 +256,9 @@ class LedgerConsumer(Generic[T]):
     def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> Prepared[T]:
         """Parse every record on its own: good events (once each), poison, next offsets."""
         started = time.perf_counter()
-        now = utc_now()
-        good: dict[uuid.UUID, T] = {}
-        sources: dict[uuid.UUID, Any] = {}
-        poison: list[tuple[Any, str]] = []
-        offsets: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
-            for record in records:
-                offsets[tp] = record.offset + 1
-                try:
-                    item = self._parse(record.value, now)
-                except Poison as exc:
-                    poison.append((record, exc.reason))
-                    continue
-                # The same event twice in one batch (a producer retry) counts once.
-                if item.event_id not in good:
-                    good[item.event_id] = item
-                    sources[item.event_id] = record
+        prepared = prepare(batch, self._parse, epoch)
         self.stats.prepare_s += time.perf_counter() - started
-        return Prepared(list(good.values()), sources, poison, offsets, epoch)
+        return prepared
 
     async def _store(self, batch: Prepared[T]) -> None:
         """Dead letters first, then one transaction: claim ids, apply, store offsets."""
@@ -290,9 +282,9 @@ class LedgerConsumer(Generic[T]):
         except KafkaError as exc:  # a rebalance moved a partition: PostgreSQL holds the truth
             log.warning("kafka offset commit failed", extra={"error": repr(exc)})
 
-    def _parse(self, value: bytes | None, now: datetime) -> T:
+    def _parse(self, value: bytes | None) -> T:
         item = self.parse(value)
-        if item.occurred_at > now + self.config.future_tolerance:
+        if item.occurred_at > utc_now() + self.config.future_tolerance:
             raise Poison(f"occurred_at {item.occurred_at.isoformat()} is too far in the future")
         return item
 
