@@ -297,6 +297,14 @@ class LedgerConsumer(Generic[T]):
                 continue
             try:
                 ends = await asyncio.wait_for(self.consumer.end_offsets(assigned), 10)
+                # A consumer stuck before its first seek (offsets table unreadable) has no
+                # position yet: Kafka's committed offset, or the beginning, stands in.
+                unknown = [tp for tp in assigned if tp not in self.progress.stored]
+                if unknown:
+                    starts = await asyncio.wait_for(self.consumer.beginning_offsets(unknown), 10)
+                    for tp in unknown:
+                        kafka = await asyncio.wait_for(self.consumer.committed(tp), 10)
+                        self.progress.guess({tp: starts[tp] if kafka is None else kafka})
             except Exception as exc:  # monitoring only: never let it stop the consumer
                 log.debug("end offsets unavailable", extra={"error": repr(exc)})
                 continue

@@ -37,6 +37,11 @@ class Progress:
         for tp, offset in offsets.items():
             self.stored[tp] = max(offset, self.stored.get(tp, 0))
 
+    def guess(self, offsets: dict[TopicPartition, int]) -> None:
+        """Positions from Kafka, for partitions whose PostgreSQL offset is not read yet."""
+        for tp, offset in offsets.items():
+            self.stored.setdefault(tp, offset)
+
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         """A batch committed these next offsets."""
         self.positions(offsets)

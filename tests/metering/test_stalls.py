@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncpg
 
+from services.metering.main import MIGRATIONS
+from services.metering.main import create_app as create_metering
+from shared.db import apply_migrations, create_pool
+from tests.metering.harness import running, stream_of
 from tests.metering.ledgers import Case
 from tests.metering.stalls import stall_and_recover
+from tests.polling import eventually
 
 
 async def test_a_missing_table_stalls_goes_not_ready_and_recovers(case: Case) -> None:
@@ -47,3 +52,32 @@ async def test_a_schema_refusing_every_record_stalls_instead_of_dead_lettering(
     )
     assert (after["dead_letters"], after["refused"]) == (0, 0), after
     assert "NotRecordSpecific" in str(after["last_error"]), after
+
+
+async def test_offsets_unreadable_at_start_stall_with_the_lag_shown(case: Case) -> None:
+    """Stuck before the first seek (no position from PostgreSQL): the lag still shows."""
+    m_set, _ = case.settings(stall_after_s=2.0, lag_interval_s=0.3)
+    schema = case.schemas[0]
+    pool = await create_pool(case.database_url, schema)
+    try:
+        await apply_migrations(pool, schema, MIGRATIONS)
+        await pool.execute("ALTER TABLE consumer_offsets RENAME TO consumer_offsets_away")
+        events = stream_of(50)
+        await case.produce(events)
+        async with running(create_metering(m_set)) as m:
+            stalled = await eventually(
+                lambda: m.get("/readyz"), until=lambda r: r.status_code == 503, timeout=30
+            )
+            body = stalled.json()
+            assert (body["status"], body["lag"], body["batches"]) == ("consumer stalled", 50, 0)
+            await pool.execute("ALTER TABLE consumer_offsets_away RENAME TO consumer_offsets")
+            await eventually(
+                lambda: m.get("/readyz"), until=lambda r: r.status_code == 200, timeout=30
+            )
+            await eventually(
+                lambda: pool.fetchval("SELECT sum(requests) FROM usage_minute"),
+                until=lambda n: n == 50,
+                timeout=30,
+            )
+    finally:
+        await pool.close()
