@@ -127,8 +127,19 @@ class DeadLetterSender:
                 await asyncio.wait_for(self.producer.stop(), timeout)
 
     async def _replace_producer(self) -> None:
+        """A fresh producer (new producer id, no sequence gap); waits while Kafka is away."""
         await self.stop()
-        await self.start()
+        attempt = 0
+        while True:
+            try:
+                await self.start()
+            except KafkaError as exc:
+                attempt += 1
+                log.warning("dead letter producer not started, retrying: %r", exc)
+                await self.stop()
+                await asyncio.sleep(max(0.2, backoff(attempt, cap=10.0)))
+            else:
+                return
 
     async def send(self, poison: Sequence[tuple[Any, str]]) -> Outcome:
         """Send every dead letter; return once each is acknowledged or given up for good.
