@@ -13,11 +13,13 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from shared.kafka import idempotent_producer
+from shared.kafka import ensure_topics, idempotent_producer
 from shared.ledger_dlq import MAX_REASON, DeadLetterSender, dead_letter
+from shared.topics import USAGE_EVENTS_DLQ
 from tests.metering.harness import both, stats, stream_of, usage
 from tests.metering.ledgers import Case
 from tests.metering.poison import letters_by_group, noise, raw, send
+from tests.private_servers import Private
 
 
 def record(value: bytes, offset: int = 5) -> ConsumerRecord[bytes, bytes]:
@@ -127,3 +129,26 @@ async def test_a_letter_the_broker_refuses_is_retried_smaller_then_given_up(
     assert letters[(2, 1)].truncated
     assert letters[(2, 1)].original_sha256 == hashlib.sha256(huge).hexdigest()
     assert not letters[(2, 2)].truncated
+
+
+@pytest.mark.slow
+async def test_dead_letters_wait_for_a_broker_that_is_down(private_kafka: Private) -> None:
+    """Broker away: retriable, so the letter is retried until it is back, never dropped."""
+    bootstrap = private_kafka.kafka_bootstrap
+    await ensure_topics(bootstrap)
+    sender = DeadLetterSender(
+        lambda: idempotent_producer(bootstrap, "test-dlq-outage"), USAGE_EVENTS_DLQ, "g"
+    )
+    await sender.start()
+    try:
+        await private_kafka.astop()
+        sending = asyncio.create_task(sender.send([(record(b"bad", 9), "why")]))
+        done, _ = await asyncio.wait({sending}, timeout=8)
+        assert not done, "a letter was given up while the broker was down"
+        await private_kafka.astart()
+        outcome = await asyncio.wait_for(sending, 60)
+        assert (outcome.sent, outcome.lost) == (1, 0)
+    finally:
+        await sender.stop()
+    letters = (await letters_by_group(bootstrap, "", {"g": 1}, topic=USAGE_EVENTS_DLQ))["g"]
+    assert letters[(2, 9)].reason == "why"
