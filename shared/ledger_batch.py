@@ -33,7 +33,7 @@ from aiokafka import TopicPartition
 from shared import ledger_store
 from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_retry import RETRYABLE, backoff
-from shared.ledger_split import NotRecordSpecific, Refused, check_control, split_apply
+from shared.ledger_split import CONTROL_SIZE, NotRecordSpecific, Refused, confirm, split_apply
 from shared.ledger_types import Apply, ConsumerConfig, ConsumerStats, Poison, T
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class BatchWriter(Generic[T]):
         self.pool = pool
         self.apply = apply
         self.stats = stats
-        self.control: T | None = None  # an event the database accepted: see ledger_split
+        self.control: list[T] = []  # events the database accepted: see ledger_split
 
     async def write(self, batch: Prepared[T], dlq: DeadLetterSender) -> None:
         """Dead letters first, then the batch's transaction, as the module docstring says."""
@@ -129,10 +129,11 @@ class BatchWriter(Generic[T]):
     ) -> int | list[Refused[T]]:
         try:
             async with conn.transaction():
-                result = await split_apply(conn, items, self._claim_and_apply)
+                suspects = await split_apply(conn, items, self._claim_and_apply)
+                result = await confirm(
+                    conn, suspects, self.control, self._claim_and_apply, self.apply
+                )
                 if result.refused:
-                    if result.done == 0 and self.control is not None:
-                        await check_control(conn, self.control, self.apply)
                     raise _Found(result.refused)  # noqa: TRY301 - rolls the transaction back
                 await ledger_store.write_offsets(conn, self.config, offsets)
         except _Found as found:
@@ -144,7 +145,7 @@ class BatchWriter(Generic[T]):
         fresh = await ledger_store.claim(conn, items)
         await self.apply(conn, fresh)
         if fresh:
-            self.control = fresh[0]
+            self.control = fresh[:CONTROL_SIZE]
         return len(fresh)
 
     async def retrying(self, work: Callable[[Conn], Awaitable[Any]]) -> Any:

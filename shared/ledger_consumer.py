@@ -19,9 +19,10 @@ told from the database's in two steps:
    record's; anything else (42P01 missing table, 42501 permission denied, ...) is never
    split, and transient classes (08, 40, 53, 57) are retried as they always were;
 2. by a control (shared/ledger_split.py): a record refused on its own is dead-lettered
-   if some other record of the batch was applied, or if a record this consumer applied
-   before is still accepted (tried in a savepoint, rolled back). When the control is
-   refused too (a schema that refuses every record), nothing is dead-lettered.
+   only if records this consumer applied before are still accepted (tried in a savepoint,
+   rolled back) and it is refused once more after that. When the control is refused too
+   (a schema that refuses every record, or was broken while the batch was split), nothing
+   is dead-lettered; a schema fixed while the batch was split accepts the record again.
 
 The database's faults stall the consumer: it retries with backoff, logs each failure, and
 after ``stall_after_s`` with records waiting /readyz answers 503 (shared/ledger_progress.py).

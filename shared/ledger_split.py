@@ -8,12 +8,17 @@ enclosing transaction. A batch of n records with k refused ones costs about
 2 k log2(n) savepoints, and nothing at all while no record is refused.
 
 A record standing alone and refused is only a *suspect*: a broken schema (a CHECK added
-by mistake, a column type changed) refuses every record with the same class 22/23 errors.
-So when no record of the group succeeded, a *control* (a record this consumer applied
-successfully before) is applied too, in a savepoint that is always rolled back: if the
-control is refused as well, the fault is the database's, ``NotRecordSpecific`` is raised
-and the consumer stalls loudly and retries instead of dead-lettering the batch. Without
-a known control (a fresh process whose first batch all fails) the SQLSTATE class decides.
+by mistake, a column type changed) refuses every record with the same class 22/23 errors,
+and a schema changed while a batch is being split refuses some halves and not others. So
+before any record is dead-lettered, ``confirm`` applies a *control* (records this consumer
+applied successfully before) in a savepoint that is always rolled back: if the control is
+refused as well, the fault is the database's, ``NotRecordSpecific`` is raised and the
+consumer stalls loudly and retries instead of dead-lettering. If the control passes, each
+suspect is tried alone once more (a schema fixed meanwhile accepts it now); only those
+refused again are dead-lettered. Without a known control (a fresh process whose first
+batch fails) the SQLSTATE class decides. A control can only catch what it exercises: a
+control whose records write nothing (billing's zero-token events) proves little, so the
+control holds several records (``CONTROL_SIZE``) of the last group that succeeded.
 """
 
 from __future__ import annotations
@@ -80,19 +85,45 @@ async def split_apply(
     return SplitResult(first.done + second.done, first.refused + second.refused)
 
 
+CONTROL_SIZE = 8
+
+
 async def check_control(
-    conn: Conn, control: Item, work: Callable[[Conn, list[Item]], Awaitable[object]]
+    conn: Conn, control: list[Item], work: Callable[[Conn, list[Item]], Awaitable[object]]
 ) -> None:
-    """Apply a known-good record in a savepoint, always rolled back; raise if it is refused."""
+    """Apply known-good records in a savepoint, always rolled back; raise if refused."""
     savepoint = conn.transaction()
     await savepoint.start()
     try:
-        await work(conn, [control])
+        await work(conn, list(control))
     except Exception as exc:
         if not record_error(exc):
             raise
         raise NotRecordSpecific(
-            "every record was refused, and so was one applied before: " + describe(exc)
+            "records were refused, and so were records applied before: " + describe(exc)
         ) from exc
     finally:
         await savepoint.rollback()
+
+
+async def confirm(
+    conn: Conn,
+    suspects: SplitResult[Item],
+    control: list[Item],
+    work: Callable[[Conn, list[Item]], Awaitable[int]],
+    apply_control: Callable[[Conn, list[Item]], Awaitable[object]] | None = None,
+) -> SplitResult[Item]:
+    """The split's result with its refused records confirmed (see the module docstring).
+
+    apply_control applies the control (default: work); it must not skip records already
+    applied, as a dedupe would, or the control would prove nothing.
+    """
+    if not suspects.refused or not control:
+        return suspects
+    await check_control(conn, control, apply_control or work)
+    done, refused = suspects.done, []
+    for suspect in suspects.refused:
+        again = await split_apply(conn, [suspect.item], work)
+        done += again.done
+        refused += again.refused
+    return SplitResult(done, refused)

@@ -34,7 +34,7 @@ from shared.events import UsageRecorded
 from shared.kafka import ensure_topics, idempotent_producer
 from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_retry import READ_ERRORS, backoff
-from shared.ledger_split import check_control, split_apply
+from shared.ledger_split import CONTROL_SIZE, confirm, split_apply
 from shared.ledger_types import Poison
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class LastUsedConsumer:
         self.dead_letters = 0
         self.dead_letters_lost = 0
         self.refused = 0
-        self._control: Use | None = None  # a use the database accepted (ledger_split)
+        self._control: list[Use] = []  # uses the database accepted (ledger_split)
         self._positions: dict[TopicPartition, int] = {}
         self._ends: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -204,10 +204,9 @@ class LastUsedConsumer:
         if not uses:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
-            result = await split_apply(conn, uses, self._touch)
-            if result.refused and result.done == 0 and self._control is not None:
-                # Everything refused: make sure the database is not the one at fault.
-                await check_control(conn, self._control, self._touch)
+            suspects = await split_apply(conn, uses, self._touch)
+            # Before any dead letter: is the database itself at fault (ledger_split)?
+            result = await confirm(conn, suspects, self._control, self._touch)
         self.updated += result.done
         self.refused += len(result.refused)
         return [(r.item.record, r.reason) for r in result.refused]
@@ -215,5 +214,5 @@ class LastUsedConsumer:
     async def _touch(self, conn: Conn, uses: list[Use]) -> int:
         latest = latest_use(uses)
         updated = await repo.touch_last_used(conn, list(latest), list(latest.values()))
-        self._control = uses[0]
+        self._control = uses[:CONTROL_SIZE]
         return updated
