@@ -56,7 +56,7 @@ from shared.events import utc_now
 from shared.kafka import idempotent_producer
 from shared.ledger_batch import BatchWriter, Prepared, prepare
 from shared.ledger_dlq import DeadLetterSender
-from shared.ledger_progress import Progress
+from shared.ledger_progress import Progress, watch_ends
 from shared.ledger_retry import RETRYABLE, backoff
 from shared.ledger_types import (
     Apply,
@@ -290,26 +290,7 @@ class LedgerConsumer(Generic[T]):
         return item
 
     async def _watch_ends(self) -> None:
-        """Ask the broker for end offsets now and then: a stuck batch fetches no watermarks."""
-        while True:
-            await asyncio.sleep(self.config.lag_interval_s)
-            assigned = list(self.consumer.assignment())
-            if not assigned:
-                continue
-            try:
-                ends = await asyncio.wait_for(self.consumer.end_offsets(assigned), 10)
-                # A consumer stuck before its first seek (offsets table unreadable) has no
-                # position yet: Kafka's committed offset, or the beginning, stands in.
-                unknown = [tp for tp in assigned if tp not in self.progress.stored]
-                if unknown:
-                    starts = await asyncio.wait_for(self.consumer.beginning_offsets(unknown), 10)
-                    for tp in unknown:
-                        kafka = await asyncio.wait_for(self.consumer.committed(tp), 10)
-                        self.progress.guess({tp: starts[tp] if kafka is None else kafka})
-            except Exception as exc:  # monitoring only: never let it stop the consumer
-                log.debug("end offsets unavailable", extra={"error": repr(exc)})
-                continue
-            self.progress.saw_ends(ends.items())
+        await watch_ends(self.consumer, self.progress, self.config.lag_interval_s)
 
     async def _cleanup_loop(self) -> None:
         while True:

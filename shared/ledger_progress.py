@@ -13,12 +13,16 @@ an hour from looking stalled the moment a record arrives.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,3 +100,26 @@ class Progress:
             "last_commit_age_s": None if age is None else round(age, 3),
             "stalled": self.stalled(),
         }
+
+
+async def watch_ends(consumer: AIOKafkaConsumer, progress: Progress, interval_s: float) -> None:
+    """Ask the broker for end offsets now and then: a stuck batch fetches no watermarks."""
+    while True:
+        await asyncio.sleep(interval_s)
+        assigned = list(consumer.assignment())
+        if not assigned:
+            continue
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(assigned), 10)
+            # A consumer stuck before its first seek (offsets table unreadable) has no
+            # position yet: Kafka's committed offset, or the beginning, stands in.
+            unknown = [tp for tp in assigned if tp not in progress.stored]
+            if unknown:
+                starts = await asyncio.wait_for(consumer.beginning_offsets(unknown), 10)
+                for tp in unknown:
+                    kafka = await asyncio.wait_for(consumer.committed(tp), 10)
+                    progress.guess({tp: starts[tp] if kafka is None else kafka})
+        except Exception as exc:  # monitoring only: never let it stop the consumer
+            log.debug("end offsets unavailable", extra={"error": repr(exc)})
+            continue
+        progress.saw_ends(ends.items())
