@@ -158,14 +158,31 @@ class UsageRecorded(Event):
 
 
 class DeadLetter(Event):
-    """A record a consumer could not parse or apply, kept whole with the reason."""
+    """A record a consumer could not parse or apply, with the reason; kept whole if it fits.
 
-    consumer_group: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    reason: str
-    payload_base64: str = Field(description="the original record value, base64")
+    A letter that would not fit on the DLQ topic keeps only the first bytes of the value
+    (``truncated``); ``original_size`` and ``original_sha256`` still identify the whole.
+    """
+
+    consumer_group: str = Field(description="the consumer group that gave up on the record")
+    source_topic: str = Field(description="topic the record was read from")
+    source_partition: int = Field(ge=0, description="its partition")
+    source_offset: int = Field(ge=0, description="its offset")
+    reason: str = Field(
+        max_length=2000,
+        description="why it cannot be applied: a validation error, or the database's SQLSTATE"
+        " and message",
+    )
+    payload_base64: str = Field(
+        description="the original record value, base64 (only its first bytes when truncated)"
+    )
+    original_size: int = Field(0, ge=0, description="size of the original value in bytes")
+    original_sha256: Sha256Hex | None = Field(
+        None, description="SHA-256 hex of the whole original value"
+    )
+    truncated: bool = Field(
+        False, description="payload_base64 holds a prefix only: the whole was too large"
+    )
 
 
 def utc_now() -> datetime:

@@ -9,12 +9,30 @@ of every partition goes into ``consumer_offsets``. Kafka's own committed offsets
 written only after that commit, as a courtesy for lag monitoring: on every partition
 assignment the consumer seeks to the offsets stored in PostgreSQL, which are the truth.
 
+A consumer never stalls on a record: an event the database refuses for its values is
+found by splitting the batch and dead-lettered with the reason (SQLSTATE and message), and
+the rest of the batch commits exactly once (shared/ledger_batch.py). A record's fault is
+told from the database's in two steps:
+
+1. by SQLSTATE class (shared/ledger_retry.py): only 22 (data exception), 23 (integrity
+   violation) and 54 (program limit), and asyncpg's client-side DataError, can be a
+   record's; anything else (42P01 missing table, 42501 permission denied, ...) is never
+   split, and transient classes (08, 40, 53, 57) are retried as they always were;
+2. by a control (shared/ledger_split.py): a record refused on its own is dead-lettered
+   only if records this consumer applied before are still accepted (tried in a savepoint,
+   rolled back) and it is refused once more after that. When the control is refused too
+   (a schema that refuses every record, or was broken while the batch was split), nothing
+   is dead-lettered; a schema fixed while the batch was split accepts the record again.
+
+The database's faults stall the consumer: it retries with backoff, logs each failure, and
+after ``stall_after_s`` with records waiting /readyz answers 503 (shared/ledger_progress.py).
+
 aiokafka is used directly rather than through FastStream: FastStream (0.7.8) hands a
 rebalance listener no consumer to seek with, acknowledges per message instead of
 committing an offset map we computed, and has no DLQ; we would bypass all of it. The
 settings FastStream gets wrong by default are set here explicitly: no auto-commit,
 ``auto_offset_reset="earliest"``, raw records parsed one by one (one bad record never
-fails a batch), and no nack: a failed transaction is retried whole, never skipped.
+fails a batch), and no nack: a failed transaction is retried, never skipped.
 
 The SQL (and the tables each service's 0001 migration creates) is in shared/ledger_store.py.
 """
@@ -25,21 +43,20 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic
+from collections.abc import Callable
+from typing import Any, Generic
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from shared import ledger_store
 from shared.events import utc_now
 from shared.kafka import idempotent_producer
-from shared.ledger_dlq import send_dead_letters
+from shared.ledger_batch import BatchWriter, Prepared, prepare
+from shared.ledger_dlq import DeadLetterSender
+from shared.ledger_progress import Progress, watch_ends
 from shared.ledger_retry import RETRYABLE, backoff
 from shared.ledger_types import (
     Apply,
@@ -50,22 +67,9 @@ from shared.ledger_types import (
     T,
 )
 
-if TYPE_CHECKING:
-    from shared.ledger_types import Conn
-
 __all__ = ["ConsumerConfig", "ConsumerStats", "Identified", "LedgerConsumer", "Poison"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Prepared(Generic[T]):
-    """A parsed batch, waiting for its transaction."""
-
-    items: list[T]
-    poison: list[tuple[Any, str]]
-    offsets: dict[TopicPartition, int]
-    epoch: int
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -81,6 +85,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # Nothing is fetched from a new partition until its offset came from PostgreSQL.
         self.owner.epoch += 1
         self.owner.stats.assigned = set(assigned)
+        self.owner.progress.reassigned(assigned)
         if assigned:
             self.owner.consumer.pause(*assigned)
             self.owner.pending_seek |= set(assigned)
@@ -101,12 +106,19 @@ class LedgerConsumer(Generic[T]):
         self.parse = parse
         self.apply = apply
         self.stats = ConsumerStats()
+        self.progress = Progress(config.stall_after_s)
+        self.writer = BatchWriter(config, pool, apply, self.stats)
         self.batch_lock = asyncio.Lock()
         self.epoch = 0
         self.pending_seek: set[TopicPartition] = set()
         # Kafka clients are made in start(): an unstarted client must not linger.
         self.consumer: AIOKafkaConsumer
-        self.producer: AIOKafkaProducer
+        self.dlq = DeadLetterSender(
+            lambda: idempotent_producer(config.bootstrap, f"{config.client_id}-dlq"),
+            config.dlq_topic,
+            config.group_id,
+            max_bytes=config.max_dead_letter_bytes,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._kafka_offsets: dict[TopicPartition, int] = {}
         self._kafka_commit: asyncio.Task[None] | None = None
@@ -131,13 +143,14 @@ class LedgerConsumer(Generic[T]):
             max_partition_fetch_bytes=4 * 1024 * 1024,
             partition_assignment_strategy=(RoundRobinPartitionAssignor,),
         )
-        self.producer = idempotent_producer(self.config.bootstrap, f"{self.config.client_id}-dlq")
-        await self.producer.start()
+        await self.dlq.start()
         self.consumer.subscribe([self.config.topic], listener=_Listener(self))
         await self.consumer.start()
+        name = self.config.group_id
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"{self.config.group_id}-consume"),
-            asyncio.create_task(self._cleanup_loop(), name=f"{self.config.group_id}-cleanup"),
+            asyncio.create_task(self._run(), name=f"{name}-consume"),
+            asyncio.create_task(self._cleanup_loop(), name=f"{name}-cleanup"),
+            asyncio.create_task(self._watch_ends(), name=f"{name}-lag"),
         ]
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -164,12 +177,15 @@ class LedgerConsumer(Generic[T]):
         # aiokafka can sit in a group join while it stops: bounded, so shutdown goes on.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.consumer.stop(), 15)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.producer.stop(), 15)
+        await self.dlq.stop()
 
     @property
     def running(self) -> bool:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    def health(self) -> dict[str, Any]:
+        """Counters and progress (lag, age of the last commit, stalled), JSON-ready."""
+        return {**self.stats.as_dict(), **self.progress.as_dict()}
 
     async def _run(self) -> None:
         """Fetch and parse batch N+1 while batch N is stored; store batches one at a time."""
@@ -185,6 +201,9 @@ class LedgerConsumer(Generic[T]):
                 epoch = self.epoch
                 batch = await self.consumer.getmany(
                     timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
+                )
+                self.progress.saw_ends(
+                    (tp, self.consumer.highwater(tp)) for tp in self.consumer.assignment()
                 )
                 prepared = self._prepare(batch, epoch) if batch else None
                 if in_flight is not None:
@@ -218,7 +237,7 @@ class LedgerConsumer(Generic[T]):
         async with self.batch_lock:
             epoch = self.epoch
             wanted = set(self.pending_seek) & self.consumer.assignment()
-            stored = await self._retrying(
+            stored = await self.writer.retrying(
                 lambda conn: ledger_store.read_offsets(conn, self.config, wanted)
             )
             if epoch != self.epoch:
@@ -228,55 +247,29 @@ class LedgerConsumer(Generic[T]):
                     self.consumer.seek(tp, stored[tp])
                 else:
                     await self.consumer.seek_to_beginning(tp)
+                    with contextlib.suppress(KafkaError, TimeoutError):  # for lag only
+                        stored[tp] = await asyncio.wait_for(self.consumer.position(tp), 10)
+            self.progress.positions(stored)
             self.consumer.resume(*wanted)
             self.pending_seek -= wanted | (self.pending_seek - self.consumer.assignment())
             self.epoch += 1
 
-    def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> _Prepared[T]:
+    def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> Prepared[T]:
         """Parse every record on its own: good events (once each), poison, next offsets."""
         started = time.perf_counter()
-        now = utc_now()
-        good: dict[uuid.UUID, T] = {}
-        poison: list[tuple[Any, str]] = []
-        offsets: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
-            for record in records:
-                offsets[tp] = record.offset + 1
-                try:
-                    item = self._parse(record.value, now)
-                except Poison as exc:
-                    poison.append((record, exc.reason))
-                    continue
-                # The same event twice in one batch (a producer retry) counts once.
-                good.setdefault(item.event_id, item)
+        prepared = prepare(batch, self._parse, epoch)
         self.stats.prepare_s += time.perf_counter() - started
-        return _Prepared(list(good.values()), poison, offsets, epoch)
+        return prepared
 
-    async def _store(self, batch: _Prepared[T]) -> None:
+    async def _store(self, batch: Prepared[T]) -> None:
         """Dead letters first, then one transaction: claim ids, apply, store offsets."""
         async with self.batch_lock:
             if batch.epoch != self.epoch or self.pending_seek:
                 # A rebalance happened since the fetch: the new owner (maybe us again,
                 # after a seek) reads these records from the offsets in PostgreSQL.
                 return
-            if batch.poison:
-                await send_dead_letters(self.producer, self.config, batch.poison)
-            items = batch.items
-
-            async def store(conn: Conn) -> int:
-                async with conn.transaction():
-                    fresh = await ledger_store.claim(conn, items)
-                    await self.apply(conn, fresh)
-                    await ledger_store.write_offsets(conn, self.config, batch.offsets)
-                    return len(fresh)
-
-            started = time.perf_counter()
-            fresh_count = await self._retrying(store)
-            self.stats.store_s += time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.applied += fresh_count
-            self.stats.duplicates += len(items) - fresh_count
-            self.stats.dead_letters += len(batch.poison)
+            await self.writer.write(batch, self.dlq)
+            self.progress.committed(batch.offsets)
             # Kafka's offsets are advisory (lag monitoring): committed in the background,
             # after the transaction, never holding up the next batch.
             self._kafka_offsets.update(batch.offsets)
@@ -290,33 +283,14 @@ class LedgerConsumer(Generic[T]):
         except KafkaError as exc:  # a rebalance moved a partition: PostgreSQL holds the truth
             log.warning("kafka offset commit failed", extra={"error": repr(exc)})
 
-    def _parse(self, value: bytes | None, now: datetime) -> T:
+    def _parse(self, value: bytes | None) -> T:
         item = self.parse(value)
-        if item.occurred_at > now + self.config.future_tolerance:
+        if item.occurred_at > utc_now() + self.config.future_tolerance:
             raise Poison(f"occurred_at {item.occurred_at.isoformat()} is too far in the future")
         return item
 
-    async def _retrying(self, work: Callable[[Conn], Awaitable[Any]]) -> Any:
-        """Run work on a pooled connection until it succeeds; retryable errors wait and retry."""
-        attempt = 0
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    return await work(conn)
-            except RETRYABLE as exc:
-                attempt += 1
-                self.stats.db_retries += 1
-                self.stats.last_error = repr(exc)
-                log.warning("database error, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff(attempt))
-            except asyncpg.PostgresError as exc:
-                # Not known to be transient (a missing table, a broken constraint): stall
-                # loudly and keep trying rather than skip or drop anything.
-                attempt += 1
-                self.stats.db_retries += 1
-                self.stats.last_error = repr(exc)
-                log.exception("database error that may not pass, retrying")
-                await asyncio.sleep(max(1.0, backoff(attempt, cap=30.0)))
+    async def _watch_ends(self) -> None:
+        await watch_ends(self.consumer, self.progress, self.config.lag_interval_s)
 
     async def _cleanup_loop(self) -> None:
         while True:

@@ -28,6 +28,18 @@ class LedgerServiceSettings(TokenGuardedSettings):
     )
     dedupe_cleanup_interval_s: float = Field(600.0, gt=0)
     db_pool_size: int = Field(5, ge=2, le=50)
+    stall_after_s: float = Field(
+        60.0, gt=0, description="no batch committed this long while lag > 0: /readyz says 503"
+    )
+    lag_interval_s: float = Field(
+        5.0, gt=0, description="how often the consumer asks the broker for end offsets (lag)"
+    )
+    max_dead_letter_bytes: int = Field(
+        900_000,
+        ge=4096,
+        le=1_000_000,
+        description="largest dead letter (JSON); a larger record's value is stored truncated",
+    )
 
     @field_validator("dedupe_window_s")
     @classmethod
@@ -50,4 +62,7 @@ class LedgerServiceSettings(TokenGuardedSettings):
             future_tolerance=timedelta(seconds=self.future_tolerance_s),
             dedupe_window=timedelta(seconds=self.dedupe_window_s),
             cleanup_interval_s=self.dedupe_cleanup_interval_s,
+            stall_after_s=self.stall_after_s,
+            lag_interval_s=self.lag_interval_s,
+            max_dead_letter_bytes=self.max_dead_letter_bytes,
         )

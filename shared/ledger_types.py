@@ -67,6 +67,9 @@ class ConsumerConfig:
     future_tolerance: timedelta = timedelta(minutes=5)
     dedupe_window: timedelta = timedelta(days=8)
     cleanup_interval_s: float = 600.0
+    stall_after_s: float = 60.0  # no commit this long while lag > 0: not ready
+    lag_interval_s: float = 5.0  # how often end offsets are asked of the broker
+    max_dead_letter_bytes: int = 900_000  # a dead letter's JSON at most (Kafka's limit is 1 MB)
 
 
 @dataclass
@@ -76,7 +79,9 @@ class ConsumerStats:
     batches: int = 0
     applied: int = 0
     duplicates: int = 0
-    dead_letters: int = 0
+    dead_letters: int = 0  # acknowledged by the broker: unparsable and refused records
+    refused: int = 0  # of those, records the database refused (found by splitting)
+    dead_letters_lost: int = 0  # letters the broker refused for good (logged, not retried)
     db_retries: int = 0
     last_error: str | None = None
     prepare_s: float = 0.0  # time spent parsing batches (CPU, in this process)
@@ -91,6 +96,8 @@ class ConsumerStats:
             "applied": self.applied,
             "duplicates": self.duplicates,
             "dead_letters": self.dead_letters,
+            "refused": self.refused,
+            "dead_letters_lost": self.dead_letters_lost,
             "db_retries": self.db_retries,
             "last_error": self.last_error,
             "prepare_s": round(self.prepare_s, 3),

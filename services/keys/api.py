@@ -202,6 +202,9 @@ async def readyz(request: Request) -> JSONResponse:
         body |= relay.stats()
     if (mirror := getattr(request.app.state, "mirror", None)) is not None:
         body |= mirror.stats()  # the direct Redis writes: written, failed, last error
+    consumer = request.app.state.consumer
+    if consumer is not None:
+        body |= consumer.stats()
     try:
         body["outbox_backlog"] = await repo.outbox_backlog(request.app.state.pool)
     except READ_ERRORS:

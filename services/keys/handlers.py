@@ -3,6 +3,15 @@
 Moving ``last_used_at`` forward is idempotent (the greatest time wins), so redelivery is
 harmless: offsets are committed after the batch's update committed, and a new group starts
 from the earliest retained record.
+
+It never stalls on a record. A record that is not a valid usage event, and a record whose
+update the database refuses for its values (a NUL or an over-long key id: SQLSTATE classes
+22, 23, 54, found by splitting the batch in savepoints, shared/ledger_split.py), go to
+``usage.events.dlq`` with the reason, in the same ``DeadLetter`` shape as metering's and
+billing's (consumer group ``keys-last-used``); the rest of the batch is applied, the dead
+letters are acknowledged, and only then are the offsets committed (a crash sends a letter
+twice, never loses one). Transient database errors, and errors no record causes (a missing
+table), restart the consumer from the committed offsets: retried, nothing skipped.
 """
 
 from __future__ import annotations
@@ -10,36 +19,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.events import UsageRecorded
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, idempotent_producer
+from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_retry import READ_ERRORS, backoff
+from shared.ledger_split import CONTROL_SIZE, confirm, split_apply
+from shared.ledger_types import Poison
+
+if TYPE_CHECKING:
+    from shared.ledger_types import Conn
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 15.0
 
 
-def latest_use(values: list[bytes | None]) -> dict[str, datetime]:
-    """The latest ``occurred_at`` per key id among the records; unparsable ones are skipped."""
-    latest: dict[str, datetime] = {}
-    for value in values:
-        try:
-            event = UsageRecorded.model_validate_json(value or b"")
-        except ValidationError:
-            # Metering and billing dead-letter such records; here they only carry no time.
-            log.warning("skipping a usage record that is not a UsageRecorded event")
+@dataclass(frozen=True)
+class Use:
+    """One usage record's key and time, and the record itself (for its dead letter)."""
+
+    key_id: str
+    at: datetime
+    record: Any
+
+
+def parse_uses(records: list[Any]) -> tuple[list[Use], list[tuple[Any, str]]]:
+    """Each record's use, or the record with the reason it is not a usage event."""
+    uses: list[Use] = []
+    poison: list[tuple[Any, str]] = []
+    for record in records:
+        if record.value is None:
+            poison.append((record, "empty record (tombstone)"))
             continue
-        if event.key_id not in latest or latest[event.key_id] < event.occurred_at:
-            latest[event.key_id] = event.occurred_at
+        try:
+            event = UsageRecorded.model_validate_json(record.value)
+        except ValidationError as exc:
+            poison.append((record, Poison.invalid(exc).reason))
+            continue
+        uses.append(Use(event.key_id, event.occurred_at, record))
+    return uses, poison
+
+
+def latest_use(uses: list[Use]) -> dict[str, datetime]:
+    """The latest time per key id among the uses."""
+    latest: dict[str, datetime] = {}
+    for use in uses:
+        if use.key_id not in latest or latest[use.key_id] < use.at:
+            latest[use.key_id] = use.at
     return latest
 
 
@@ -51,12 +87,28 @@ class LastUsedConsumer:
         self.pool = pool
         self.client_id = client_id
         self.updated = 0
+        self.dead_letters = 0
+        self.dead_letters_lost = 0
+        self.refused = 0
+        self._control: list[Use] = []  # uses the database accepted (ledger_split)
+        self._positions: dict[TopicPartition, int] = {}
+        self._ends: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
+    @property
+    def lag(self) -> int:
+        """Records after the committed offsets, per the last fetch's high watermarks."""
+        return sum(max(0, end - self._positions.get(tp, end)) for tp, end in self._ends.items())
+
     def stats(self) -> dict[str, Any]:
         """What /readyz reports about the consumer."""
-        return {"last_used_updates": self.updated}
+        return {
+            "last_used_updates": self.updated,
+            "last_used_lag": self.lag,
+            "last_used_dead_letters": self.dead_letters,
+            "last_used_dead_letters_lost": self.dead_letters_lost,
+        }
 
     def start(self) -> None:
         """Consume in the background (and keep retrying while Kafka is away)."""
@@ -94,14 +146,20 @@ class LastUsedConsumer:
                 rebalance_timeout_ms=10_000,
                 session_timeout_ms=10_000,
             )
+            dlq = DeadLetterSender(
+                lambda: idempotent_producer(self.settings.kafka_bootstrap, f"{self.client_id}-dlq"),
+                self.settings.dlq_topic,
+                self.settings.consumer_group,
+            )
             try:
                 # Subscribing to a topic not created yet only logs errors until it exists.
                 await ensure_topics(
                     self.settings.kafka_bootstrap, prefix=self.settings.topic_prefix, timeout=10
                 )
+                await dlq.start()
                 await consumer.start()
                 attempt = 0
-                await self._consume(consumer)
+                await self._consume(consumer, dlq)
             except (KafkaError, *READ_ERRORS) as exc:
                 attempt += 1
                 log.warning("last_used consumer interrupted: %s: %s", type(exc).__name__, exc)
@@ -114,18 +172,47 @@ class LastUsedConsumer:
             finally:
                 with contextlib.suppress(KafkaError, TimeoutError):
                     await asyncio.wait_for(consumer.stop(), 10)
+                await dlq.stop(10)
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, dlq: DeadLetterSender) -> None:
+        self._positions.clear()
+        self._ends.clear()
         while not self._stopping.is_set():
             batches = await consumer.getmany(
                 timeout_ms=1000, max_records=self.settings.last_used_batch
             )
-            values = [record.value for records in batches.values() for record in records]
-            if not values:
+            for tp in consumer.assignment():
+                end = consumer.highwater(tp)
+                if end is not None:
+                    self._ends[tp] = end
+            records = [record for records in batches.values() for record in records]
+            if not records:
                 continue
-            latest = latest_use(values)
-            if latest:
-                self.updated += await repo.touch_last_used(
-                    self.pool, list(latest), list(latest.values())
-                )
+            uses, poison = parse_uses(records)
+            poison += await self._apply(uses)
+            if poison:
+                outcome = await dlq.send(poison)
+                self.dead_letters += outcome.sent
+                self.dead_letters_lost += outcome.lost
             await consumer.commit()
+            for tp, batch in batches.items():
+                if batch:
+                    self._positions[tp] = batch[-1].offset + 1
+
+    async def _apply(self, uses: list[Use]) -> list[tuple[Any, str]]:
+        """Apply the uses in one transaction, split around those the database refuses."""
+        if not uses:
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            suspects = await split_apply(conn, uses, self._touch)
+            # Before any dead letter: is the database itself at fault (ledger_split)?
+            result = await confirm(conn, suspects, self._control, self._touch)
+        self.updated += result.done
+        self.refused += len(result.refused)
+        return [(r.item.record, r.reason) for r in result.refused]
+
+    async def _touch(self, conn: Conn, uses: list[Use]) -> int:
+        latest = latest_use(uses)
+        updated = await repo.touch_last_used(conn, list(latest), list(latest.values()))
+        self._control = uses[:CONTROL_SIZE]
+        return updated

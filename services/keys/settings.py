@@ -6,7 +6,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import TokenGuardedSettings, require_real_secret
-from shared.topics import KEYS_EVENTS, USAGE_EVENTS, topic_name
+from shared.topics import KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic_name
 
 MAX_GRACE_S = 30 * 24 * 3600
 
@@ -59,6 +59,11 @@ class KeysSettings(TokenGuardedSettings):
     @property
     def usage_topic(self) -> str:
         return topic_name(USAGE_EVENTS, self.topic_prefix)
+
+    @property
+    def dlq_topic(self) -> str:
+        """Where the last_used consumer puts the usage records it cannot apply."""
+        return topic_name(USAGE_EVENTS_DLQ, self.topic_prefix)
 
     @property
     def notify_channel(self) -> str:
