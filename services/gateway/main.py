@@ -34,6 +34,7 @@ from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
+_STOP_TASKS_S = 5.0
 
 
 async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
@@ -44,6 +45,9 @@ async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None  # a stop that a library swallowed
             log.exception("background task %s failed; restarting", run.__qualname__)
             await asyncio.sleep(1.0)
 
@@ -141,9 +145,13 @@ class Gateway:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a background loop that does not end must not hold up the shutdown (the
+        # usage events still in memory are flushed below either way).
+        _, pending = (
+            await asyncio.wait(self._tasks, timeout=_STOP_TASKS_S) if self._tasks else ((), ())
+        )
+        for task in pending:
+            log.error("background task %s did not stop within %s s", task.get_name(), _STOP_TASKS_S)
         await self.emitter.close()
         for client in self.upstream_clients:
             await client.aclose()

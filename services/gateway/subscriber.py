@@ -35,6 +35,18 @@ _RETRY_S = 0.5
 _READ_S = 0.2
 
 
+def _stop_requested() -> None:
+    """Raise CancelledError if this task was asked to stop.
+
+    On Python 3.11, ``asyncio.wait_for`` (and redis-py's reads under a timeout) can swallow a
+    cancellation that lands as the awaited call completes; the task then stays "cancelling"
+    and a loop like ours would run on forever, hanging the gateway's shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Subscriber:
     """Runs until cancelled; resubscribes on its own after any loss."""
 
@@ -63,6 +75,7 @@ class Subscriber:
 
     async def run(self) -> None:
         while True:
+            _stop_requested()
             try:
                 await self._listen()
             except (RedisError, OSError, TimeoutError) as exc:
@@ -107,6 +120,7 @@ class Subscriber:
     async def _receive(self, pubsub: PubSub) -> None:
         last_heard = last_ping = time.monotonic()
         while True:
+            _stop_requested()
             message = await pubsub.get_message(timeout=_READ_S)
             now = time.monotonic()
             if message is not None:

@@ -105,7 +105,7 @@ def event(tag: str, spec: dict[str, Any]) -> UsageRecorded:
     return UsageRecorded(
         occurred_at=DAY0 + timedelta(seconds=spec["second"]),
         request_id=f"req_{uuid.uuid4().hex[:16]}",
-        project_id=f"fz{tag}_{spec['project']}",
+        project_id=f"proj_fz{tag}_{spec['project']}",
         key_id=spec["key_id"],
         model=spec["model"],
         endpoint="/v1/chat/completions",
