@@ -1,1 +1,1 @@
-"""Benchmarks: each ``bench/<name>.py`` not starting with ``_`` is an entry point ``make bench`` runs."""
+"""Benchmarks: each ``bench/<name>.py`` not starting with ``_`` is one ``make bench`` runs."""

@@ -33,7 +33,11 @@ BODIES: dict[str, bytes] = {
     ),
     "embed": orjson.dumps({"model": EMBED_MODEL, "input": "benchmark me"}),
 }
-PATHS = {"chat": "/v1/chat/completions", "stream": "/v1/chat/completions", "embed": "/v1/embeddings"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "stream": "/v1/chat/completions",
+    "embed": "/v1/embeddings",
+}
 MODES = tuple(BODIES)
 _DONE = b"data: [DONE]"
 

@@ -51,9 +51,9 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user+system) spent so far by pid's process tree."""
-    return sum(_stat_ticks(p) for p in tree(pid)) * TICK_S
+def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
+    """CPU seconds (user+system) spent so far by pid's process tree, or by pid alone."""
+    return sum(_stat_ticks(p) for p in (tree(pid) if descendants else [pid])) * TICK_S
 
 
 def rss_bytes(pid: int) -> int:

@@ -66,8 +66,7 @@ def chat_events(model: str, include_usage: bool) -> list[bytes]:
     head["model"] = model
     events = [_event({**head, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})]
     events += [
-        _event({**head, "choices": [{"index": 0, "delta": {"content": token}}]})
-        for token in TOKENS
+        _event({**head, "choices": [{"index": 0, "delta": {"content": token}}]}) for token in TOKENS
     ]
     events.append(_event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if include_usage:
@@ -89,7 +88,10 @@ def embeddings_answer(model: str, inputs: int) -> bytes:
                 {"object": "embedding", "index": i, "embedding": _VECTOR} for i in range(inputs)
             ],
             "model": model,
-            "usage": {"prompt_tokens": PROMPT_TOKENS * inputs, "total_tokens": PROMPT_TOKENS * inputs},
+            "usage": {
+                "prompt_tokens": PROMPT_TOKENS * inputs,
+                "total_tokens": PROMPT_TOKENS * inputs,
+            },
         }
     )
 
@@ -160,6 +162,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         inputs = len(given) if isinstance(given, list) and given else 1
         await _answer(send, 200, _canned("embed", model, inputs), _JSON)
         return
+    await _chat(send, payload, model)
+
+
+async def _chat(send: Send, payload: dict[str, Any], model: str) -> None:
     if payload.get("stream") is not True:
         await _answer(send, 200, _canned("chat", model, 0), _JSON)
         return

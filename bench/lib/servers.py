@@ -77,7 +77,10 @@ async def wait_status(
                     async with session.get(url) as answer:
                         last = answer.status
                 else:
-                    body = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "messages": [{"role": "user", "content": "hi"}]}
+                    body = {
+                        "model": "Qwen/Qwen2.5-0.5B-Instruct",
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
                     async with session.post(url, json=body, headers=headers) as answer:
                         last = answer.status
                 if last == want:
