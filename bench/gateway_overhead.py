@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway here")
     parser.add_argument("--profile-levels", default="1", help="clients of the profiled rounds")
     parser.add_argument("--profile-mode", default="chat", choices=MODES)
+    parser.add_argument("--profile-requests", type=int, default=4000, help="profiled round")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per s")
     parser.add_argument("--top", type=int, default=25, help="functions in the profile summary")
     args = parser.parse_args()
@@ -162,7 +163,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         many = len(args.profile_levels) > 1
         for clients in args.profile_levels if args.profile else []:
             path = profile_path(args.profile, clients, many)
-            count = args.requests.get(clients, args.requests.get(0, 1000))
+            count = args.profile_requests
             recorder = profile.Recorder(srv.gateway.pid, path, args.profile_rate)
             recorder.start()
             await asyncio.sleep(1.0)  # py-spy attaches

@@ -15,14 +15,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-SCAFFOLD = 0.9  # frames on at least this share of all stacks (runpy, uvicorn, asyncio.run)
+SCAFFOLD = 0.9  # frames on nearly as many stacks as the root: runpy, click, uvicorn, asyncio.run
 
 
 @dataclass(frozen=True)
 class Top:
     samples: int
     own: list[tuple[str, int]]
-    total: list[tuple[str, int]]  # without the scaffold frames that are on nearly every stack
+    total: list[tuple[str, int]]  # without the scaffold: frames on >= 90% as many as the root
     scaffold: list[str]
 
 
@@ -42,7 +42,8 @@ def aggregate(folded: str, n: int = 25) -> Top:
         own[frames[-1]] += count
         for frame in set(frames):
             total[frame] += count
-    scaffold = [name for name, count in total.items() if count >= SCAFFOLD * samples]
+    most = max(total.values(), default=0)
+    scaffold = [name for name, count in total.items() if count >= SCAFFOLD * most]
     for name in scaffold:
         del total[name]
     return Top(samples, own.most_common(n), total.most_common(n), scaffold)
@@ -59,7 +60,7 @@ class Recorder:
     def __init__(self, pid: int, output: Path, rate: int = 100) -> None:
         self.argv = [
             py_spy(), "record", "--pid", str(pid), "--format", "raw", "--function",
-            "--nonblocking", "--rate", str(rate), "--output", str(output),
+            "--rate", str(rate), "--output", str(output),
         ]  # fmt: skip
         self.output = output
         self.process: subprocess.Popen[bytes] | None = None
@@ -84,7 +85,7 @@ class Recorder:
 
 def table(top: Top, n: int = 25) -> str:
     """The top-n lists as text, with shares of all samples."""
-    lines = [f"{top.samples} samples (total excludes {len(top.scaffold)} frames on >=90% of them)"]
+    lines = [f"{top.samples} samples (total omits {len(top.scaffold)} frames near the root)"]
     for title, rows in (("own", top.own), ("total", top.total)):
         lines.append(f"  top {n} by {title} samples:")
         lines += [
