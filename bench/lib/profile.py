@@ -24,12 +24,24 @@ class Top:
     own: list[tuple[str, int]]
     total: list[tuple[str, int]]  # without the scaffold: frames on >= 90% as many as the root
     scaffold: list[str]
+    packages: list[tuple[str, int]]  # own samples per package (httpx, starlette, services/...)
+
+
+def package(frame: str) -> str:
+    """``send (anyio/_backends/_asyncio.py:1459)`` -> ``anyio``; this repo's code keeps two
+    levels (``services/gateway``) so the gateway's own share stands out."""
+    where = frame[frame.rfind("(") + 1 :].rstrip(")").rpartition(":")[0] or frame
+    parts = where.split("/")
+    if parts[0] in ("services", "shared", "bench", "deploy") and len(parts) > 2:
+        return "/".join(parts[:2])
+    return parts[0].removesuffix(".py") if len(parts) > 1 or where.endswith(".py") else where
 
 
 def aggregate(folded: str, n: int = 25) -> Top:
     """Own and total samples per function from folded stacks. A leaf in native code shows as
     its nearest Python caller: ``run (asyncio/runners.py)`` is time inside uvloop's loop."""
     own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
     for line in folded.splitlines():
@@ -40,13 +52,14 @@ def aggregate(folded: str, n: int = 25) -> Top:
         frames = stack.split(";")
         samples += count
         own[frames[-1]] += count
+        packages[package(frames[-1])] += count
         for frame in set(frames):
             total[frame] += count
     most = max(total.values(), default=0)
-    scaffold = [name for name, count in total.items() if count >= SCAFFOLD * most]
+    scaffold = sorted(name for name, count in total.items() if count >= SCAFFOLD * most)
     for name in scaffold:
         del total[name]
-    return Top(samples, own.most_common(n), total.most_common(n), scaffold)
+    return Top(samples, own.most_common(n), total.most_common(n), scaffold, packages.most_common(n))
 
 
 def py_spy() -> str:
@@ -86,7 +99,7 @@ class Recorder:
 def table(top: Top, n: int = 25) -> str:
     """The top-n lists as text, with shares of all samples."""
     lines = [f"{top.samples} samples (total omits {len(top.scaffold)} frames near the root)"]
-    for title, rows in (("own", top.own), ("total", top.total)):
+    for title, rows in (("own", top.own), ("total", top.total), ("package, own", top.packages)):
         lines.append(f"  top {n} by {title} samples:")
         lines += [
             f"    {count:>7} {100 * count / max(top.samples, 1):5.1f}%  {name}"

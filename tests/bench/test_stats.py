@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench.lib.profile import aggregate
+from bench.lib.profile import aggregate, package
 from bench.lib.stats import percentile, summary_ms
 
 
@@ -44,3 +44,12 @@ def test_folded_stacks_give_own_and_total_samples() -> None:
     assert "main (a.py:1)" not in totals
     assert totals["handler (c.py:3)"] == 9
     assert totals["rec (e.py:5)"] == 1  # once per stack, however deep the recursion
+
+
+def test_frames_are_grouped_by_package() -> None:
+    assert package("send (anyio/_backends/_asyncio.py:1459)") == "anyio"
+    assert package("_forward (services/gateway/proxy.py:163)") == "services/gateway"
+    assert package("current_task (asyncio/tasks.py:35)") == "asyncio"
+    assert package("add (_weakrefset.py:85)") == "_weakrefset"
+    assert package("__getitem__ (<frozen os>:674)") == "<frozen os>"
+    assert dict(aggregate("a (x/y.py:1);b (httpx/_client.py:2) 4").packages) == {"httpx": 4}
