@@ -34,8 +34,8 @@ fmt: bootstrap ## format and autofix with ruff
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
 
-bench: bootstrap ## the benchmarks under bench/
-	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+bench: bootstrap ## the benchmarks bench/*.py (bench/lib/ and bench/_*.py are their helpers)
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
 
 clean: down ## stop everything and delete the run folder (data included)
 	rm -rf .run

@@ -1,198 +1,218 @@
-"""What the gateway adds: the same load straight at the demo upstream and through the gateway.
+"""What the gateway adds to every call, against an upstream and a load generator faster than it.
 
-Starts the demo upstream and a gateway as real processes (uvicorn, as ``make up`` does) on free
-ports, on the local stack's Kafka and Redis, with a key of its own published on a topic prefix
-of its own. For 1, 50 and 500 concurrent clients it sends the same chat completion directly and
-through the gateway, in this one run, and prints p50/p99 latency, the added latency, the
-throughput ratio and the gateway's own ``x-tollgate-overhead-ms``. Figures, not assertions: the
-load generator shares the machine with both servers, so read them as relative.
+Starts a raw-ASGI upstream (bench/lib/raw_upstream.py: uvicorn, httptools, uvloop, canned
+answers with usage) and a gateway run as ``make up`` runs it, on the local stack's Kafka and
+Redis (or the TOLLGATE_TEST_* servers), with a key and topic prefix of its own. The load comes
+from this process: aiohttp on uvloop, N clients over keep-alive connections. For each level of
+clients and each mode (chat, stream, embed) rounds alternate direct, gateway, direct, gateway,
+... so that a change in the machine's load hits both sides alike. CPU time of each process is
+read from /proc before and after every round. Figures, not assertions: all three processes
+share this machine's cores.
 
-    uv run --frozen python bench/gateway_overhead.py [--requests 2000] [--levels 1,50,500]
+    uv run --frozen python bench/gateway_overhead.py [--levels 1,50,500] [--modes chat,stream,embed]
+        [--rounds 3] [--requests 1000 | --requests 1=2000,50=2000,500=1000 | --duration 5]
+        [--json PATH] [--profile PATH --profile-levels 1,50 --profile-mode chat]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import os
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import httpx
-from aiokafka import AIOKafkaProducer
+import uvloop
 
-from deploy.stack import Stack
-from shared.apikeys import generate, hash_key, hint
-from shared.events import KeyEvent
-from shared.topics import KEYS_EVENTS
+from bench.lib import procstat, profile, report, servers
+from bench.lib.loadgen import MODES, Load, Round
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-BODY = {"model": MODEL, "messages": [{"role": "user", "content": "benchmark me"}], "max_tokens": 8}
+HIGH_LOAD = 0.5  # warn above this load average per core
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def requests_per_level(spec: str) -> dict[int, int]:
+    """``1000`` (every level) or ``1=2000,50=2000,500=1000``; key 0 is the default."""
+    if "=" not in spec:
+        return {0: int(spec)}
+    pairs = (item.split("=") for item in spec.split(","))
+    return {int(level): int(count) for level, count in pairs}
 
 
-def serve(app: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "uvicorn", app, "--factory", "--port", str(port)]
-    argv += ["--no-access-log", "--log-level", os.environ.get("BENCH_UVICORN_LOG", "warning")]
-    argv += ["--backlog", "4096"]
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-
-
-async def wait_ready(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"{url} did not become ready")
-
-
-async def publish_key(bootstrap: str, prefix: str) -> str:
-    secret = generate()
-    event = KeyEvent(
-        type="key.created",
-        occurred_at=datetime.now(UTC),
-        key_id="key_bench_" + uuid.uuid4().hex[:8],
-        project_id="proj_bench",
-        name="bench",
-        hint=hint(secret),
-        key_hash=hash_key(secret),
-        version=1,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(prefix + KEYS_EVENTS, event.to_bytes(), key=b"bench")
-    finally:
-        await producer.stop()
-    return secret
-
-
-async def load(
-    url: str, headers: dict[str, str], clients: int, total: int
-) -> tuple[list[float], list[float], float]:
-    """Latencies (s), gateway overheads (ms) and elapsed time of total requests by N clients."""
-    latencies: list[float] = []
-    overheads: list[float] = []
-    errors: list[str] = []
-    remaining = total
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                try:
-                    answer = await client.post(url, json=BODY, headers=headers)
-                except httpx.HTTPError as exc:
-                    errors.append(type(exc).__name__)
-                    continue
-                latencies.append(time.perf_counter() - started)
-                if answer.status_code != 200:
-                    errors.append(str(answer.status_code))
-                    continue
-                if "x-tollgate-overhead-ms" in answer.headers:
-                    overheads.append(float(answer.headers["x-tollgate-overhead-ms"]))
-
-        await asyncio.gather(*(worker() for _ in range(min(clients, 20))))  # warm-up
-        latencies.clear()
-        overheads.clear()
-        errors.clear()
-        remaining = total
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - began
-    if errors:
-        print(f"  {url}: {len(errors)} failed requests: {sorted(set(errors))}")
-    return latencies, overheads, elapsed
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per level and path")
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--levels", default="1,50,500", help="concurrent clients, comma-separated")
+    parser.add_argument("--modes", default=",".join(MODES), help="chat, stream, embed")
+    parser.add_argument("--rounds", type=int, default=3, help="direct/gateway pairs per level")
+    parser.add_argument("--requests", default="1=400,50=800,500=1000", help="per round")
+    parser.add_argument("--duration", type=float, help="seconds per round instead of requests")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway here")
+    parser.add_argument("--profile-levels", default="1", help="clients of the profiled rounds")
+    parser.add_argument("--profile-mode", default="chat", choices=MODES)
+    parser.add_argument("--profile-requests", type=int, default=4000, help="profiled round")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per s")
+    parser.add_argument("--top", type=int, default=25, help="functions in the profile summary")
     args = parser.parse_args()
-    endpoints = Stack().up()
-    prefix = f"bench-{uuid.uuid4().hex[:8]}."
-    work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
-    upstream_port, gateway_port = free_port(), free_port()
-    catalogue = work / "models.yaml"
-    catalogue.write_text(
-        (REPO / "deploy" / "models.yaml").read_text().replace("8090", str(upstream_port))
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "TOLLGATE_GATEWAY_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-        "TOLLGATE_GATEWAY_REDIS_URL": endpoints.redis_url,
-        "TOLLGATE_GATEWAY_TOPIC_PREFIX": prefix,
-        "TOLLGATE_GATEWAY_REDIS_PREFIX": f"{prefix}gw:",
-        "TOLLGATE_GATEWAY_INTERNAL_TOKEN": uuid.uuid4().hex,
-        "TOLLGATE_GATEWAY_KEYS_URL": f"http://127.0.0.1:{free_port()}",
-        "TOLLGATE_GATEWAY_CATALOGUE_PATH": str(catalogue),
-        "TOLLGATE_GATEWAY_SPOOL_DIR": str(work / "spool"),
-        "TOLLGATE_GATEWAY_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+    args.levels = [int(x) for x in args.levels.split(",") if x]
+    args.modes = [m for m in args.modes.split(",") if m]
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    args.requests = requests_per_level(args.requests)
+    args.profile_levels = [int(x) for x in args.profile_levels.split(",") if x]
+    return args
+
+
+def cpu_now(srv: servers.Servers) -> dict[str, float]:
+    return {
+        "upstream": procstat.cpu_seconds(srv.upstream.pid),
+        "gateway": procstat.cpu_seconds(srv.gateway.pid),
+        "loadgen": procstat.cpu_seconds(os.getpid(), descendants=False),
     }
-    processes = [
-        serve("deploy.demo_upstream:create_app", upstream_port, env, work / "upstream.log"),
-        serve("services.gateway.main:create_app", gateway_port, env, work / "gateway.log"),
-    ]
+
+
+async def one_round(
+    srv: servers.Servers,
+    target: str,
+    *,
+    mode: str,
+    clients: int,
+    count: int | None,
+    duration: float | None,
+) -> tuple[Round, dict[str, float], Round]:
+    """One measured round, after a warm-up that opens the clients' connections."""
+    url, headers = (srv.gateway_url, srv.headers) if target == "gateway" else (srv.upstream_url, {})
+    async with Load(url, mode, clients, headers) as load:
+        warm = await load.warm()
+        before = cpu_now(srv)
+        measured = await load.run(requests=count, duration=duration)
+        after = cpu_now(srv)
+    return measured, {name: after[name] - before[name] for name in before}, warm
+
+
+def profile_path(base: Path, clients: int, many: bool) -> Path:
+    return base.with_name(f"{base.stem}-{clients}clients{base.suffix}") if many else base
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    load1, load5, load15 = procstat.load_average()
+    cores = os.cpu_count() or 1
+    print(f"gateway overhead on {cores} CPUs; load average {load1:.2f} {load5:.2f} {load15:.2f}")
+    if load1 > HIGH_LOAD * cores:
+        print(f"WARNING: load average {load1:.2f} is high for {cores} cores: figures will be noisy")
+    work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    srv = await servers.start(work)
+    out: dict[str, Any] = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": cores,
+        "load_average_start": [load1, load5, load15],
+        "config": {
+            "levels": args.levels,
+            "modes": args.modes,
+            "rounds": args.rounds,
+            "requests": args.requests,
+            "duration": args.duration,
+        },
+        "rounds": [],
+        "results": [],
+        "profiles": [],
+    }
     try:
-        await wait_ready(f"http://127.0.0.1:{upstream_port}/healthz")
-        await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
-        secret = await publish_key(endpoints.kafka_bootstrap, prefix)
-        headers = {"Authorization": f"Bearer {secret}"}
-        direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        through = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-        await wait_ready(through.replace("/v1/chat/completions", "/readyz"))
-        print(f"gateway overhead, {args.requests} chat completions per run, {os.cpu_count()} CPUs")
-        print(
-            f"{'clients':>7} {'direct p50/p99 ms':>18} {'gateway p50/p99 ms':>19} "
-            f"{'added p50/p99 ms':>17} {'rps direct':>10} {'rps gw':>7} {'ratio':>6} "
-            f"{'self p50/p99 ms':>16}"
-        )
-        for clients in (int(x) for x in args.levels.split(",")):
-            d_lat, _, d_time = await load(direct, {}, clients, args.requests)
-            g_lat, g_over, g_time = await load(through, headers, clients, args.requests)
-            d50, d99 = pct(d_lat, 0.5) * 1000, pct(d_lat, 0.99) * 1000
-            g50, g99 = pct(g_lat, 0.5) * 1000, pct(g_lat, 0.99) * 1000
-            d_rps, g_rps = args.requests / d_time, args.requests / g_time
-            print(
-                f"{clients:>7} {d50:>8.2f}/{d99:<9.2f} {g50:>9.2f}/{g99:<9.2f} "
-                f"{g50 - d50:>8.2f}/{g99 - d99:<8.2f} {d_rps:>10.0f} {g_rps:>7.0f} "
-                f"{g_rps / d_rps:>6.2f} {statistics.median(g_over):>7.3f}/{pct(g_over, 0.99):<8.3f}"
+        for clients in args.levels:
+            count = (
+                None if args.duration else args.requests.get(clients, args.requests.get(0, 1000))
             )
+            level_results = []
+            for mode in args.modes:
+                pooled = {"direct": report.Pooled(), "gateway": report.Pooled()}
+                for index in range(args.rounds):
+                    for target in ("direct", "gateway"):
+                        measured, cpu, warm = await one_round(
+                            srv,
+                            target,
+                            mode=mode,
+                            clients=clients,
+                            count=count,
+                            duration=args.duration,
+                        )
+                        pool = pooled[target]
+                        pool.latencies += measured.latencies
+                        pool.errors.update(measured.errors)
+                        pool.elapsed += measured.elapsed
+                        pool.sent += measured.sent
+                        pool.rps.append(len(measured.latencies) / measured.elapsed)
+                        for name, seconds in cpu.items():
+                            pool.cpu[name] = pool.cpu.get(name, 0.0) + seconds
+                        out["rounds"].append({
+                            "clients": clients, "mode": mode, "round": index, "target": target,
+                            "requests": measured.sent, "ok": len(measured.latencies),
+                            "elapsed_s": measured.elapsed, "cpu_s": cpu,
+                            "errors": dict(measured.errors), "warmup_errors": dict(warm.errors),
+                        })  # fmt: skip
+                result = report.combine(pooled["direct"].figures(), pooled["gateway"].figures())
+                level_results.append({"clients": clients, "mode": mode, **result})
+                print(report.table([level_results[-1]]).splitlines()[-2], flush=True)
+            rss = procstat.rss_bytes(srv.gateway.pid) / 2**20
+            for result in level_results:
+                result["gateway_rss_mb"] = rss
+            out["results"] += level_results
+        many = len(args.profile_levels) > 1
+        for clients in args.profile_levels if args.profile else []:
+            path = profile_path(args.profile, clients, many)
+            count = args.profile_requests
+            recorder = profile.Recorder(srv.gateway.pid, path, args.profile_rate)
+            recorder.start()
+            await asyncio.sleep(1.0)  # py-spy attaches
+            measured, cpu, _ = await one_round(
+                srv,
+                "gateway",
+                mode=args.profile_mode,
+                clients=clients,
+                count=count,
+                duration=args.duration,
+            )
+            top = recorder.stop()
+            rps = len(measured.latencies) / measured.elapsed
+            print(f"\nprofile of the gateway, {clients} clients, {args.profile_mode}: {path}")
+            print(f"  (profiled round: {rps:.0f} req/s, not counted in the figures)")
+            print(profile.table(top, args.top))
+            out["profiles"].append({
+                "clients": clients, "mode": args.profile_mode, "path": str(path),
+                "samples": top.samples, "own": top.own, "total": top.total,
+            })  # fmt: skip
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=20)
+        srv.stop()
+        await servers.delete_topics(srv.endpoints.kafka_bootstrap, srv.prefix)
+    out["load_average_end"] = list(procstat.load_average())
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """NaN (no samples) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def main() -> None:
+    args = parse_args()
+    out = uvloop.run(run(args))
+    print()
+    print(report.table(out["results"]))
+    end = out["load_average_end"]
+    print(f"load average at the end: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(_finite(out), indent=2))
+        print(f"figures written to {args.json}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

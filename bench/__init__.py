@@ -1,0 +1,1 @@
+"""Benchmarks: each ``bench/<name>.py`` not starting with ``_`` is one ``make bench`` runs."""
