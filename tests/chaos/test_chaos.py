@@ -1,5 +1,5 @@
-"""Chaos: steady traffic through two gateway replicas while Kafka, Redis, PostgreSQL, metering
-and billing are each killed with SIGKILL and restarted in turn. Afterwards the Usage API and
+"""Chaos: steady traffic through two gateway replicas while Kafka, Redis, PostgreSQL, metering,
+billing and the key service are each killed with SIGKILL and restarted in turn. Afterwards the Usage API and
 the Costs API equal exactly what the clients were told: nothing lost, nothing counted twice.
 
 Every server is the test's own (``private_*``), so the shared ones are never touched. What
@@ -152,6 +152,7 @@ def _faults(system: System, kafka: Private, redis: Private, postgres: Private) -
         ("postgres", postgres.akill, postgres.astart),
         service("metering"),
         service("billing"),
+        service("keys"),  # its own usage.events consumer (last_used_at), and the verify path
     ]
 
 
