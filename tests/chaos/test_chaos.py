@@ -1,6 +1,7 @@
 """Chaos: steady traffic through two gateway replicas while Kafka, Redis, PostgreSQL, metering,
-billing and the key service are each killed with SIGKILL and restarted in turn. Afterwards the Usage API and
-the Costs API equal exactly what the clients were told: nothing lost, nothing counted twice.
+billing and the key service are each killed with SIGKILL and restarted in turn. Afterwards the
+Usage API and the Costs API equal exactly what the clients were told: nothing lost, nothing
+counted twice.
 
 Every server is the test's own (``private_*``), so the shared ones are never touched. What
 "told" means for each kind of answer is in ``tests/chaos/traffic.py``.
