@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.gateway.api import router
+from services.gateway.asgi import ProxiedRoutes
 from services.gateway.auth import Authenticator, Verifier
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.emitter import UsageEmitter
@@ -186,7 +187,7 @@ class Gateway:
         }
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings | None = None) -> ProxiedRoutes:
     """The gateway app (``uvicorn services.gateway.main:create_app --factory``)."""
     settings = settings or GatewaySettings()
     setup_logging("gateway", settings.log_level, settings.log_json)
@@ -211,4 +212,4 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(router)
     app.add_middleware(OverheadMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
-    return app
+    return ProxiedRoutes(app, metrics)
