@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, cast
@@ -69,6 +70,14 @@ _PASS_THROUGH = frozenset({400, 409, 413, 422, 429})
 def _has_repeated_routing_key(raw: bytes) -> bool:
     """True when "model" or "stream" may be given twice (cheap: a count of the bytes)."""
     return raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1
+
+
+def _span(name: str, attributes: dict[str, str]) -> AbstractContextManager[trace.Span]:
+    """The request's span; with telemetry off (no SDK provider installed, so every span would
+    be a non-recording one) a no-op without the cost of making one and making it current."""
+    if type(trace.get_tracer_provider()) is trace.ProxyTracerProvider:
+        return nullcontext(trace.INVALID_SPAN)
+    return tracer.start_as_current_span(name, attributes=attributes)
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,7 @@ class Proxy:
         request_id = str(request.state.request_id)
         call = Call(key, cast(Endpoint, endpoint), request_id, started)
         attributes = {"tollgate.key_id": key.key_id, "tollgate.project_id": key.project_id}
-        with tracer.start_as_current_span(f"gateway {endpoint}", attributes=attributes) as span:
+        with _span(f"gateway {endpoint}", attributes) as span:
             try:
                 payload, raw = await read_body(request, self.max_body_bytes)
                 route = self._route(call, payload)
