@@ -51,6 +51,9 @@ async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(1.0)
 
 
+_STOP_WAIT_S = 5.0
+
+
 class _UpstreamConnector(aiohttp.TCPConnector):
     """aiohttp keeps every idle connection until its keep-alive expiry; this one keeps at
     most ``keep_idle`` per upstream host (``upstream_keepalive``), as httpx's pool did."""
@@ -161,6 +164,11 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # Python 3.11's wait_for can swallow a cancel that lands as its inner call ends:
+            # a loop that lost its cancel is cancelled again rather than waited on for ever.
+            while not task.done():
+                await asyncio.wait([task], timeout=_STOP_WAIT_S)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.emitter.close()
