@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -195,6 +196,22 @@ class Gateway:
         }
 
 
+# Allocations between young-generation collections (CPython's default: 700). Every request
+# allocates a few hundred objects, so the default collected several times per request.
+_GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """Cyclic garbage collection was a tenth of the gateway's CPU under load (a native py-spy
+    profile): collected young generations every few requests, and traversed every object of
+    the process at each full collection. What exists once started (modules, catalogue, pools,
+    clients) lives as long as the process: collected once, then frozen out of the sweeps; the
+    young generation is collected less often. Cyclic garbage is still collected, later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
+
+
 def create_app(settings: GatewaySettings | None = None) -> ProxiedRoutes:
     """The gateway app (``uvicorn services.gateway.main:create_app --factory``)."""
     settings = settings or GatewaySettings()
@@ -209,6 +226,7 @@ def create_app(settings: GatewaySettings | None = None) -> ProxiedRoutes:
         gateway = Gateway(settings, catalogue, metrics)
         app.state.gateway = gateway
         gateway.start()
+        _tune_gc()
         log.info("gateway started", extra={"models": [m.id for m in catalogue.models]})
         try:
             yield
