@@ -18,6 +18,15 @@ from shared.logs import request_id_var
 _SAFE_REQUEST_ID = re.compile(REQUEST_ID_CHARS)
 
 
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-Id`` if sane, else a new one."""
+    given = next(
+        (v.decode("latin-1") for k, v in headers if k.lower() == b"x-request-id"),
+        None,
+    )
+    return given if given and _SAFE_REQUEST_ID.fullmatch(given) else resource_id("req", 20)
+
+
 class RequestIdMiddleware:
     """Give every request an id (the caller's ``X-Request-Id`` if sane), in logs and headers."""
 
@@ -28,13 +37,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-request-id"),
-            None,
-        )
-        request_id = (
-            given if given and _SAFE_REQUEST_ID.fullmatch(given) else resource_id("req", 20)
-        )
+        request_id = request_id_of(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 

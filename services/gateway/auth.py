@@ -18,6 +18,7 @@ import time
 from datetime import UTC, datetime
 
 import httpx
+from prometheus_client import Counter
 from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
 
@@ -108,6 +109,7 @@ class Authenticator:
         self.redis_timeout_s = redis_timeout_s
         self._writes: set[asyncio.Task[None]] = set()
         self._pending: dict[str, asyncio.Future[tuple[KeyState | None, str]]] = {}
+        self._counters: dict[tuple[str, str], Counter] = {}
 
     async def authenticate(self, authorization: str | None) -> KeyState:
         """The valid key behind the header; raises MissingApiKey, InvalidApiKey, AuthUnavailable."""
@@ -115,15 +117,22 @@ class Authenticator:
         if secret is None:
             raise MissingApiKey()
         if not is_well_formed(secret):
-            self.metrics.auth.labels("checksum", "invalid").inc()
+            self._count("checksum", "invalid")
             raise InvalidApiKey(hint(secret))
         key_hash = hash_key(secret)
         state, source = await self._lookup(key_hash)
         if state is None or not is_valid(state, key_hash, datetime.now(UTC)):
-            self.metrics.auth.labels(source, "invalid").inc()
+            self._count(source, "invalid")
             raise InvalidApiKey(hint(secret))
-        self.metrics.auth.labels(source, "valid").inc()
+        self._count(source, "valid")
         return state
+
+    def _count(self, source: str, result: str) -> None:
+        """One key check counted; each label set's child looked up once (labels() locks)."""
+        counter = self._counters.get((source, result))
+        if counter is None:
+            counter = self._counters[source, result] = self.metrics.auth.labels(source, result)
+        counter.inc()
 
     async def _lookup(self, key_hash: str) -> tuple[KeyState | None, str]:
         state = self.local.get(key_hash)
@@ -178,7 +187,7 @@ class Authenticator:
         stale = self.local.get(key_hash, allow_stale=True)
         if stale is not None:
             return stale, "stale"
-        self.metrics.auth.labels("none", "unavailable").inc()
+        self._count("none", "unavailable")
         raise AuthUnavailable()
 
     def _settled(self, key_hash: str, done: asyncio.Future[tuple[KeyState | None, str]]) -> None:

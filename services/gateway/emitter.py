@@ -29,6 +29,9 @@ from shared.topics import USAGE_EVENTS, topic_name
 
 log = logging.getLogger(__name__)
 _BATCH = 500
+# After the first event of a batch, wait this long for more: one produce then carries many
+# events at any concurrency, instead of one round trip to Kafka per request at low load.
+_LINGER_S = 0.02
 _REPLAY_EVERY_S = 0.5
 _HOLD_RETRY_S = 0.5
 _KEY_ID_MAX = 200
@@ -102,6 +105,8 @@ class UsageEmitter:
                 await asyncio.sleep(_HOLD_RETRY_S)
             elif not self._batch:  # else a batch a failure interrupted: placed first
                 self._batch = [await self.queue.get()]
+                if self.queue.qsize() < _BATCH - 1:
+                    await asyncio.sleep(_LINGER_S)  # the event waits in _batch: still pending
                 while len(self._batch) < _BATCH and not self.queue.empty():
                     self._batch.append(self.queue.get_nowait())
                 if self._overflow:

@@ -11,18 +11,19 @@ and building it cannot fail on anything the client sent (``usage_event``).
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, cast
 
-import httpx
+import aiohttp
 import orjson
 from fastapi import Request
 from opentelemetry import trace
 from starlette.responses import Response
+from yarl import URL
 
 from services.gateway.auth import Authenticator
 from services.gateway.body import read_body, requested_model, serialise
@@ -71,14 +72,22 @@ def _has_repeated_routing_key(raw: bytes) -> bool:
     return raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1
 
 
+def _span(name: str, attributes: dict[str, str]) -> AbstractContextManager[trace.Span]:
+    """The request's span; with telemetry off (no SDK provider installed, so every span would
+    be a non-recording one) a no-op without the cost of making one and making it current."""
+    if type(trace.get_tracer_provider()) is trace.ProxyTracerProvider:
+        return nullcontext(trace.INVALID_SPAN)
+    return tracer.start_as_current_span(name, attributes=attributes)
+
+
 @dataclass(frozen=True)
 class Route:
     """How one catalogue model is reached (headers built once, credential read once)."""
 
     entry: ModelEntry
-    base_url: str
+    urls: dict[Endpoint, URL]
     headers: dict[str, str]
-    timeout: httpx.Timeout
+    timeout: aiohttp.ClientTimeout
 
     @classmethod
     def of(cls, entry: ModelEntry) -> Route:
@@ -87,8 +96,15 @@ class Route:
         if credential:
             headers["authorization"] = f"Bearer {credential}"
         seconds = entry.upstream.timeout_s
-        timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0))
-        return cls(entry, entry.upstream.base_url.rstrip("/"), headers, timeout)
+        # No overall limit (a stream may last): waiting for a pooled connection and each read
+        # (between chunks too) bounded by the model's timeout, a connect by at most 10 s.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=seconds, sock_connect=min(seconds, 10.0), sock_read=seconds
+        )
+        base_url = entry.upstream.base_url.rstrip("/")
+        # Parsed once: yarl's URL parsing is a noticeable share of a request otherwise.
+        urls = {e: URL(base_url + e.removeprefix("/v1"), encoded=True) for e in ENDPOINT_KINDS}
+        return cls(entry, urls, headers, timeout)
 
 
 @dataclass
@@ -105,23 +121,20 @@ class Call:
 
 
 class Proxy:
-    """Routes by the catalogue, forwards over shared HTTP clients, meters every answer."""
+    """Routes by the catalogue, forwards over a shared HTTP session, meters every answer."""
 
     def __init__(
         self,
         catalogue: Catalogue,
         auth: Authenticator,
-        clients: list[httpx.AsyncClient],
+        session: aiohttp.ClientSession,
         emitter: UsageEmitter,
         max_body_bytes: int,
     ) -> None:
         self.catalogue = catalogue
         self.routes = {entry.id: Route.of(entry) for entry in catalogue.models}
         self.auth = auth
-        # httpcore scans its whole pool on every request: several small pools taken in turn
-        # keep that scan short at 1,000 concurrent requests.
-        self.clients = clients
-        self._next = itertools.cycle(clients)
+        self.session = session
         self.emitter = emitter
         self.max_body_bytes = max_body_bytes
 
@@ -132,7 +145,7 @@ class Proxy:
         request_id = str(request.state.request_id)
         call = Call(key, cast(Endpoint, endpoint), request_id, started)
         attributes = {"tollgate.key_id": key.key_id, "tollgate.project_id": key.project_id}
-        with tracer.start_as_current_span(f"gateway {endpoint}", attributes=attributes) as span:
+        with _span(f"gateway {endpoint}", attributes) as span:
             try:
                 payload, raw = await read_body(request, self.max_body_bytes)
                 route = self._route(call, payload)
@@ -182,54 +195,59 @@ class Proxy:
             # upstream whose parser takes the first must never see the other.
             upstream_payload = dict(payload)
         body = raw if upstream_payload is payload else serialise(upstream_payload)
-        client = next(self._next)
-        upstream_request = client.build_request(
-            "POST",
-            route.base_url + call.endpoint.removeprefix("/v1"),
-            content=body,
-            headers={**route.headers, "x-request-id": call.request_id},
-            timeout=route.timeout,
-        )
+        url = route.urls[call.endpoint]
+        headers = {**route.headers, "x-request-id": call.request_id}
         sent = perf_counter()
         try:
-            upstream = await self._send(client, upstream_request, stream=call.stream)
-        except httpx.TimeoutException:
+            upstream = await self._send(url, body, headers, route.timeout, stream=call.stream)
+            # A whole answer is read here, so that its timeouts and breaks are 504 and 502.
+            content = b"" if call.stream and upstream.status < 400 else await upstream.read()
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors (some ClientErrors too)
             raise UpstreamTimeout(
                 f"The model's server did not answer within {route.entry.upstream.timeout_s:g} s."
             ) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(
                 f"The model's server could not be reached ({type(exc).__name__})."
             ) from None
         finally:
             request.state.upstream_s = perf_counter() - sent
-        if upstream.status_code >= 400:
-            content = await upstream.aread() if call.stream else upstream.content
-            await upstream.aclose()
+        if upstream.status >= 400:
+            upstream.release()
             return self._upstream_failure(call, upstream, content)
         if call.stream:
             return self._stream(call, upstream, payload, wants_usage_chunk)
-        content = upstream.content
+        status = upstream.status
         return MeteredResponse(
             content,
-            upstream.status_code,
+            status,
             upstream.headers.get("content-type", "application/json"),
             lambda: self._finish(
-                call, upstream.status_code, lambda: self._usage_of(call.endpoint, payload, content)
+                call, status, lambda: self._usage_of(call.endpoint, payload, content)
             ),
         )
 
-    @staticmethod
     async def _send(
-        client: httpx.AsyncClient, upstream_request: httpx.Request, *, stream: bool
-    ) -> httpx.Response:
+        self,
+        url: URL,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout,
+        *,
+        stream: bool,
+    ) -> aiohttp.ClientResponse:
         """Send, retrying once when a pooled connection turned out closed by the upstream
-        (its keep-alive ran out as we reused it): the request never got an answer."""
+        (its keep-alive ran out as we reused it) or a connect failed: the request never got
+        an answer. A whole answer is decoded as httpx did; a stream is passed on raw."""
         try:
-            return await client.send(upstream_request, stream=stream)
-        except (httpx.RemoteProtocolError, httpx.ReadError):
+            return await self.session.post(
+                url, data=body, headers=headers, timeout=timeout, auto_decompress=not stream
+            )
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             log.info("upstream connection closed under us; retrying once")
-            return await client.send(upstream_request, stream=stream)
+            return await self.session.post(
+                url, data=body, headers=headers, timeout=timeout, auto_decompress=not stream
+            )
 
     @staticmethod
     def _usage_of(endpoint: str, payload: dict[str, Any], content: bytes) -> Usage:
@@ -243,8 +261,10 @@ class Proxy:
         text = response_text(endpoint, answer) if isinstance(answer, dict) else ""
         return estimate(endpoint, payload, text)
 
-    def _upstream_failure(self, call: Call, upstream: httpx.Response, content: bytes) -> Response:
-        status = upstream.status_code
+    def _upstream_failure(
+        self, call: Call, upstream: aiohttp.ClientResponse, content: bytes
+    ) -> Response:
+        status = upstream.status
         if status in _PASS_THROUGH:
             passed = MeteredResponse(
                 content,
@@ -266,15 +286,19 @@ class Proxy:
         )
 
     def _stream(
-        self, call: Call, upstream: httpx.Response, payload: dict[str, Any], wants_usage: bool
+        self,
+        call: Call,
+        upstream: aiohttp.ClientResponse,
+        payload: dict[str, Any],
+        wants_usage: bool,
     ) -> Response:
         meter = StreamMeter(call.endpoint, wants_usage)
-        outcome = {"status": upstream.status_code}
+        outcome = {"status": upstream.status}
 
         async def events() -> AsyncIterator[bytes]:
             buffer = b""
             try:
-                async for piece in upstream.aiter_raw():
+                async for piece in upstream.content.iter_any():
                     buffer += piece
                     if b"\r" in buffer:
                         buffer = buffer.replace(b"\r\n", b"\n")
@@ -287,7 +311,7 @@ class Proxy:
                         yield b"".join(out)
                 if buffer.strip() and meter.feed(buffer):
                     yield buffer
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 # Headers are sent already: the client sees a cut stream; the event says 502.
                 log.warning("upstream stream of %s broke: %s", call.model, type(exc).__name__)
                 outcome["status"] = 502
@@ -295,7 +319,7 @@ class Proxy:
         return MeteredStream(
             events(),
             lambda: self._finish(call, outcome["status"], lambda: meter.result(payload)),
-            upstream.aclose,
+            lambda: _close(upstream),
         )
 
     def _finish(self, call: Call, status: int, usage: Measure) -> None:
@@ -326,3 +350,12 @@ class Proxy:
                 stream=call.stream,
             )
         )
+
+
+async def _close(upstream: aiohttp.ClientResponse) -> None:
+    """A stream read to its end gives its connection back to the pool; one cut short (client
+    gone) closes the connection, which tells the upstream to stop generating."""
+    if upstream.content.at_eof():
+        upstream.release()
+    else:
+        upstream.close()

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from shared.events import UsageSource
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -71,6 +73,21 @@ def find_usage(body: bytes) -> object:
             return value
         at = body.rfind(_USAGE_KEY, 0, at)
     return None
+
+
+def _loads(data: bytes) -> object:
+    """JSON from an upstream: orjson (several times faster) for what it reads, else the
+    standard library, which is more lenient (NaN, integers past 64 bits), so both read what
+    json alone read. None when neither can: a hostile upstream's nesting only fails the parse
+    (orjson stops at 1,024 levels; the standard library's RecursionError is caught)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _content_text(content: object) -> str:
@@ -149,10 +166,7 @@ class StreamMeter:
         )
         if not data or data == b"[DONE]":
             return True
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return True
+        chunk = _loads(data)
         if not isinstance(chunk, dict):
             return True
         if self.endpoint == "/v1/responses":
