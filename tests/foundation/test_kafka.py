@@ -9,6 +9,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from deploy.stack import Endpoints
 from shared.kafka import idempotent_producer
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS
+from tests.polling import eventually
 
 
 def _consumer(endpoints: Endpoints, group: str, topic: str) -> AIOKafkaConsumer:
@@ -71,15 +72,21 @@ async def test_idempotent_producer_and_group_offsets_survive_restart(
 async def test_keys_topic_is_compacted(endpoints: Endpoints, topic_prefix: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
     await admin.start()
-    try:
+
+    async def configs() -> dict[str, str]:
         described = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic_prefix + KEYS_EVENTS)]
         )
+        return {entry[0]: entry[1] for entry in described[0].resources[0][4]}
+
+    try:
+        # A topic created a moment ago may describe with no entries until the broker that
+        # answers has it in its metadata.
+        found = await eventually(configs, until=lambda c: "cleanup.policy" in c, what="configs")
         topics = await admin.describe_topics([topic_prefix + USAGE_EVENTS])
     finally:
         await admin.close()
-    configs = {entry[0]: entry[1] for entry in described[0].resources[0][4]}
-    assert configs["cleanup.policy"] == "compact"
+    assert found["cleanup.policy"] == "compact"
     assert len(topics[0]["partitions"]) == 6
 
 
