@@ -16,7 +16,10 @@ from tests.gateway.harness import (
     start_gateway,
     write_catalogue,
 )
+from tests.metering.harness import schemas
 from tests.served import Served
+
+__all__ = ["schemas"]  # a metering and a billing schema of the test's own, dropped afterwards
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -93,18 +91,6 @@ HOSTILE = [
 ]
 
 
-@pytest.fixture
-async def ledger_schemas(endpoints: Endpoints, unique: str) -> AsyncIterator[tuple[str, str]]:
-    names = (f"m_{unique}", f"b_{unique}")
-    yield names
-    conn = await asyncpg.connect(endpoints.database_url)
-    try:
-        for name in names:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 def _connection(answer: httpx.Response) -> object:
     """The client side address of the connection that carried answer."""
     return answer.extensions["network_stream"].get_extra_info("client_addr")
@@ -135,7 +121,7 @@ async def test_hostile_bodies_are_refused_and_everything_is_still_counted(
     keyservice: tuple[FakeKeyService, Served],
     endpoints: Endpoints,
     topic_prefix: str,
-    ledger_schemas: tuple[str, str],
+    schemas: tuple[str, str],
     catalogue: Path,
     unique: str,
 ) -> None:
@@ -193,7 +179,7 @@ async def test_hostile_bodies_are_refused_and_everything_is_still_counted(
     await assert_counted_exactly(
         endpoints=endpoints,
         prefix=topic_prefix,
-        schemas=ledger_schemas,
+        schemas=schemas,
         catalogue=catalogue,
         unique=unique,
         want=want,
