@@ -72,6 +72,12 @@ class ModelEntry(_Frozen):
     created: int = 1_767_225_600
     upstream: Upstream
     prices: tuple[Price, ...] = ()
+    max_output_tokens: int = Field(
+        4096,
+        ge=0,
+        description="the most output tokens one answer may have: what a budget reserves for a "
+        "request that sets no max_tokens (0 for embedding models)",
+    )
 
     @field_validator("id")
     @classmethod

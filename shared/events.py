@@ -22,10 +22,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.ids import KEY_ID_CHARS, PROJECT_ID_CHARS, REQUEST_ID_CHARS, uuid7
+from shared.policy import MODEL_MAX, AllowedEndpoints, AllowedModels, Budget, RateLimits
 
 SCHEMA_VERSION = 1
 KEY_NAME_MAX = 64
-MODEL_MAX = 256
 # The model of a usage event whose request named no model the catalogue knows (unknown, missing,
 # not a string). Parentheses keep it out of any real id; the catalogue refuses it as an id.
 UNKNOWN_MODEL = "(unknown)"
@@ -113,6 +113,24 @@ class KeyState(BaseModel):
     expires_at: AwareDatetime | None = None
     created_at: AwareDatetime | None = None
     version: int = Field(ge=1, description="monotonic per key; older versions are ignored")
+    rate_limits: RateLimits | None = Field(None, description="the key's own rate limits")
+    budget: Budget | None = Field(None, description="the key's own spend budget")
+    allowed_models: AllowedModels | None = None
+    allowed_endpoints: AllowedEndpoints | None = None
+    project_rate_limits: RateLimits | None = Field(
+        None, description="the project's rate limits, for all its keys together"
+    )
+    project_budget: Budget | None = Field(
+        None, description="the project's spend budget, for all its keys together"
+    )
+
+    @property
+    def has_policy(self) -> bool:
+        """True when a limit or a budget applies to this key's requests."""
+        return any(
+            p is not None
+            for p in (self.rate_limits, self.budget, self.project_rate_limits, self.project_budget)
+        )
 
 
 class KeyEvent(Event, KeyState):

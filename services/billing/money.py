@@ -8,22 +8,16 @@ Amounts are rounded only when a total is shown or invoiced: to the cent, half-up
 from __future__ import annotations
 
 import json
-from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, Overflow
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, Overflow
 from typing import Any
 
-# Pricing context: wide enough that tokens x price is exact; any rounding would raise.
-EXACT = Context(prec=60, rounding=ROUND_HALF_UP, traps=[Inexact, InvalidOperation, Overflow])
+from shared.pricing import EXACT, LEDGER_QUANTUM, MILLION, cost
+
 # Display context: half-up, for the one rounding to cents.
 DISPLAY = Context(prec=60, rounding=ROUND_HALF_UP, traps=[InvalidOperation, Overflow])
-MILLION = Decimal(1_000_000)
-LEDGER_QUANTUM = Decimal("1e-18")  # numeric(38, 18) in cost_day
 CENT = Decimal("0.01")
-
-
-def cost(tokens: int, price_per_million: Decimal) -> Decimal:
-    """Exact cost of tokens at a price per million; raises Inexact if the ledger can't hold it."""
-    amount = EXACT.divide(EXACT.multiply(Decimal(tokens), price_per_million), MILLION)
-    return amount.quantize(LEDGER_QUANTUM, context=EXACT)
+# The pricing itself is shared with the gateway's budgets (shared/pricing.py).
+__all__ = ["EXACT", "LEDGER_QUANTUM", "MILLION", "cost", "dumps_exact", "plain", "to_cents"]
 
 
 def to_cents(amount: Decimal) -> Decimal:

@@ -13,23 +13,11 @@ from services.billing.money import EXACT, cost
 from shared.catalogue import Catalogue
 from shared.events import UsageRecorded
 from shared.ledger_consumer import Poison
+from shared.pricing import CostLine, cost_lines
 from shared.usage_query import UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "line_item", "project_id")
 WIDTHS = ("1d",)  # the ledger is per day, as OpenAI's costs API
-
-
-class CostLine(NamedTuple):
-    """One line item of one event: its tokens and the price per million they are billed at."""
-
-    line_item: str
-    tokens: int
-    per_million: Decimal
-
-    @property
-    def amount(self) -> Decimal:
-        """The exact cost of this line alone."""
-        return cost(self.tokens, self.per_million)
 
 
 class PricedUsage(NamedTuple):
@@ -83,16 +71,12 @@ class Pricer:
             raise Poison(
                 f"no price for model {event.model!r} in force at {event.occurred_at.isoformat()}"
             )
-        # Input tokens include the cached ones; those are billed at the cached price if any.
-        cached_price = price.cached_input_per_million
-        if cached_price is None:
-            cached_price = price.input_per_million
-        wanted = (
-            ("input", event.input_tokens - event.cached_input_tokens, price.input_per_million),
-            ("cached input", event.cached_input_tokens, cached_price),
-            ("output", event.output_tokens, price.output_per_million),
+        lines = cost_lines(
+            price,
+            input_tokens=event.input_tokens,
+            cached_input_tokens=event.cached_input_tokens,
+            output_tokens=event.output_tokens,
         )
-        lines = tuple(CostLine(n, t, p) for n, t, p in wanted if t > 0)
         return PricedUsage(
             event.event_id, event.occurred_at, event.project_id, event.key_id, event.model, lines
         )
@@ -150,3 +134,6 @@ def costs_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[
         "has_more": query.has_more,
         "next_page": query.next_page,
     }
+
+
+__all__ = ["CostLine", "PricedUsage", "Pricer", "cost_deltas", "costs_page"]

@@ -17,7 +17,6 @@ from shared import apikeys
 from shared.catalogue import Catalogue
 from shared.events import (
     KEY_NAME_MAX,
-    MODEL_MAX,
     TOKEN_COUNT_MAX,
     UNKNOWN_MODEL,
     KeyEvent,
@@ -26,6 +25,7 @@ from shared.events import (
 )
 from shared.http import RequestIdMiddleware
 from shared.ids import resource_id
+from shared.policy import MODEL_MAX
 
 NUL, SURROGATE, ESC = "a\x00b", "a\ud800b", "a\x1bb"
 
