@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 from starlette.datastructures import QueryParams
 
 from deploy.stack import Stack
@@ -175,7 +176,12 @@ async def main() -> None:
         "log_level": "WARNING",
     }
     m_set = MeteringSettings(db_schema=f"bench_m_{run}", consumer_group=f"bench-m-{run}", **common)
-    b_set = BillingSettings(db_schema=f"bench_b_{run}", consumer_group=f"bench-b-{run}", **common)
+    b_set = BillingSettings(
+        db_schema=f"bench_b_{run}",
+        consumer_group=f"bench-b-{run}",
+        internal_token=SecretStr("bench-internal-token-0123456789"),
+        **common,
+    )
     dsn = endpoints.database_url
     m_pool = await create_pool(dsn, m_set.db_schema, max_size=5)
     b_pool = await create_pool(dsn, b_set.db_schema, max_size=5)

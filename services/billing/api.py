@@ -1,15 +1,17 @@
-"""Billing's HTTP API: the Costs API (OpenAI's costs shape), a rounded total, and health."""
+"""Billing's HTTP API: the Costs API (OpenAI's costs shape), a rounded total, the gateways'
+spend read, and health."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import JSONResponse
 
 from services.billing import repository
 from services.billing.errors import LedgerUnavailable
 from services.billing.money import dumps_exact, to_cents
-from services.billing.service import GROUP_FIELDS, WIDTHS, costs_page
+from services.billing.service import GROUP_FIELDS, WIDTHS, costs_page, parse_since, spend_body
 from services.billing.settings import BillingSettings
 from shared.events import utc_now
 from shared.http import require_bearer
@@ -68,5 +70,24 @@ def costs_router(settings: BillingSettings) -> APIRouter:
                 "exact_amount": {"value": exact, "currency": "usd"},
             }
         )
+
+    return router
+
+
+def internal_router(settings: BillingSettings) -> APIRouter:
+    """What the gateways read, guarded by the internal token: they never hold the operator's."""
+    guard = require_bearer(settings.internal_token, "internal token")
+    router = APIRouter(dependencies=[Depends(guard)])
+
+    @router.get("/internal/v1/projects/{project_id}/spend")
+    async def get_spend(project_id: ProjectId, request: Request) -> JSONResponse:
+        """The project's exact spend since a UTC day (or ever), in total and per key."""
+        since = parse_since(request.query_params.get("since"))
+        now = utc_now()
+        try:
+            total, per_key = await repository.spend_since(request.app.state.pool, project_id, since)
+        except RETRYABLE as exc:
+            raise LedgerUnavailable("The cost ledger is unavailable; retry shortly.") from exc
+        return JSONResponse(spend_body(project_id, since, total, per_key, now))
 
     return router

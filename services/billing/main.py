@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.billing.api import costs_router
+from services.billing.api import costs_router, internal_router
 from services.billing.handlers import cost_consumer
 from services.billing.settings import BillingSettings
 from shared.catalogue import load_catalogue
@@ -63,4 +63,5 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(costs_router(settings))
+    app.include_router(internal_router(settings))
     return app

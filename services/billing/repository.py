@@ -1,8 +1,9 @@
-"""Billing's SQL: add batch costs to the day ledger, and sum it into buckets."""
+"""Billing's SQL: add batch costs to the day ledger, sum it into buckets, read spend."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -91,3 +92,26 @@ async def total(conn: Conn | asyncpg.Pool, project_id: str, query: UsageQuery) -
     )
     assert isinstance(amount, Decimal)
     return amount
+
+
+# ROLLUP adds the project's total (key_id NULL) to the per-key sums in the same scan, and
+# PostgreSQL sums numeric exactly. The primary key (project_id, day, ...) serves the range.
+_SPEND = """
+SELECT key_id, GROUPING(key_id) = 1 AS is_total, coalesce(sum(amount), 0) AS amount
+FROM cost_day WHERE project_id = $1 AND day >= $2
+GROUP BY ROLLUP (key_id)
+"""
+
+
+async def spend_since(
+    conn: Conn | asyncpg.Pool, project_id: str, since: date
+) -> tuple[Decimal, dict[str, Decimal]]:
+    """The project's exact spend from the UTC day since on, in total and per key."""
+    total = Decimal(0)
+    per_key: dict[str, Decimal] = {}
+    for row in await conn.fetch(_SPEND, project_id, since):
+        if row["is_total"]:
+            total = row["amount"]
+        else:
+            per_key[row["key_id"]] = row["amount"]
+    return total, per_key

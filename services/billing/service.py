@@ -1,20 +1,22 @@
-"""Billing's logic, free of frameworks: price usage events, sum costs into pages."""
+"""Billing's logic, free of frameworks: price usage events, sum costs into pages, spend."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from services.billing.money import EXACT, cost
+from services.billing.money import EXACT, cost, plain
 from shared.catalogue import Catalogue
+from shared.errors import BadRequest
 from shared.events import UsageRecorded
 from shared.ledger_consumer import Poison
 from shared.pricing import CostLine, cost_lines
-from shared.usage_query import UsageQuery
+from shared.usage_query import MAX_TIME, UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "line_item", "project_id")
 WIDTHS = ("1d",)  # the ledger is per day, as OpenAI's costs API
@@ -136,4 +138,54 @@ def costs_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[
     }
 
 
-__all__ = ["CostLine", "PricedUsage", "Pricer", "cost_deltas", "costs_page"]
+DAY_S = 86400
+_EPOCH = date(1970, 1, 1)
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def parse_since(raw: str | None) -> date:
+    """The UTC day a spend read starts at: ``since`` must be 0 or a UTC day boundary.
+
+    The ledger is per day, so any other instant would be answered for a moment it does not
+    hold; refusing it keeps a caller from mistaking a day's spend for a part of it.
+    """
+    if raw is None or raw == "":
+        raise BadRequest("Missing required parameter: 'since'.", param="since")
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_TIME:
+        raise BadRequest(
+            f"Invalid 'since': expected Unix seconds from 0 to {MAX_TIME}, got {raw[:40]!r}.",
+            param="since",
+        )
+    since = int(raw)
+    if since % DAY_S:
+        raise BadRequest(
+            f"Invalid 'since': {since} is not the start of a UTC day (a multiple of {DAY_S});"
+            f" the ledger is per day.",
+            param="since",
+        )
+    return _EPOCH + timedelta(days=since // DAY_S)
+
+
+def spend_body(
+    project_id: str, since: date, total: Decimal, per_key: dict[str, Decimal], now: datetime
+) -> dict[str, Any]:
+    """The spend read's answer: exact amounts as decimal strings, never through a float."""
+    return {
+        "object": "project.spend",
+        "project_id": project_id,
+        "since": (since - _EPOCH).days * DAY_S,
+        "spent_usd": plain(total),
+        "keys": {key: plain(amount) for key, amount in sorted(per_key.items())},
+        "as_of": int(now.timestamp()),
+    }
+
+
+__all__ = [
+    "CostLine",
+    "PricedUsage",
+    "Pricer",
+    "cost_deltas",
+    "costs_page",
+    "parse_since",
+    "spend_body",
+]

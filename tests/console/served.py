@@ -52,7 +52,12 @@ def service_settings(
         {**common, "db_schema": schemas[1], "consumer_group": f"metering-{unique}"}
     )
     billing = BillingSettings.model_validate(
-        {**common, "db_schema": schemas[2], "consumer_group": f"billing-{unique}"}
+        {
+            **common,
+            "internal_token": INTERNAL_TOKEN,
+            "db_schema": schemas[2],
+            "consumer_group": f"billing-{unique}",
+        }
     )
     return keys, metering, billing
 

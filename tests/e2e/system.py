@@ -151,7 +151,8 @@ def start_system(
                     "CATALOGUE_PATH": str(catalogue), "REDIS_PREFIX": f"e2e:{unique}:"},
         "metering": {"ADMIN_TOKEN": admin, "DB_SCHEMA": f"e2e_{unique}_metering",
                      "CONSUMER_GROUP": f"metering-{unique}"},
-        "billing": {"ADMIN_TOKEN": admin, "DB_SCHEMA": f"e2e_{unique}_billing",
+        "billing": {"ADMIN_TOKEN": admin, "INTERNAL_TOKEN": internal,
+                    "DB_SCHEMA": f"e2e_{unique}_billing",
                     "CONSUMER_GROUP": f"billing-{unique}", "CATALOGUE_PATH": str(catalogue)},
     }  # fmt: skip
     apps = {

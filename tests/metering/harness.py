@@ -34,6 +34,9 @@ from shared.kafka import idempotent_producer
 
 ADMIN_TOKEN = "test-operator-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# What the gateways send billing (and the key service): never the operator token.
+INTERNAL_TOKEN = "test-internal-token-0123456789"
+INTERNAL_AUTH = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
 DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
 PRICE_CHANGE = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 CHAT, EMBED, UNPRICED = "test/chat", "test/embed", "test/unpriced"

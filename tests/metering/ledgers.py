@@ -19,13 +19,14 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
 
 from deploy.stack import Endpoints
 from services.billing.settings import BillingSettings
 from services.metering.settings import MeteringSettings
 from shared.events import DeadLetter, UsageRecorded
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
-from tests.metering.harness import ADMIN_TOKEN, AUTH, DAY0, expected, produce
+from tests.metering.harness import ADMIN_TOKEN, AUTH, DAY0, INTERNAL_TOKEN, expected, produce
 from tests.polling import eventually
 
 
@@ -68,6 +69,7 @@ class Case:
                 db_schema=self.schemas[1],
                 consumer_group=f"billing-{self.unique}",
                 catalogue_path=self.catalogue_path,
+                internal_token=SecretStr(INTERNAL_TOKEN),
                 **common,
             ),
         )

@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.metering.harness import ADMIN_TOKEN, both, stats, stream_of
+from tests.metering.harness import ADMIN_TOKEN, INTERNAL_TOKEN, both, stats, stream_of
 from tests.metering.ledgers import Case
 from tests.polling import eventually
 from tests.private_servers import Private, free_port
@@ -65,6 +65,7 @@ def _env(case: Case, service: str, schema: str) -> dict[str, str]:
         f"{p}KAFKA_BOOTSTRAP": case.bootstrap,
         f"{p}DATABASE_URL": case.database_url,
         f"{p}ADMIN_TOKEN": ADMIN_TOKEN,
+        f"{p}INTERNAL_TOKEN": INTERNAL_TOKEN,  # billing requires it; metering ignores it
         f"{p}TOPIC_PREFIX": case.prefix,
         f"{p}DB_SCHEMA": schema,
         f"{p}CONSUMER_GROUP": f"{service}-{case.unique}",
