@@ -6,6 +6,7 @@ active key (``key.updated``, new versions) on keys.events and to the gateways' R
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -231,3 +232,43 @@ async def test_every_policy_field_is_documented_in_the_openapi(keys: Running) ->
         for name, prop in schema["properties"].items():
             assert prop.get("description"), name
             assert prop.get("examples"), name
+
+
+async def test_racing_project_and_key_changes_end_on_the_newest_project_policy(
+    keys: Running,
+) -> None:
+    project = await keys.project()
+    a = await keys.key(project, "a")
+    b = await keys.key(project, "b")
+    base = f"/v1/projects/{project}/keys"
+    calls = []
+    for i in range(1, 9):
+        budget = {"limit_usd": str(i), "period": "day"}
+        limits = {"rate_limits": {"requests_per_minute": i}}
+        calls += [
+            keys.client.patch(f"/v1/projects/{project}", json={"budget": budget}),
+            keys.client.patch(f"{base}/{a['id']}", json=limits),
+            keys.client.patch(f"{base}/{b['id']}", json=limits),
+            keys.client.post(f"{base}/{(a, b)[i % 2]['id']}/default"),
+        ]
+    answers = await asyncio.gather(*calls)
+    assert [r.status_code for r in answers] == [200] * len(answers)  # no deadlock, no 503
+    final = (await keys.client.get(f"/v1/projects/{project}")).json()["budget"]
+    for key in (a, b):
+        state = (await keys.verify(apikeys.hash_key(key["key"]))).json()
+        assert state["project_budget"] == final
+    await eventually(
+        lambda: _last_budgets(keys), until=lambda got: got == [final, final], what="last events"
+    )
+
+
+async def _last_budgets(keys: Running) -> list[Any]:
+    records = await read_topic(keys.settings.kafka_bootstrap, keys.settings.keys_topic, 1)
+    events = by_key(records)
+    out = []
+    for history in events.values():
+        versions = [e.version for e in history]
+        assert versions == sorted(versions)
+        last = history[-1].state().model_dump(mode="json")
+        out.append(last["project_budget"])
+    return out
