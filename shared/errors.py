@@ -93,12 +93,19 @@ def _validation_param(exc: RequestValidationError) -> tuple[str, str | None]:
     if not errors:
         return "Invalid request.", None
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
+    where = [p for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    # The param names the field (nested fields dotted: "budget.limit_usd"); a list item's
+    # index is told in the message instead ("allowed_models", item 2).
+    param = ".".join(str(p) for p in where if not isinstance(p, int)) or None
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request.", None
-    where = f" for '{param}'" if param else ""
-    return f"Invalid value{where}: {first.get('msg', 'invalid')}.", param
+    named = f" for '{param}'" if param else ""
+    items = [p for p in where if isinstance(p, int)]
+    if items:
+        given = first.get("input")
+        shown = f" {given[:64]!r}" if isinstance(given, str) else ""
+        named += f" (item {items[-1] + 1}{shown})"
+    return f"Invalid value{named}: {first.get('msg', 'invalid')}.", param
 
 
 _SITES_REMEMBERED = 1000

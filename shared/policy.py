@@ -79,8 +79,12 @@ class RateLimits(_Policy):
 
 
 def parse_usd(value: object) -> Decimal:
-    """A positive amount of dollars written as a decimal string, at most 6 places."""
-    if not isinstance(value, str | int) or isinstance(value, bool):
+    """A positive amount of dollars written as a decimal string, at most 6 places.
+
+    A ``Decimal`` is taken too: it is what ``Budget.model_dump()`` gives back, and a state
+    rebuilt from a dump (``KeyEvent(**state.model_dump())``) must validate again.
+    """
+    if not isinstance(value, str | int | Decimal) or isinstance(value, bool):
         raise ValueError('write the amount as a decimal string, such as "25.00"')  # noqa: TRY004
     text = str(value).strip()
     try:

@@ -17,11 +17,13 @@ from services.keys.models import (
     KeyList,
     Project,
     ProjectList,
-    RenameKey,
     RotateKey,
+    UpdateKey,
+    UpdateProject,
     VerifyRequest,
     unix,
 )
+from services.keys.policies import KEY_FIELDS, budget_of, rate_limits_of
 from services.keys.repository import Row
 from services.keys.service import KeyService, view_status
 from services.keys.settings import KeysSettings
@@ -46,7 +48,13 @@ ServiceDep = Annotated[KeyService, Depends(_service)]
 
 def project_view(row: Row) -> Project:
     """A project row as the API shows it."""
-    return Project(id=row["id"], name=row["name"], created_at=int(row["created_at"].timestamp()))
+    return Project(
+        id=row["id"],
+        name=row["name"],
+        created_at=int(row["created_at"].timestamp()),
+        rate_limits=rate_limits_of(row["rate_limits"]),
+        budget=budget_of(row["budget"]),
+    )
 
 
 def key_view(row: Row) -> ApiKey:
@@ -64,6 +72,10 @@ def key_view(row: Row) -> ApiKey:
         rotated_at=unix(row["rotated_at"]),
         previous_key_valid_until=unix(row["previous_valid_until"]),
         revoked_at=unix(row["revoked_at"]),
+        rate_limits=rate_limits_of(row["rate_limits"]),
+        budget=budget_of(row["budget"]),
+        allowed_models=row["allowed_models"],
+        allowed_endpoints=row["allowed_endpoints"],
     )
 
 
@@ -97,12 +109,25 @@ def management_router(settings: KeysSettings) -> APIRouter:
         """Get a project."""
         return project_view(await service.get_project(project_id))
 
+    @router.patch("/{project_id}", response_model=Project)
+    async def update_project(
+        project_id: ProjectId, body: UpdateProject, service: ServiceDep
+    ) -> Project:
+        """Rename a project or change its limits: fields left out stay, null removes a limit.
+
+        A limits change re-publishes every active key of the project (key.updated), since
+        each key's state carries its project's limits.
+        """
+        changes = {f: getattr(body, f) for f in body.model_fields_set}
+        return project_view(await service.update_project(project_id, changes))
+
     @router.post("/{project_id}/keys", status_code=201, response_model=ApiKeyWithSecret)
     async def create_key(
         project_id: ProjectId, body: CreateKey, service: ServiceDep, response: Response
     ) -> ApiKeyWithSecret:
         """Create a key; its secret is in this answer only."""
-        created = await service.create_key(project_id, body.name, body.expires_at)
+        policy = {f: getattr(body, f) for f in KEY_FIELDS}
+        created = await service.create_key(project_id, body.name, body.expires_at, policy)
         response.headers["Cache-Control"] = "no-store"
         return ApiKeyWithSecret(**key_view(created.row).model_dump(), key=created.secret)
 
@@ -132,11 +157,12 @@ def management_router(settings: KeysSettings) -> APIRouter:
         return key_view(await service.get_key(project_id, key_id))
 
     @router.patch("/{project_id}/keys/{key_id}", response_model=ApiKey)
-    async def rename_key(
-        project_id: ProjectId, key_id: KeyId, body: RenameKey, service: ServiceDep
+    async def update_key(
+        project_id: ProjectId, key_id: KeyId, body: UpdateKey, service: ServiceDep
     ) -> ApiKey:
-        """Rename a key."""
-        return key_view(await service.rename_key(project_id, key_id, body.name))
+        """Rename a key or change its policy: fields left out stay, null removes a limit."""
+        changes = {f: getattr(body, f) for f in body.model_fields_set}
+        return key_view(await service.update_key(project_id, key_id, changes))
 
     @router.delete("/{project_id}/keys/{key_id}", response_model=KeyDeleted)
     async def revoke_key(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> KeyDeleted:

@@ -4,7 +4,8 @@ The operator token comes from ``--token-file``, ``TOLLGATE_ADMIN_TOKEN`` (or
 ``TOLLGATE_KEYS_ADMIN_TOKEN``), or the ``admin-token`` file ``make up`` writes under
 ``$TOLLGATE_RUN_DIR`` (default ``./.run``). The API is at ``--url``, ``TOLLGATE_KEYS_URL``
 or ``http://127.0.0.1:8081``. Exit status: 0 done, 1 the API refused, 2 bad usage,
-3 no token or no answer.
+3 no token or no answer. Policy flags (``--rpm``, ``--tpm``, ``--budget``, ``--models``,
+``--endpoints``) are in ``cli_policy.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+
+from services.keys.cli_policy import add_policy_flags, given, needs_current, policy_body, summary
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 
@@ -51,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     projects.add_parser("create", help="create a project").add_argument("name")
     projects.add_parser("list", help="list projects")
     projects.add_parser("get", help="show a project").add_argument("project_id")
+    update_project = projects.add_parser(
+        "update", help="rename a project or change its limits (for all its keys together)"
+    )
+    update_project.add_argument("project_id")
+    update_project.add_argument("--name", default=argparse.SUPPRESS, help="a new name")
+    add_policy_flags(update_project, removable=True, scopes=False)
 
     keys = groups.add_parser("keys", help="API keys of a project").add_subparsers(
         dest="action", required=True
@@ -66,12 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     create = key_command("create", "create a key; its secret is printed once", key_id=False)
     create.add_argument("name")
     create.add_argument("--expires-at", help="ISO 8601 time with timezone, or Unix seconds")
+    add_policy_flags(create, removable=False)
     key_command("list", "list keys", key_id=False).add_argument(
         "--all", action="store_true", help="include revoked keys"
     )
     key_command("get", "show a key")
     key_command("default", "make a key the project's default")
     key_command("rename", "rename a key").add_argument("name")
+    update = key_command("update", "rename a key or change its limits and scopes")
+    update.add_argument("--name", default=argparse.SUPPRESS, help="a new name")
+    add_policy_flags(update, removable=True)
     key_command("rotate", "give a key a new secret, printed once").add_argument(
         "--grace", type=int, default=0, metavar="SECONDS", help="how long the old secret works"
     )
@@ -160,11 +173,23 @@ def _print_secret(key: dict[str, Any], verb: str, out: TextIO, err: TextIO) -> N
         err.write(f"The previous secret keeps working until {until}.\n")
 
 
+def _update(args: argparse.Namespace, client: Client, path: str) -> Any:
+    """PATCH path with the fields the flags give; the item is read first when only one half
+    of its rate limits is given (the other half is kept)."""
+    current = client.call("GET", path) if needs_current(args) else None
+    body = policy_body(args, current) | ({"name": args.name} if given(args, "name") else {})
+    if not body:
+        raise CliError("nothing to update: give --name or a limit flag (see --help)", 2)
+    return client.call("PATCH", path, json=body)
+
+
 def _project_call(args: argparse.Namespace, client: Client) -> Any:
     if args.action == "create":
         return client.call("POST", "/v1/projects", json={"name": args.name})
     if args.action == "get":
         return client.call("GET", f"/v1/projects/{args.project_id}")
+    if args.action == "update":
+        return _update(args, client, f"/v1/projects/{args.project_id}")
     return client.every("/v1/projects", {})
 
 
@@ -174,11 +199,13 @@ def _key_call(args: argparse.Namespace, client: Client) -> Any:
     if args.action == "list":
         return client.every(base, {"include_revoked": "true" if args.all else "false"})
     if args.action == "create":
-        body: dict[str, Any] = {"name": args.name}
+        body: dict[str, Any] = {"name": args.name} | policy_body(args, None)
         if args.expires_at:
             given = args.expires_at
             body["expires_at"] = int(given) if given.isdigit() else given
         return client.call("POST", base, json=body)
+    if args.action == "update":
+        return _update(args, client, one)
     calls: dict[str, tuple[str, str, dict[str, Any] | None]] = {
         "get": ("GET", one, None),
         "default": ("POST", f"{one}/default", None),
@@ -192,7 +219,7 @@ def _key_call(args: argparse.Namespace, client: Client) -> Any:
 
 def _show_keys(answer: Any, out: TextIO) -> None:
     rows = answer if isinstance(answer, list) else [answer]
-    header = ["ID", "NAME", "KEY", "STATUS", "DEFAULT", "CREATED", "LAST USED", "EXPIRES"]
+    header = ["ID", "NAME", "KEY", "STATUS", "DEFAULT", "CREATED", "LAST USED", "EXPIRES", "LIMITS"]
     body_rows = [
         [
             k["id"],
@@ -203,6 +230,7 @@ def _show_keys(answer: Any, out: TextIO) -> None:
             _when(k["created_at"]),
             _when(k["last_used_at"]),
             _when(k["expires_at"]),
+            summary(k),
         ]
         for k in rows
     ]
@@ -218,8 +246,8 @@ def _execute(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO)
             err.write("Copy the secret now: it is not stored and will not be shown again.\n")
     elif args.group == "projects":
         rows = answer if isinstance(answer, list) else [answer]
-        table = [[p["id"], p["name"], _when(p["created_at"])] for p in rows]
-        _table([["ID", "NAME", "CREATED"], *table], out)
+        table = [[p["id"], p["name"], _when(p["created_at"]), summary(p)] for p in rows]
+        _table([["ID", "NAME", "CREATED", "LIMITS"], *table], out)
     elif shows_secret:
         _print_secret(answer, "Created" if args.action == "create" else "Rotated", out, err)
     elif args.action == "revoke":

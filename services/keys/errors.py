@@ -6,6 +6,7 @@ KeysError                         500 server_error
 ├── KeyRevoked                    409 key_revoked
 ├── KeyExpired                    409 key_expired
 ├── InvalidExpiry                 400 invalid_expires_at
+├── ModelNotInCatalogue           400 model_not_found (param allowed_models)
 └── DatabaseUnavailable           503 service_unavailable
 """
 
@@ -57,6 +58,18 @@ class InvalidExpiry(KeysError, BadRequest):
 
     def __init__(self, message: str, *, param: str, code: str = "invalid_expires_at") -> None:
         super().__init__(message, param=param, code=code)
+
+
+class ModelNotInCatalogue(KeysError, BadRequest):
+    """An allowed model that the catalogue does not know."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model[:256]}' is not in the catalogue; 'allowed_models' takes "
+            "catalogue ids (the gateway's GET /v1/models lists them).",
+            param="allowed_models",
+            code="model_not_found",
+        )
 
 
 class DatabaseUnavailable(KeysError, ServiceUnavailable):

@@ -17,6 +17,7 @@ from services.keys.mirror import StateMirror
 from services.keys.outbox import OutboxRelay
 from services.keys.service import KeyService
 from services.keys.settings import KeysSettings
+from shared.catalogue import load_catalogue
 from shared.db import apply_migrations, create_pool
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
@@ -34,6 +35,7 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalogue = load_catalogue(settings.catalogue_path)  # before anything else can fail
         pool = await create_pool(
             settings.database_url.get_secret_value(),
             settings.db_schema,
@@ -63,6 +65,7 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
                 topic=settings.keys_topic,
                 channel=settings.notify_channel,
                 max_grace_s=settings.max_grace_s,
+                models=[m.id for m in catalogue.models],
                 mirror=mirror,
             )
             yield

@@ -1,13 +1,18 @@
 """SQL of the key service. Every write that changes a key returns the whole new row.
 
-Tables are unqualified: the pool's search path is the service's schema.
+Tables are unqualified: the pool's search path is the service's schema. Every key row comes
+with its project's policy (``project_rate_limits``, ``project_budget``), read in the same
+statement: each key state carries it (design: "Key policies"). Policies are jsonb objects in
+the shape of ``shared.policy`` (``json_text`` writes them); scopes are text arrays.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
@@ -18,18 +23,58 @@ if TYPE_CHECKING:
     Executor: TypeAlias = "Conn | asyncpg.Pool[asyncpg.Record]"
 
 Row: TypeAlias = asyncpg.Record
-_KEY_COLUMNS = (
-    "id, project_id, name, hint, key_hash, previous_key_hash, previous_valid_until, status,"
-    " is_default, expires_at, created_at, updated_at, rotated_at, revoked_at, last_used_at,"
-    " version"
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """A key's own policy as stored: jsonb objects and text arrays, None for no limit."""
+
+    rate_limits: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    allowed_models: list[str] | None = None
+    allowed_endpoints: list[str] | None = None
+
+
+# Split at spaces, as one string: the list form takes a line per name.
+_KEY_NAMES = (  # noqa: SIM905
+    "id project_id name hint key_hash previous_key_hash previous_valid_until status"
+    " is_default expires_at created_at updated_at rotated_at revoked_at last_used_at"
+    " version rate_limits budget allowed_models allowed_endpoints"
+).split()
+_PROJECT_COLUMNS = "id, name, created_at, updated_at, rate_limits, budget"
+# A key row with its project's policy, from "k" (api_keys or a CTE of changed rows) join "p".
+_KEY_SELECT = (
+    ", ".join(f"k.{c}" for c in _KEY_NAMES)
+    + ", p.rate_limits AS project_rate_limits, p.budget AS project_budget"
 )
+
+
+def _key_rows(write: str) -> str:
+    """A statement that writes key rows (RETURNING *) and answers them with their project."""
+    return (
+        f"WITH k AS ({write} RETURNING *) SELECT {_KEY_SELECT}"
+        " FROM k JOIN projects AS p ON p.id = k.project_id"
+    )
+
+
+_KEY_FROM = f"SELECT {_KEY_SELECT} FROM api_keys AS k JOIN projects AS p ON p.id = k.project_id"
+
+
+def json_text(policy: dict[str, Any] | None) -> str | None:
+    """A policy as the jsonb text parameter the queries take (None stays NULL)."""
+    return None if policy is None else json.dumps(policy, separators=(",", ":"))
+
+
+def json_value(text: str | None) -> Any:
+    """A jsonb column as asyncpg returns it (text), decoded."""
+    return None if text is None else json.loads(text)
 
 
 async def insert_project(conn: Executor, project_id: str, name: str, now: datetime) -> Row:
     """A new project."""
     row = await conn.fetchrow(
-        "INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)"
-        " RETURNING id, name, created_at",
+        "INSERT INTO projects (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3)"
+        f" RETURNING {_PROJECT_COLUMNS}",
         project_id,
         name,
         now,
@@ -42,18 +87,58 @@ async def get_project(conn: Executor, project_id: str, *, lock: bool = False) ->
     """The project, locked for the transaction when asked (serialises its default changes)."""
     suffix = " FOR UPDATE" if lock else ""
     return await conn.fetchrow(
-        "SELECT id, name, created_at, seq FROM projects WHERE id = $1" + suffix, project_id
+        f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = $1" + suffix, project_id
     )
 
 
 async def list_projects(conn: Executor, limit: int, after: str | None) -> list[Row]:
     """Up to limit projects in creation order, after the project ``after`` when given."""
     return await conn.fetch(
-        "SELECT id, name, created_at FROM projects"
+        f"SELECT {_PROJECT_COLUMNS} FROM projects"
         " WHERE $2::text IS NULL OR seq > (SELECT seq FROM projects WHERE id = $2)"
         " ORDER BY seq LIMIT $1",
         limit,
         after,
+    )
+
+
+async def update_project(
+    conn: Executor,
+    project_id: str,
+    *,
+    name: str,
+    rate_limits: dict[str, Any] | None,
+    budget: dict[str, Any] | None,
+    now: datetime,
+) -> Row:
+    """Set the project's name and policy (the caller holds its row lock)."""
+    row = await conn.fetchrow(
+        "UPDATE projects SET name = $2, rate_limits = $3::jsonb, budget = $4::jsonb,"
+        f" updated_at = $5 WHERE id = $1 RETURNING {_PROJECT_COLUMNS}",
+        project_id,
+        name,
+        json_text(rate_limits),
+        json_text(budget),
+        now,
+    )
+    assert row is not None
+    return row
+
+
+async def touch_project_keys(conn: Executor, project_id: str, now: datetime) -> list[Row]:
+    """Bump every non-revoked key of the project, so each carries its project's new policy.
+
+    The caller locked the project row first (the lock order); the rows come back with the
+    policy this transaction just wrote.
+    """
+    return await conn.fetch(
+        _key_rows(
+            "UPDATE api_keys SET updated_at = $2, version = version + 1"
+            " WHERE project_id = $1 AND status <> 'revoked'"
+        )
+        + " ORDER BY k.seq",
+        project_id,
+        now,
     )
 
 
@@ -73,13 +158,16 @@ async def insert_key(
     key_hash: str,
     is_default: bool,
     expires_at: datetime | None,
+    policy: KeyPolicy,
     now: datetime,
 ) -> Row:
     """A new active key (version 1)."""
     row = await conn.fetchrow(
-        "INSERT INTO api_keys (id, project_id, name, hint, key_hash, is_default, expires_at,"
-        " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
-        f" RETURNING {_KEY_COLUMNS}",
+        _key_rows(
+            "INSERT INTO api_keys (id, project_id, name, hint, key_hash, is_default, expires_at,"
+            " created_at, updated_at, rate_limits, budget, allowed_models, allowed_endpoints)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9::jsonb, $10::jsonb, $11, $12)"
+        ),
         key_id,
         project_id,
         name,
@@ -88,6 +176,10 @@ async def insert_key(
         is_default,
         expires_at,
         now,
+        json_text(policy.rate_limits),
+        json_text(policy.budget),
+        policy.allowed_models,
+        policy.allowed_endpoints,
     )
     assert row is not None
     return row
@@ -105,9 +197,9 @@ async def get_key(
     conn: Executor, project_id: str, key_id: str, *, lock: bool = False
 ) -> Row | None:
     """The key of that project, locked for the transaction when asked."""
-    suffix = " FOR UPDATE" if lock else ""
+    suffix = " FOR UPDATE OF k" if lock else ""  # the key row only: never the project's
     return await conn.fetchrow(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE project_id = $1 AND id = $2" + suffix,
+        f"{_KEY_FROM} WHERE k.project_id = $1 AND k.id = $2" + suffix,
         project_id,
         key_id,
     )
@@ -118,10 +210,10 @@ async def list_keys(
 ) -> list[Row]:
     """Up to limit keys of the project in creation order, after the key ``after`` when given."""
     return await conn.fetch(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE project_id = $1"
-        " AND ($2 OR status <> 'revoked')"
-        " AND ($4::text IS NULL OR seq > (SELECT seq FROM api_keys WHERE id = $4))"
-        " ORDER BY seq LIMIT $3",
+        f"{_KEY_FROM} WHERE k.project_id = $1"
+        " AND ($2 OR k.status <> 'revoked')"
+        " AND ($4::text IS NULL OR k.seq > (SELECT seq FROM api_keys WHERE id = $4))"
+        " ORDER BY k.seq LIMIT $3",
         project_id,
         include_revoked,
         limit,
@@ -129,16 +221,31 @@ async def list_keys(
     )
 
 
-async def rename_key(conn: Executor, key_id: str, name: str, now: datetime) -> Row:
-    """Give the key a new name."""
-    return await _update(conn, key_id, now, "name = $3", name)
+async def update_key(
+    conn: Executor, key_id: str, name: str, policy: KeyPolicy, now: datetime
+) -> Row:
+    """Set the key's name and its whole policy."""
+    return await _update(
+        conn,
+        key_id,
+        now,
+        "name = $3, rate_limits = $4::jsonb, budget = $5::jsonb, allowed_models = $6,"
+        " allowed_endpoints = $7",
+        name,
+        json_text(policy.rate_limits),
+        json_text(policy.budget),
+        policy.allowed_models,
+        policy.allowed_endpoints,
+    )
 
 
 async def clear_default(conn: Executor, project_id: str, now: datetime) -> Row | None:
     """Unset the project's default key; the old default's new row, or None when there was none."""
     return await conn.fetchrow(
-        "UPDATE api_keys SET is_default = false, updated_at = $2, version = version + 1"
-        f" WHERE project_id = $1 AND is_default RETURNING {_KEY_COLUMNS}",
+        _key_rows(
+            "UPDATE api_keys SET is_default = false, updated_at = $2, version = version + 1"
+            " WHERE project_id = $1 AND is_default"
+        ),
         project_id,
         now,
     )
@@ -186,8 +293,9 @@ async def revoke_key(conn: Executor, key_id: str, now: datetime) -> Row:
 
 async def _update(conn: Executor, key_id: str, now: datetime, sets: str, *args: object) -> Row:
     row = await conn.fetchrow(
-        f"UPDATE api_keys SET {sets}, updated_at = $2, version = version + 1"
-        f" WHERE id = $1 RETURNING {_KEY_COLUMNS}",
+        _key_rows(
+            f"UPDATE api_keys SET {sets}, updated_at = $2, version = version + 1 WHERE id = $1"
+        ),
         key_id,
         now,
         *args,
@@ -199,9 +307,9 @@ async def _update(conn: Executor, key_id: str, now: datetime, sets: str, *args: 
 async def find_by_hash(conn: Executor, key_hash: str, now: datetime) -> Row | None:
     """The key whose secret, or whose old secret still in its grace period, has this hash."""
     return await conn.fetchrow(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
-        f" UNION ALL SELECT {_KEY_COLUMNS} FROM api_keys"
-        " WHERE previous_key_hash = $1 AND previous_valid_until > $2 LIMIT 1",
+        f"{_KEY_FROM} WHERE k.key_hash = $1"
+        f" UNION ALL {_KEY_FROM}"
+        " WHERE k.previous_key_hash = $1 AND k.previous_valid_until > $2 LIMIT 1",
         key_hash,
         now,
     )

@@ -4,18 +4,26 @@ After a transaction that changed keys commits, their new states are also written
 the gateways' Redis (``mirror.py``): Kafka may be down, a revocation must not wait for it.
 
 Lock order, so that concurrent changes cannot deadlock: the project row first (taken by
-whatever may move the project's default), then key rows. Every change to a key locks its row
-before writing its outbox message, so per key the outbox order is the commit order.
+whatever may move the project's default, and by a project's policy change), then key rows.
+Every change to a key locks its row before writing its outbox message, so per key the outbox
+order is the commit order.
+
+Every key state carries its project's policy (``project_rate_limits``, ``project_budget``),
+read by the statement that writes the key row. A project policy change locks the project,
+writes it, then bumps every non-revoked key of the project in the same transaction: a key
+change racing it either committed first (the project change then writes a newer version over
+it) or waits for the key row lock, and the statement after that wait sees the new policy. So
+a key's newest version always carries its project's newest policy.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 from asyncpg.exceptions import InternalClientError
@@ -30,7 +38,14 @@ from services.keys.errors import (
     ProjectNotFound,
 )
 from services.keys.mirror import StateMirror
-from services.keys.repository import Row
+from services.keys.policies import (
+    KEY_FIELDS,
+    PROJECT_FIELDS,
+    check_models,
+    key_policy,
+    stored,
+)
+from services.keys.repository import KeyPolicy, Row, json_value
 from shared import apikeys
 from shared.errors import BadRequest
 from shared.events import KeyEvent, KeyEventType, KeyState, utc_now
@@ -54,12 +69,15 @@ class Created:
     secret: str
 
 
+_JSON_FIELDS = ("rate_limits", "budget", "project_rate_limits", "project_budget")
+
+
 def key_state(row: Row) -> KeyState:
-    """The key's whole state as caches hold it (never the secret)."""
-    return KeyState.model_validate(
-        {name: row[name] for name in KeyState.model_fields if name not in ("key_id",)}
-        | {"key_id": row["id"]}
-    )
+    """The key's whole state as caches hold it, its project's policy too (never the secret)."""
+    values = {name: row[name] for name in KeyState.model_fields if name != "key_id"}
+    for name in _JSON_FIELDS:
+        values[name] = json_value(values[name])
+    return KeyState.model_validate(values | {"key_id": row["id"]})
 
 
 def view_status(row: Row, now: datetime) -> Literal["active", "expired", "revoked"]:
@@ -81,9 +99,11 @@ class KeyService:
         topic: str,
         channel: str,
         max_grace_s: int,
+        models: Collection[str],
         mirror: StateMirror | None = None,
     ) -> None:
         self.pool = pool
+        self.models = frozenset(models)  # the catalogue's ids, which allowed_models may name
         self.topic = topic
         self.channel = channel
         self.max_grace_s = max_grace_s
@@ -129,6 +149,37 @@ class KeyService:
         async with self._transaction() as conn:
             return await self._project(conn, project_id)
 
+    async def update_project(self, project_id: str, changes: Mapping[str, Any]) -> Row:
+        """Change the project's name and policy (fields not in changes stay as they are).
+
+        A policy change re-publishes every non-revoked key of the project (``key.updated``, a
+        new version each) in the same transaction: that is how it reaches the gateways.
+        """
+        now = utc_now()
+        async with self._transaction() as conn:
+            row = await self._project(conn, project_id, lock=True)
+            old = {"name": row["name"]} | {f: json_value(row[f]) for f in PROJECT_FIELDS}
+            new = old | stored(changes)
+            if new == old:
+                return row
+            row = await repo.update_project(
+                conn,
+                project_id,
+                name=new["name"],
+                rate_limits=new["rate_limits"],
+                budget=new["budget"],
+                now=now,
+            )
+            republished = 0
+            if any(new[f] != old[f] for f in PROJECT_FIELDS):
+                for key in await repo.touch_project_keys(conn, project_id, now):
+                    await self._publish(conn, key, "key.updated", now)
+                    republished += 1
+        log.info(
+            "project updated", extra={"project_id": project_id, "keys_republished": republished}
+        )
+        return row
+
     async def list_projects(self, limit: int, after: str | None) -> tuple[list[Row], bool]:
         """A page of projects and whether more follow."""
         async with self._transaction() as conn:
@@ -164,11 +215,20 @@ class KeyService:
 
     # Keys
 
-    async def create_key(self, project_id: str, name: str, expires_at: datetime | None) -> Created:
-        """A new key; the project's first key (when it has no default) becomes its default."""
+    async def create_key(
+        self,
+        project_id: str,
+        name: str,
+        expires_at: datetime | None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> Created:
+        """A new key with its policy (the fields of KEY_FIELDS that are given, as the API's
+        types); the project's first key (when it has no default) becomes its default."""
         now = utc_now()
         if expires_at is not None and expires_at <= now:
             raise InvalidExpiry("'expires_at' must be in the future.", param="expires_at")
+        given = stored(policy or {})
+        check_models(given.get("allowed_models"), self.models)
         secret = apikeys.generate()
         async with self._transaction() as conn:
             await self._project(conn, project_id, lock=True)
@@ -181,6 +241,7 @@ class KeyService:
                 key_hash=apikeys.hash_key(secret),
                 is_default=not await repo.has_default(conn, project_id),
                 expires_at=expires_at,
+                policy=KeyPolicy(**given),
                 now=now,
             )
             await self._publish(conn, row, "key.created", now)
@@ -205,19 +266,29 @@ class KeyService:
             )
         return rows[:limit], len(rows) > limit
 
-    async def rename_key(self, project_id: str, key_id: str, name: str) -> Row:
-        """Give an active key a new name (the same name changes nothing)."""
+    async def update_key(self, project_id: str, key_id: str, changes: Mapping[str, Any]) -> Row:
+        """Change a key's name and policy: the fields in changes (None removes a limit), the
+        rest as they are. A key that would not change publishes nothing; a revoked one is
+        KeyRevoked."""
         now = utc_now()
+        given = stored(changes)
+        check_models(given.get("allowed_models"), self.models)
         async with self._transaction() as conn:
             await self._project(conn, project_id)
             row = await self._key(conn, project_id, key_id, lock=True)
             if row["status"] == "revoked":
                 raise KeyRevoked(key_id)
-            if row["name"] == name:
+            old = {"name": row["name"]} | vars(key_policy(row))
+            new = old | given
+            if new == old:
                 return row
-            row = await repo.rename_key(conn, key_id, name, now)
+            policy = KeyPolicy(**{f: new[f] for f in KEY_FIELDS})
+            row = await repo.update_key(conn, key_id, new["name"], policy, now)
             await self._publish(conn, row, "key.updated", now)
-        log.info("key renamed", extra={"key_id": key_id, "project_id": project_id})
+        log.info(
+            "key updated",
+            extra={"key_id": key_id, "project_id": project_id, "fields": sorted(changes)},
+        )
         return row
 
     async def set_default(self, project_id: str, key_id: str) -> Row:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -9,6 +11,7 @@ from shared.settings import TokenGuardedSettings, require_real_secret
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic_name
 
 MAX_GRACE_S = 30 * 24 * 3600
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class KeysSettings(TokenGuardedSettings):
@@ -30,6 +33,10 @@ class KeysSettings(TokenGuardedSettings):
     consumer_group: str = Field("keys-last-used", description="consumer group on usage.events")
     last_used_batch: int = Field(2000, ge=1, le=100_000, description="usage records per update")
     max_grace_s: int = Field(MAX_GRACE_S, ge=0, description="longest rotation grace period")
+    catalogue_path: Path = Field(
+        _REPO / "deploy" / "models.yaml",
+        description="model catalogue (the gateway's): allowed_models must name its ids",
+    )
     redis_write: bool = Field(
         True, description="also write each committed key state straight to the gateways' Redis"
     )

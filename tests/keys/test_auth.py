@@ -80,6 +80,13 @@ async def test_verify_answers_whole_state_or_404(keys: Running) -> None:
         "expires_at": None,
         "created_at": state["created_at"],
         "version": 1,
+        # No policy of its own nor of its project: every limit null.
+        "rate_limits": None,
+        "budget": None,
+        "allowed_models": None,
+        "allowed_endpoints": None,
+        "project_rate_limits": None,
+        "project_budget": None,
     }
     unknown = await keys.verify(apikeys.hash_key(apikeys.generate()))
     assert unknown.status_code == 404

@@ -132,7 +132,83 @@ def cases(project: str, key: str, revoked: str) -> list[Case]:
         Case("rotate malformed JSON", "POST", f"{one}/rotate", raw=b"{grace"),
         Case("revoke twice", "DELETE", gone, status=409, code="key_revoked"),
         Case("revoke unknown key", "DELETE", f"{keys}/key_nope", status=404),
+        Case("patch name null", "PATCH", one, {"name": None}, param="name"),
+        Case("patch unknown field", "PATCH", one, {"rpm": 5}, param="rpm"),
+        Case("patch policy of revoked", "PATCH", gone, {"budget": None}, status=409),
+        Case("project patch unknown", "PATCH", "/v1/projects/proj_nope", {}, status=404),
+        Case("project name null", "PATCH", f"/v1/projects/{project}", {"name": None}),
+        Case("project name blank", "PATCH", f"/v1/projects/{project}", {"name": " "}),
+        *policy_cases(f"/v1/projects/{project}", keys, one),
     ]
+
+
+RATE_OK = {"requests_per_minute": 60}
+BUDGET_OK = {"limit_usd": "25.00", "period": "month"}
+MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def policy_cases(project: str, keys: str, one: str) -> list[Case]:
+    """Each bad policy value, on key create, key PATCH and (rates, budgets) project PATCH."""
+    rpm, tpm = "rate_limits.requests_per_minute", "rate_limits.tokens_per_minute"
+    usd, period = "budget.limit_usd", "budget.period"
+    shared: list[tuple[str, dict[str, Any], str]] = [
+        ("rpm zero", {"rate_limits": {"requests_per_minute": 0}}, rpm),
+        ("rpm negative", {"rate_limits": {"requests_per_minute": -5}}, rpm),
+        ("rpm a float", {"rate_limits": {"requests_per_minute": 1.5}}, rpm),
+        ("rpm a string", {"rate_limits": {"requests_per_minute": "600"}}, rpm),
+        ("rpm a boolean", {"rate_limits": {"requests_per_minute": True}}, rpm),
+        ("rpm huge", {"rate_limits": {"requests_per_minute": 10**10}}, rpm),
+        ("tpm zero", {"rate_limits": {"tokens_per_minute": 0}}, tpm),
+        ("tpm negative", {"rate_limits": {"tokens_per_minute": -1}}, tpm),
+        (
+            "rate unknown",
+            {"rate_limits": {"requests_per_hour": 5}},
+            "rate_limits.requests_per_hour",
+        ),
+        ("rate a number", {"rate_limits": 600}, "rate_limits"),
+        ("budget zero", {"budget": {"limit_usd": "0", "period": "day"}}, usd),
+        ("budget negative", {"budget": {"limit_usd": "-1.00", "period": "day"}}, usd),
+        ("budget a float", {"budget": {"limit_usd": 25.5, "period": "day"}}, usd),
+        ("budget malformed", {"budget": {"limit_usd": "25,00", "period": "day"}}, usd),
+        ("budget words", {"budget": {"limit_usd": "ten dollars", "period": "day"}}, usd),
+        ("budget NaN", {"budget": {"limit_usd": "NaN", "period": "day"}}, usd),
+        ("budget infinite", {"budget": {"limit_usd": "Infinity", "period": "day"}}, usd),
+        ("budget 7 places", {"budget": {"limit_usd": "0.0000001", "period": "day"}}, usd),
+        ("budget too big", {"budget": {"limit_usd": "1e12", "period": "day"}}, usd),
+        ("budget boolean", {"budget": {"limit_usd": True, "period": "day"}}, usd),
+        ("budget no amount", {"budget": {"period": "day"}}, usd),
+        ("budget bad period", {"budget": {"limit_usd": "5", "period": "week"}}, period),
+        ("budget no period", {"budget": {"limit_usd": "5"}}, period),
+        ("budget a string", {"budget": "25/month"}, "budget"),
+    ]
+    scopes: list[tuple[str, dict[str, Any], str]] = [
+        ("models empty", {"allowed_models": []}, "allowed_models"),
+        ("models unknown", {"allowed_models": [MODEL, "gpt-9"]}, "allowed_models"),
+        ("models duplicate", {"allowed_models": [MODEL, MODEL]}, "allowed_models"),
+        ("models a string", {"allowed_models": MODEL}, "allowed_models"),
+        ("models blank id", {"allowed_models": [""]}, "allowed_models"),
+        ("models a number", {"allowed_models": [7]}, "allowed_models"),
+        ("endpoints empty", {"allowed_endpoints": []}, "allowed_endpoints"),
+        ("endpoints unknown", {"allowed_endpoints": ["chat"]}, "allowed_endpoints"),
+        ("endpoints duplicate", {"allowed_endpoints": ["models", "models"]}, "allowed_endpoints"),
+        ("endpoints path", {"allowed_endpoints": ["/v1/models"]}, "allowed_endpoints"),
+    ]
+    out: list[Case] = []
+    for what, body, param in [*shared, *scopes]:
+        out.append(Case(f"create: {what}", "POST", keys, {"name": "a", **body}, param=param))
+        out.append(Case(f"patch: {what}", "PATCH", one, body, param=param))
+    for what, body, param in shared:
+        out.append(Case(f"project: {what}", "PATCH", project, body, param=param))
+    out.append(
+        Case(
+            "project: no scopes",
+            "PATCH",
+            project,
+            {"allowed_models": [MODEL]},
+            param="allowed_models",
+        )
+    )
+    return out
 
 
 async def _quiet(keys: Running, db: asyncpg.Connection) -> dict[str, list[str]]:

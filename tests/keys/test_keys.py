@@ -23,6 +23,10 @@ KEY_FIELDS = {
     "rotated_at",
     "previous_key_valid_until",
     "revoked_at",
+    "rate_limits",
+    "budget",
+    "allowed_models",
+    "allowed_endpoints",
 }
 
 
