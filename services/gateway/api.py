@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.errors import ModelNotFound, UsageUnavailable
+from services.gateway.policies.describe import describe_key
+from shared.policy import allows_model
 
 if TYPE_CHECKING:
     from services.gateway.main import Gateway
@@ -49,20 +51,34 @@ def _model(entry_id: str, created: int, owned_by: str) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(request: Request, gateway: GatewayDep) -> dict[str, Any]:
-    """The catalogue's models, in OpenAI's list shape (an API key is required, as at OpenAI)."""
-    await gateway.auth.authenticate(request.headers.get("authorization"))
-    data = [_model(m.id, m.created, m.owned_by) for m in gateway.catalogue.models]
+    """The catalogue's models the key may use, in OpenAI's list shape (a key is required)."""
+    key = await gateway.auth.authenticate(request.headers.get("authorization"))
+    gateway.policies.check_scope(key, "models")
+    data = [
+        _model(m.id, m.created, m.owned_by)
+        for m in gateway.catalogue.models
+        if allows_model(key.allowed_models, m.id)
+    ]
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request, gateway: GatewayDep) -> dict[str, Any]:
     """One model of the catalogue (ids contain slashes, e.g. Qwen/Qwen2.5-0.5B-Instruct)."""
-    await gateway.auth.authenticate(request.headers.get("authorization"))
+    key = await gateway.auth.authenticate(request.headers.get("authorization"))
+    gateway.policies.check_scope(key, "models")
     entry = gateway.catalogue.get(model)
     if entry is None:
         raise ModelNotFound(model)
+    gateway.policies.check_model(key, entry.id)
     return _model(entry.id, entry.created, entry.owned_by)
+
+
+@router.get("/v1/key")
+async def get_key(request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    """What the key's holder may know of it: limits with what remains, budget and spend."""
+    key = await gateway.auth.authenticate(request.headers.get("authorization"))
+    return await describe_key(gateway.policies, key)
 
 
 @router.get("/healthz")

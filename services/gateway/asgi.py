@@ -96,6 +96,7 @@ class ProxiedRoutes:
                 self.metrics.overhead.observe(overhead)
                 message["headers"] = [
                     *message.get("headers", []),
+                    *state.get("ratelimit_headers", ()),
                     (OVERHEAD_HEADER, f"{overhead * 1000:.3f}".encode()),
                     (b"x-request-id", request_id.encode()),
                 ]

@@ -7,17 +7,26 @@ ApiError (shared)
 │   └── WrongModelKind          400 model_not_supported
 ├── Unauthorized                401 invalid_api_key
 │   └── MissingApiKey           401 (OpenAI's wording, code null)
+├── Forbidden                   403
+│   ├── ModelNotAllowed         403 model_not_allowed (outside the key's allowed_models)
+│   └── EndpointNotAllowed      403 insufficient_permissions (outside allowed_endpoints)
 ├── NotFound
 │   └── ModelNotFound           404 model_not_found
 ├── PayloadTooLarge             413 request_too_large
+├── TooManyRequests             429
+│   ├── RateLimited             429 rate_limit_exceeded, type requests or tokens
+│   └── QuotaExceeded           429 insufficient_quota (a budget would be passed)
 ├── UpstreamError               502 bad_gateway
 ├── UpstreamTimeout             504 timeout
 └── ServiceUnavailable
     ├── AuthUnavailable         503 (neither Redis nor the key service answered)
+    ├── BudgetUnavailable       503 (a budget could be checked nowhere)
     └── UsageUnavailable        503 (usage could not be kept: spool full, Kafka away)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from shared.errors import ApiError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
 
@@ -116,4 +125,58 @@ class UsageUnavailable(ServiceUnavailable):
             "Usage cannot be recorded right now (usage spool full), so the request was not "
             "served. Please retry shortly."
         )
+        self.headers["retry-after"] = "1"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "insufficient_permissions"
+
+
+class ModelNotAllowed(Forbidden):
+    code = "model_not_allowed"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"This API key is not allowed to use the model `{shown(model)}`.", param="model"
+        )
+
+
+class EndpointNotAllowed(Forbidden):
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"You have insufficient permissions for this operation: this API key may not "
+            f"call {scope}."
+        )
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+
+
+class RateLimited(TooManyRequests):
+    """Over a requests or tokens per minute limit; ``error_type`` is which (OpenAI's way)."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, kind: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.headers["retry-after"] = str(retry_after_s)
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["type"] = self.kind
+        return body
+
+
+class QuotaExceeded(TooManyRequests):
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class BudgetUnavailable(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__("The spend budget of this API key cannot be checked right now.")
         self.headers["retry-after"] = "1"

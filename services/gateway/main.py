@@ -25,6 +25,8 @@ from services.gateway.cache import Breaker, LocalCache
 from services.gateway.emitter import UsageEmitter
 from services.gateway.feeder import Feeder
 from services.gateway.metrics import Metrics
+from services.gateway.policies.gate import PolicyGate
+from services.gateway.policies.ledger import SpendLedger
 from services.gateway.proxy import Proxy
 from services.gateway.responses import OverheadMiddleware
 from services.gateway.settings import GatewaySettings
@@ -151,8 +153,22 @@ class Gateway:
             redis_breaker=self.redis_breaker,
             metrics=metrics,
         )
+        self.policies = PolicyGate(
+            self.redis,
+            prefix=s.redis_prefix,
+            breaker=Breaker(s.dependency_retry_s),
+            ledger=SpendLedger(self.keys_client, s.billing_url, s.internal_token),
+            timeout_s=s.redis_timeout_s,
+            lease_s=s.reservation_lease_s,
+            reconcile_s=s.budget_reconcile_s,
+        )
         self.proxy = Proxy(
-            catalogue, self.auth, self.upstream_session, self.emitter, s.max_body_bytes
+            catalogue,
+            auth=self.auth,
+            policies=self.policies,
+            session=self.upstream_session,
+            emitter=self.emitter,
+            max_body_bytes=s.max_body_bytes,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -163,6 +179,8 @@ class Gateway:
             asyncio.create_task(_supervised(self.subscriber.run), name="key-states"),
             asyncio.create_task(_supervised(self.emitter.run_publisher), name="usage-publisher"),
             asyncio.create_task(_supervised(self.emitter.run_replayer), name="spool-replayer"),
+            asyncio.create_task(_supervised(self.policies.run_settler), name="policy-settler"),
+            asyncio.create_task(_supervised(self.policies.run_upkeep), name="policy-upkeep"),
         ]
 
     async def stop(self) -> None:
@@ -182,6 +200,8 @@ class Gateway:
                 continue
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.policies.flush()
+        await self.policies.leave()
         await self.emitter.close()
         await self.upstream_session.close()
         await self.keys_client.aclose()
@@ -203,6 +223,7 @@ class Gateway:
             "keys_cached": len(self.local),
             "key_states_subscribed": self.subscriber.up,
             "key_states_received": self.subscriber.received,
+            **self.policies.stats(),
         }
 
 

@@ -34,6 +34,7 @@ from services.gateway.errors import (
     UpstreamTimeout,
     WrongModelKind,
 )
+from services.gateway.policies.gate import Admission, PolicyGate
 from services.gateway.responses import MeteredResponse, MeteredStream
 from services.gateway.usage import (
     StreamMeter,
@@ -47,6 +48,7 @@ from services.gateway.usage_event import usage_event
 from shared.catalogue import Catalogue, ModelEntry
 from shared.errors import ApiError
 from shared.events import UNKNOWN_MODEL, Endpoint, KeyState
+from shared.policy import SCOPE_OF_PATH
 
 # What _finish is given: the usage, or how to measure it (run inside its guard, since an
 # estimate walks the client's body).
@@ -118,6 +120,7 @@ class Call:
     model: str = UNKNOWN_MODEL  # the catalogue id once the request named a known model
     stream: bool = False
     done: bool = False
+    admission: Admission | None = None  # its claims on rate limits and budgets, if any
 
 
 class Proxy:
@@ -126,7 +129,9 @@ class Proxy:
     def __init__(
         self,
         catalogue: Catalogue,
+        *,
         auth: Authenticator,
+        policies: PolicyGate,
         session: aiohttp.ClientSession,
         emitter: UsageEmitter,
         max_body_bytes: int,
@@ -134,6 +139,7 @@ class Proxy:
         self.catalogue = catalogue
         self.routes = {entry.id: Route.of(entry) for entry in catalogue.models}
         self.auth = auth
+        self.policies = policies
         self.session = session
         self.emitter = emitter
         self.max_body_bytes = max_body_bytes
@@ -147,9 +153,14 @@ class Proxy:
         attributes = {"tollgate.key_id": key.key_id, "tollgate.project_id": key.project_id}
         with _span(f"gateway {endpoint}", attributes) as span:
             try:
+                self.policies.check_scope(key, SCOPE_OF_PATH[endpoint])
                 payload, raw = await read_body(request, self.max_body_bytes)
                 route = self._route(call, payload)
                 span.set_attribute("tollgate.model", call.model)
+                self.policies.check_model(key, call.model)
+                call.admission = await self.policies.admit(
+                    key, route.entry, payload, len(raw), request.state
+                )
                 return await self._forward(request, call, route, payload, raw)
             except ApiError as exc:
                 span.set_attribute("http.response.status_code", exc.status_code)
@@ -338,6 +349,11 @@ class Proxy:
                     type(exc).__name__,
                 )
                 usage = Usage(source="estimated")
+        if call.admission is not None:
+            try:
+                self.policies.settle(call.admission, usage)
+            except Exception:  # the usage event below must be written whatever happens here
+                log.exception("could not settle a request's rate limits and budget")
         self.emitter.record(
             usage_event(
                 request_id=call.request_id,

@@ -104,7 +104,11 @@ class OverheadMiddleware:
                 overhead = max(0.0, perf_counter() - started - state.get("upstream_s", 0.0))
                 self.metrics.overhead.observe(overhead)
                 value = f"{overhead * 1000:.3f}".encode()
-                message["headers"] = [*message.get("headers", []), (OVERHEAD_HEADER, value)]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *state.get("ratelimit_headers", ()),
+                    (OVERHEAD_HEADER, value),
+                ]
             await send(message)
 
         try:

@@ -21,6 +21,18 @@ class GatewaySettings(ServiceSettings):
         SecretStr(""), description="bearer token for the key service's internal verify endpoint"
     )
     keys_url: str = Field("http://127.0.0.1:8081", description="the key service's base URL")
+    billing_url: str = Field(
+        "http://127.0.0.1:8083",
+        description="billing's base URL: the cost ledger budgets start from",
+    )
+    reservation_lease_s: float = Field(
+        900.0,
+        gt=0,
+        description="a budget reservation not settled by then (its gateway died) is released",
+    )
+    budget_reconcile_s: float = Field(
+        30.0, gt=0, description="how often budgets in use are raised to the cost ledger's spend"
+    )
     catalogue_path: Path = Field(_REPO / "deploy" / "models.yaml", description="model catalogue")
     spool_dir: Path = Field(
         _REPO / ".run" / "spool", description="usage events while Kafka is down"

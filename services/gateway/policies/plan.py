@@ -1,0 +1,215 @@
+"""What one request must pass: the limits and budgets of its key and project, as counters.
+
+Pure: from the key's state, the model and the request's size to the Redis names and amounts
+the admit script takes. A request is admitted on estimates, settled with its real usage:
+
+- tokens per minute: the prompt's estimate (a token per 4 bytes of the body) plus the output
+  it asks for (``max_tokens`` and its aliases, times ``n``);
+- budget: its worst case, every byte of the body as an input token (a token is at least one
+  byte) plus the most output it may get (``max_tokens`` times ``n``, or the model's
+  ``max_output_tokens`` when the client set none), priced with the catalogue's price in force.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from services.gateway.policies.periods import Window, window
+from shared.catalogue import ModelEntry
+from shared.events import KeyState
+from shared.policy import Budget, RateLimits
+from shared.pricing import EXACT, request_cost
+
+NANO = Decimal(1_000_000_000)
+Kind = Literal["requests", "tokens"]
+Holder = Literal["key", "project"]
+_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_CHOICES_MAX = 128
+
+
+def to_nano(amount: Decimal) -> int:
+    """Dollars as whole nano-dollars, rounded up (a budget counts a fraction as a whole)."""
+    return math.ceil(EXACT.multiply(amount, NANO))
+
+
+def from_nano(amount: int) -> Decimal:
+    return Decimal(amount) / NANO
+
+
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    redis_key: str
+    holder: Holder
+    kind: Kind
+    limit: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    redis_key: str
+    reservations_key: str
+    holder: Holder
+    budget: Budget
+    window: Window
+    limit: int  # nano-dollars
+    amount: int  # nano-dollars reserved
+    ttl_ms: int
+    project_id: str
+    key_id: str | None  # None for the project's budget
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    rates: tuple[RateCheck, ...]
+    budgets: tuple[BudgetCheck, ...]
+    token_estimate: int
+
+
+def requested_output(payload: dict[str, Any]) -> int | None:
+    """The most output tokens the request asks for over all its choices; None when unset."""
+    asked = None
+    for name in _OUTPUT_FIELDS:
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            asked = value if asked is None else min(asked, value)
+    if asked is None:
+        return None
+    n = payload.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= _CHOICES_MAX else 1
+    return asked * choices
+
+
+class Planner:
+    """Turns a key's policy and a request into counters, under one Redis key prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def rate_key(self, project_id: str, holder_id: str, kind: Kind) -> str:
+        return f"{self.prefix}rl:{{{project_id}}}:{holder_id}:{kind[0]}"
+
+    def budget_key(self, project_id: str, holder_id: str, period_id: str) -> str:
+        return f"{self.prefix}bg:{{{project_id}}}:{holder_id}:{period_id}"
+
+    def plan(
+        self,
+        key: KeyState,
+        entry: ModelEntry | None,
+        payload: dict[str, Any],
+        body_bytes: int,
+        now: datetime,
+    ) -> Plan:
+        """The checks of one request (none for a key and project without limits)."""
+        output = requested_output(payload)
+        kind_output = 0 if entry is not None and entry.kind == "embedding" else output
+        tokens = math.ceil(body_bytes / 4) + (kind_output or 0)
+        rates = [
+            *self._rates(key.project_id, key.key_id, "key", key.rate_limits, tokens),
+            *self._rates(key.project_id, "project", "project", key.project_rate_limits, tokens),
+        ]
+        budgets: list[BudgetCheck] = []
+        if key.budget is not None or key.project_budget is not None:
+            worst = self._worst_case(entry, payload, body_bytes, output, now)
+            for holder, budget in (("key", key.budget), ("project", key.project_budget)):
+                if budget is None:
+                    continue
+                win = window(budget.period, now)
+                holder_id = key.key_id if holder == "key" else "project"
+                redis_key = self.budget_key(key.project_id, holder_id, win.period_id)
+                budgets.append(
+                    BudgetCheck(
+                        redis_key=redis_key,
+                        reservations_key=redis_key + ":res",
+                        holder=holder,  # type: ignore[arg-type]
+                        budget=budget,
+                        window=win,
+                        limit=to_nano(budget.limit_usd),
+                        amount=worst,
+                        ttl_ms=win.ttl_ms(now),
+                        project_id=key.project_id,
+                        key_id=key.key_id if holder == "key" else None,
+                    )
+                )
+        return Plan(tuple(rates), tuple(budgets), tokens)
+
+    def _rates(
+        self,
+        project_id: str,
+        holder_id: str,
+        holder: Holder,
+        limits: RateLimits | None,
+        tokens: int,
+    ) -> list[RateCheck]:
+        if limits is None:
+            return []
+        checks = []
+        if limits.requests_per_minute is not None:
+            checks.append(
+                RateCheck(
+                    self.rate_key(project_id, holder_id, "requests"),
+                    holder,
+                    "requests",
+                    limits.requests_per_minute,
+                    1,
+                )
+            )
+        if limits.tokens_per_minute is not None:
+            checks.append(
+                RateCheck(
+                    self.rate_key(project_id, holder_id, "tokens"),
+                    holder,
+                    "tokens",
+                    limits.tokens_per_minute,
+                    tokens,
+                )
+            )
+        return checks
+
+    @staticmethod
+    def _worst_case(
+        entry: ModelEntry | None,
+        payload: dict[str, Any],
+        body_bytes: int,
+        output: int | None,
+        now: datetime,
+    ) -> int:
+        """The request's worst-case cost in nano-dollars (0 for a model without a price)."""
+        if entry is None:
+            return 0
+        price = entry.price_at(now)
+        if price is None:
+            return 0
+        out = entry.max_output_tokens if output is None else output
+        if entry.kind == "embedding":
+            out = 0
+        return to_nano(request_cost(price, input_tokens=body_bytes, output_tokens=out))
+
+
+def settled_cost(
+    entry: ModelEntry | None,
+    now: datetime,
+    *,
+    input_tokens: int,
+    cached_input_tokens: int,
+    output_tokens: int,
+) -> int:
+    """What the request really cost, in nano-dollars (rounded up), as billing prices it."""
+    if entry is None:
+        return 0
+    price = entry.price_at(now)
+    if price is None or (input_tokens == 0 and output_tokens == 0):
+        return 0
+    cached = min(cached_input_tokens, input_tokens)
+    return to_nano(
+        request_cost(
+            price,
+            input_tokens=input_tokens,
+            cached_input_tokens=cached,
+            output_tokens=output_tokens,
+        )
+    )
