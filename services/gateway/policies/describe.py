@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def _money(amount: Decimal) -> str:
-    return format(amount.quantize(Decimal("0.000001")), "f")
+    """Dollars to the nano-dollar the counters hold, without trailing zeros."""
+    text = format(amount.quantize(Decimal("1e-9")).normalize(), "f")
+    return "0" if text in ("-0", "0") else text
 
 
 def _unix(moment: datetime | None) -> int | None:
