@@ -66,7 +66,7 @@ async def _chat(client: openai.AsyncOpenAI, max_tokens: int = 20) -> Any:
 async def test_a_budget_holds_over_two_gateways_by_the_costs_api(two_gateways: System) -> None:
     system = two_gateways
     limit = Decimal("0.002")
-    project, key_id, secret = await _key(
+    project, _key_id, secret = await _key(
         system, budget={"limit_usd": str(limit), "period": "month"}
     )
     clients = _clients(system, secret)
@@ -78,16 +78,13 @@ async def test_a_budget_holds_over_two_gateways_by_the_costs_api(two_gateways: S
         try:
             answer = await _chat(clients[i % 2])
         except openai.RateLimitError as exc:
-            assert exc.code == "insufficient_quota"
-            assert exc.type == "insufficient_quota"
-            return "refused"
+            return f"refused {exc.code} {exc.type}"
         usage = answer.usage
         told += (usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 10**6
         return "served"
 
     outcomes = await asyncio.gather(*(one(i) for i in range(200)))
-    assert "served" in outcomes
-    assert "refused" in outcomes, "the budget refused the requests past it"
+    assert set(outcomes) == {"served", "refused insufficient_quota insufficient_quota"}
     assert told <= limit
 
     async with httpx.AsyncClient(
@@ -134,13 +131,14 @@ async def test_patches_take_effect_at_both_gateways_within_a_second(
         assert patched.status_code == 200, patched.text
         changed = time.monotonic()
         for client in clients:
-            while True:
+            code = None
+            while code is None:
                 try:
                     await _chat(client, 1)
                 except openai.PermissionDeniedError as exc:
-                    assert exc.code == "model_not_allowed"
-                    break
+                    code = exc.code
                 assert time.monotonic() - changed < 1.0, "the key change took over a second"
+            assert code == "model_not_allowed"
         # A project's limit reaches its keys the same way.
         patched = await admin.patch(
             f"/v1/projects/{project}", json={"rate_limits": {"requests_per_minute": 1}}

@@ -21,6 +21,7 @@ from tests.gateway.conftest import StartGateway
 from tests.gateway.fake_billing import FakeBilling
 from tests.gateway.harness import CHAT, EMBED, FakeKeyService, new_key, publish_key
 from tests.polling import eventually
+from tests.private_servers import Private
 from tests.served import Served
 
 PRICE = Price.model_validate(
@@ -318,3 +319,57 @@ async def test_get_key_answers_what_its_holder_may_know(
         assert body["allowed_endpoints"] == ["chat.completions", "models"]
         assert secret not in answer.text
         assert (await client.get("/v1/key")).status_code == 401
+
+
+async def test_with_redis_down_limits_fall_back_to_shares_and_no_spend_is_forgotten(
+    make_gateway: StartGateway,
+    keyservice: tuple[FakeKeyService, Served],
+    billing: tuple[FakeBilling, Served],
+    private_redis: Private,
+) -> None:
+    replicas = [
+        await make_gateway(redis=private_redis.redis_url, billing_url=billing[1].url)
+        for _ in range(2)
+    ]
+    secret, state = new_key(
+        rate_limits=RateLimits(requests_per_minute=20),
+        budget=Budget(limit_usd="1", period="day"),
+    )
+    keyservice[0].add(state)
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def replicas_seen() -> int:
+            ready = await client.get(replicas[0].url + "/readyz")
+            return int(ready.json()["policy_replicas"])
+
+        await eventually(replicas_seen, until=lambda n: n == 2, timeout=10)
+        warm = await _spread(client, replicas, secret, 2)
+        assert {a.status_code for a in warm} == {200}
+        await private_redis.astop()
+        # Each replica admits its share of the minute: 20 / 2 replicas, less what it had
+        # already admitted in this window (one each).
+        answers = await _spread(client, replicas, secret, 60)
+        statuses = Counter(a.status_code for a in answers)
+        assert statuses[200] == 18, statuses
+        assert statuses[429] == 42, statuses
+        served = [*warm, *(a for a in answers if a.status_code == 200)]
+        spent = sum(
+            (
+                request_cost(
+                    PRICE,
+                    input_tokens=a.json()["usage"]["prompt_tokens"],
+                    output_tokens=a.json()["usage"]["completion_tokens"],
+                )
+                for a in served
+            ),
+            Decimal(0),
+        )
+        await private_redis.astart()
+
+        async def spent_usd() -> Decimal:
+            answer = await client.get(replicas[1].url + "/v1/key", headers=auth(secret))
+            budget = answer.json()["budget"]
+            return Decimal(budget["spent_usd"]) if budget else Decimal(0)
+
+        # Back: what each replica spent while Redis was away reaches the shared counter.
+        await eventually(spent_usd, until=lambda s: s >= spent, timeout=15)

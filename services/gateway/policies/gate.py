@@ -165,7 +165,7 @@ class PolicyGate:
             self.breaker.failed()
             return None
         self.breaker.succeeded()
-        self.local.remember(verdict)
+        self.local.remember(plan, verdict)
         return verdict
 
     async def _seed(self, budgets: tuple[BudgetCheck, ...]) -> None:

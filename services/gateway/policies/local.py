@@ -37,10 +37,16 @@ class LocalCounters:
         self.reserved: dict[str, dict[str, int]] = {}  # budget key -> reservation -> amount
         self.unflushed: dict[str, int] = {}  # budget key -> spend not yet taken by Redis
 
-    def remember(self, verdict: Verdict) -> None:
-        """What Redis held for each budget, the base of a degraded check."""
+    def remember(self, plan: Plan, verdict: Verdict) -> None:
+        """What Redis admitted and held: this replica's own admissions go in its windows too
+        (a degraded check then counts what it admitted just before), and each budget's spend
+        is the base of a degraded check."""
         for state in verdict.budgets:
             self.known[state.check.redis_key] = state.spent + state.reserved
+        if verdict.outcome == ADMITTED:
+            for rate in plan.rates:
+                window = self.windows.setdefault(rate.redis_key, {})
+                window[verdict.second] = window.get(verdict.second, 0) + rate.amount
 
     def admit(
         self, plan: Plan, reservation: str, replicas: int, now_ms: int, ledger: dict[str, int]
