@@ -193,7 +193,7 @@ async def test_a_budget_holds_under_200_concurrent_requests_over_two_replicas(
     two: list[Served], keyservice: tuple[FakeKeyService, Served]
 ) -> None:
     limit = Decimal("0.0005")
-    secret, state = new_key(budget=Budget(limit_usd=str(limit), period="month"))
+    secret, state = new_key(budget=Budget(limit_usd=limit, period="month"))
     keyservice[0].add(state)
     async with httpx.AsyncClient(timeout=60) as client:
         answers = await _spread(client, two, secret, 200, max_tokens=20)
@@ -244,7 +244,9 @@ async def test_budgets_start_from_the_ledger_and_survive_a_redis_wipe(
     redis_client: aioredis.Redis,
     redis_prefix: str,
 ) -> None:
-    secret, state = new_key(project="proj_ledger", budget=Budget(limit_usd="0.001", period="total"))
+    secret, state = new_key(
+        project="proj_ledger", budget=Budget(limit_usd=Decimal("0.001"), period="total")
+    )
     keyservice[0].add(state)
     # The ledger says the key has spent all but a few requests' worth.
     billing[0].keys["proj_ledger"] = {state.key_id: Decimal("0.00095")}
@@ -333,7 +335,7 @@ async def test_with_redis_down_limits_fall_back_to_shares_and_no_spend_is_forgot
     ]
     secret, state = new_key(
         rate_limits=RateLimits(requests_per_minute=20),
-        budget=Budget(limit_usd="1", period="day"),
+        budget=Budget(limit_usd=Decimal("1"), period="day"),
     )
     keyservice[0].add(state)
     async with httpx.AsyncClient(timeout=30) as client:

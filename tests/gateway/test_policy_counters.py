@@ -89,7 +89,7 @@ async def test_budgets_need_a_seed_then_reserve_and_release_with_leases(
     redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     counters = RedisCounters(redis_client)
-    plan = _plan(redis_prefix, budget=Budget(limit_usd="0.000003", period="total"))
+    plan = _plan(redis_prefix, budget=Budget(limit_usd=Decimal("0.000003"), period="total"))
     budget = plan.budgets[0]
     assert budget.limit == 3000
     assert (await counters.admit(plan, "a", 1000, T0)).outcome == NEEDS_SEED
