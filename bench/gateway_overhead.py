@@ -11,7 +11,12 @@ share this machine's cores.
 
     uv run --frozen python bench/gateway_overhead.py [--levels 1,50,500] [--modes chat,stream,embed]
         [--rounds 3] [--requests 1000 | --requests 1=2000,50=2000,500=1000 | --duration 5]
-        [--json PATH] [--profile PATH --profile-levels 1,50 --profile-mode chat]
+        [--json PATH] [--profile PATH --profile-levels 1,50 --profile-mode chat] [--policy]
+
+``--policy`` adds a third arm to every round: the same gateway called with a key that has
+rate limits (key and project) and a budget, all checked on every request and never reached,
+so the difference in gateway CPU per request is what the policy check costs; the Redis
+commands it sends per request are counted from Redis's own command statistics.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 import uvloop
 
 from bench.lib import procstat, profile, report, servers
@@ -56,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile-requests", type=int, default=4000, help="profiled round")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per s")
     parser.add_argument("--top", type=int, default=25, help="functions in the profile summary")
+    parser.add_argument(
+        "--policy", action="store_true", help="also a key with rate limits and a budget"
+    )
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x]
     args.modes = [m for m in args.modes.split(",") if m]
@@ -85,13 +94,86 @@ async def one_round(
     duration: float | None,
 ) -> tuple[Round, dict[str, float], Round]:
     """One measured round, after a warm-up that opens the clients' connections."""
-    url, headers = (srv.gateway_url, srv.headers) if target == "gateway" else (srv.upstream_url, {})
+    url, headers = {
+        "direct": (srv.upstream_url, {}),
+        "gateway": (srv.gateway_url, srv.headers),
+        "policy": (srv.gateway_url, srv.policy_headers),
+    }[target]
     async with Load(url, mode, clients, headers) as load:
         warm = await load.warm()
         before = cpu_now(srv)
         measured = await load.run(requests=count, duration=duration)
         after = cpu_now(srv)
     return measured, {name: after[name] - before[name] for name in before}, warm
+
+
+async def measure_mode(
+    srv: servers.Servers,
+    args: argparse.Namespace,
+    *,
+    clients: int,
+    mode: str,
+    count: int | None,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    """Interleaved rounds of one level and mode; its figures (every round also in out)."""
+    targets = ("direct", "gateway", "policy") if args.policy else ("direct", "gateway")
+    pooled = {target: report.Pooled() for target in targets}
+    redis_calls = redis_sent = 0  # the policy arm's Redis commands, and its requests with warm-ups
+    for index in range(args.rounds):
+        for target in targets:
+            calls = await redis_commands(srv) if target == "policy" else 0
+            measured, cpu, warm = await one_round(
+                srv,
+                target,
+                mode=mode,
+                clients=clients,
+                count=count,
+                duration=args.duration,
+            )
+            if target == "policy":
+                redis_calls += await redis_commands(srv) - calls
+                redis_sent += measured.sent + warm.sent
+            pool = pooled[target]
+            pool.latencies += measured.latencies
+            pool.errors.update(measured.errors)
+            pool.elapsed += measured.elapsed
+            pool.sent += measured.sent
+            pool.rps.append(len(measured.latencies) / measured.elapsed)
+            for name, seconds in cpu.items():
+                pool.cpu[name] = pool.cpu.get(name, 0.0) + seconds
+            out["rounds"].append({
+                "clients": clients, "mode": mode, "round": index, "target": target,
+                "requests": measured.sent, "ok": len(measured.latencies),
+                "elapsed_s": measured.elapsed, "cpu_s": cpu,
+                "errors": dict(measured.errors), "warmup_errors": dict(warm.errors),
+            })  # fmt: skip
+    result = {
+        "clients": clients,
+        "mode": mode,
+        **report.combine(pooled["direct"].figures(), pooled["gateway"].figures()),
+    }
+    print(report.table([result]).splitlines()[-2], flush=True)
+    if args.policy:
+        policy = report.policy_cost(
+            pooled["gateway"].figures(),
+            pooled["policy"].figures(),
+            redis_calls / max(redis_sent, 1),
+        )
+        result["policy"] = policy
+        print(report.policy_line(clients, mode, policy), flush=True)
+    return result
+
+
+async def redis_commands(srv: servers.Servers) -> int:
+    """Commands Redis has run so far (from INFO commandstats), to count them per request."""
+    client = aioredis.Redis.from_url(srv.endpoints.redis_url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    # This read's own INFO is counted too: one per reading, subtracted by the caller's pairs.
+    return sum(int(v["calls"]) for v in stats.values()) + 1
 
 
 def profile_path(base: Path, clients: int, many: bool) -> Path:
@@ -126,36 +208,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             count = (
                 None if args.duration else args.requests.get(clients, args.requests.get(0, 1000))
             )
-            level_results = []
-            for mode in args.modes:
-                pooled = {"direct": report.Pooled(), "gateway": report.Pooled()}
-                for index in range(args.rounds):
-                    for target in ("direct", "gateway"):
-                        measured, cpu, warm = await one_round(
-                            srv,
-                            target,
-                            mode=mode,
-                            clients=clients,
-                            count=count,
-                            duration=args.duration,
-                        )
-                        pool = pooled[target]
-                        pool.latencies += measured.latencies
-                        pool.errors.update(measured.errors)
-                        pool.elapsed += measured.elapsed
-                        pool.sent += measured.sent
-                        pool.rps.append(len(measured.latencies) / measured.elapsed)
-                        for name, seconds in cpu.items():
-                            pool.cpu[name] = pool.cpu.get(name, 0.0) + seconds
-                        out["rounds"].append({
-                            "clients": clients, "mode": mode, "round": index, "target": target,
-                            "requests": measured.sent, "ok": len(measured.latencies),
-                            "elapsed_s": measured.elapsed, "cpu_s": cpu,
-                            "errors": dict(measured.errors), "warmup_errors": dict(warm.errors),
-                        })  # fmt: skip
-                result = report.combine(pooled["direct"].figures(), pooled["gateway"].figures())
-                level_results.append({"clients": clients, "mode": mode, **result})
-                print(report.table([level_results[-1]]).splitlines()[-2], flush=True)
+            level_results = [
+                await measure_mode(srv, args, clients=clients, mode=mode, count=count, out=out)
+                for mode in args.modes
+            ]
             rss = procstat.rss_bytes(srv.gateway.pid) / 2**20
             for result in level_results:
                 result["gateway_rss_mb"] = rss
@@ -167,7 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             recorder = profile.Recorder(srv.gateway.pid, path, args.profile_rate)
             recorder.start()
             await asyncio.sleep(1.0)  # py-spy attaches
-            measured, cpu, _ = await one_round(
+            measured, _cpu, _ = await one_round(
                 srv,
                 "gateway",
                 mode=args.profile_mode,

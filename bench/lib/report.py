@@ -86,3 +86,28 @@ def table(results: list[dict[str, Any]]) -> str:
         "generator's; gw RSS = gateway VmRSS after the level"
     )
     return "\n".join(lines)
+
+
+def policy_cost(
+    gateway: dict[str, Any], policy: dict[str, Any], redis_per_request: float
+) -> dict[str, Any]:
+    """What checking a key's limits and budget adds: gateway CPU and Redis commands."""
+    plain = gateway["cpu_ms_per_request"].get("gateway", math.nan)
+    limited = policy["cpu_ms_per_request"].get("gateway", math.nan)
+    return {
+        "policy": policy,
+        "gateway_cpu_ms": limited,
+        "added_cpu_ms": limited - plain,
+        "added_p50_ms": policy["latency_ms"]["p50"] - gateway["latency_ms"]["p50"],
+        "redis_commands_per_request": redis_per_request,
+        "errors": dict(policy["errors"]),
+    }
+
+
+def policy_line(clients: int, mode: str, cost: dict[str, Any]) -> str:
+    return (
+        f"{clients:>7} {mode:<6} | with limits and a budget: gateway {cost['gateway_cpu_ms']:.3f}"
+        f" ms CPU/req ({cost['added_cpu_ms']:+.3f}), p50 {cost['added_p50_ms']:+.2f} ms,"
+        f" {cost['redis_commands_per_request']:.2f} Redis commands/req,"
+        f" errors {cost['errors'] or '-'}"
+    )

@@ -13,7 +13,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
@@ -23,6 +25,7 @@ from deploy.services import SERVICES
 from deploy.stack import Endpoints, Stack
 from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent
+from shared.policy import Budget, RateLimits
 from shared.topics import KEYS_EVENTS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +94,16 @@ async def wait_status(
     raise SystemExit(f"{url} did not answer {want} within {timeout}s (last: {last!r})")
 
 
-async def publish_key(bootstrap: str, prefix: str) -> str:
+# A key whose every limit and budget is checked on each request but never reached: the
+# policy arm of the benchmark measures what checking costs, not what refusing does.
+POLICY: dict[str, Any] = {
+    "rate_limits": RateLimits(requests_per_minute=10**9, tokens_per_minute=10**12),
+    "budget": Budget(limit_usd=Decimal(10**8), period="month"),
+    "project_rate_limits": RateLimits(requests_per_minute=10**9),
+}
+
+
+async def publish_key(bootstrap: str, prefix: str, **policy: Any) -> str:
     """A new key announced on the prefix's keys topic; the full secret stays in memory only."""
     secret = generate()
     event = KeyEvent(
@@ -103,6 +115,7 @@ async def publish_key(bootstrap: str, prefix: str) -> str:
         hint=hint(secret),
         key_hash=hash_key(secret),
         version=1,
+        **policy,
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
@@ -134,6 +147,7 @@ class Servers:
     upstream_url: str
     gateway_url: str
     headers: dict[str, str]
+    policy_headers: dict[str, str]
     prefix: str
     endpoints: Endpoints
     work: Path
@@ -166,6 +180,8 @@ async def start(work: Path) -> Servers:
         "TOLLGATE_GATEWAY_REDIS_PREFIX": f"{prefix}gw:",
         "TOLLGATE_GATEWAY_INTERNAL_TOKEN": uuid.uuid4().hex,
         "TOLLGATE_GATEWAY_KEYS_URL": f"http://127.0.0.1:{free_port()}",
+        # No billing: the policy key's budget starts from zero (and says so once in the log).
+        "TOLLGATE_GATEWAY_BILLING_URL": f"http://127.0.0.1:{free_port()}",
         "TOLLGATE_GATEWAY_CATALOGUE_PATH": str(catalogue),
         "TOLLGATE_GATEWAY_SPOOL_DIR": str(work / "spool"),
         "TOLLGATE_GATEWAY_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
@@ -174,7 +190,7 @@ async def start(work: Path) -> Servers:
     gateway = spawn(gateway_argv(gateway_port), env, work / "gateway.log")
     servers = Servers(
         upstream, gateway, f"http://127.0.0.1:{upstream_port}",
-        f"http://127.0.0.1:{gateway_port}", {}, prefix, endpoints, work,
+        f"http://127.0.0.1:{gateway_port}", {}, {}, prefix, endpoints, work,
     )  # fmt: skip
     try:
         await wait_status(servers.upstream_url + "/healthz")
@@ -184,6 +200,9 @@ async def start(work: Path) -> Servers:
         # The key reaches the gateway through Kafka: wait until it is accepted.
         chat = servers.gateway_url + "/v1/chat/completions"
         await wait_status(chat, 200, servers.headers, timeout=60)
+        policy_secret = await publish_key(endpoints.kafka_bootstrap, prefix, **POLICY)
+        servers.policy_headers = {"Authorization": f"Bearer {policy_secret}"}
+        await wait_status(chat, 200, servers.policy_headers, timeout=60)
     except BaseException:
         servers.stop()
         raise
