@@ -218,5 +218,6 @@ class CostsApi(ApiClient):
     async def total(self, project_id: str, params: list[tuple[str, str]]) -> dict[str, Any]:
         """The exact total over a range (``/costs/total``): one query, however long the range."""
         path = f"/v1/projects/{seg(project_id)}/costs/total"
-        result: dict[str, Any] = await self.call("GET", path, params=httpx.QueryParams(tuple(params)))
+        query = httpx.QueryParams(tuple(params))
+        result: dict[str, Any] = await self.call("GET", path, params=query)
         return result

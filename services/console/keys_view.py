@@ -133,7 +133,8 @@ async def error_page(
     """The page again, with the key service's error beside the form (and field) that caused
     it, and what was typed kept."""
     view = KeysView(show_revoked=show_revoked, errors={where: exc.message})
-    view.open_dialog = where if where != "row" else None
+    # The dialog of the form opens again (the create form's dialog is "create-key").
+    view.open_dialog = {"create": "create-key"}.get(where, where) if where != "row" else None
     if value is not None:
         view.values[where] = value
     if form is not None:
