@@ -13,7 +13,7 @@ import httpx
 from deploy.stack import Endpoints
 from tests.console.conftest import Apis
 from tests.console.helpers import console_client, console_settings, csrf_of, sign_in
-from tests.console.test_keys_pages import new_project, post, secret_of
+from tests.console.test_keys_pages import ORIGIN, new_project, post, secret_of
 from tests.console.test_usage_page import CHAT, EMBED, event, produce
 from tests.polling import eventually
 
@@ -41,7 +41,14 @@ async def fields(api: httpx.AsyncClient, path: str) -> dict[str, Any]:
     return {name: got.get(name) for name in names}
 
 
-LIMITED = {
+async def send(
+    client: httpx.AsyncClient, path: str, data: dict[str, str | list[str]], csrf: str
+) -> httpx.Response:
+    """A form post as the browser sends it (checkboxes: the field repeated)."""
+    return await client.post(path, data={**data, "csrf_token": csrf}, headers=ORIGIN)
+
+
+LIMITED: dict[str, str | list[str]] = {
     "name": "batch-job",
     "rpm": "600",
     "tpm": "100,000",
@@ -68,11 +75,7 @@ async def test_a_key_is_created_with_limits_then_edited_and_cleared(keys_only: A
         assert 'name="endpoints" value="chat.completions"' in create
         csrf = csrf_of(page)
 
-        created = await client.post(
-            keys_url,
-            data={**LIMITED, "csrf_token": csrf},
-            headers={"Origin": "http://console.test"},
-        )
+        created = await send(client, keys_url, LIMITED, csrf)
         assert created.status_code == 200
         assert secret_of(created.text).startswith("sk-tg-")
         key_id = (await api.get(f"/v1/projects/{project}/keys")).json()["data"][0]["id"]
@@ -149,7 +152,7 @@ async def test_a_bad_value_is_shown_beside_its_field_with_what_was_typed(
         keys_url = f"/projects/{project}/keys"
         csrf = csrf_of((await client.get(keys_url)).text)
 
-        zero = await post(client, keys_url, {**LIMITED, "name": "kept-name", "rpm": "0"}, csrf)
+        zero = await send(client, keys_url, {**LIMITED, "name": "kept-name", "rpm": "0"}, csrf)
         assert zero.status_code == 400
         create = dialog(zero.text, "create-key")
         assert "open data-open-modal" in zero.text.split('<dialog id="create-key"')[1][:200]
