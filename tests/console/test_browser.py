@@ -382,5 +382,6 @@ async def test_limits_in_the_create_and_edit_dialogs(browser: Browser, running: 
     await page.get_by_role("link", name="Usage").click()
     await expect(page.locator("#budget-line")).to_contain_text("Project budget:")
     await expect(page.locator("#budget-line")).to_contain_text("of $500.00 this month")
+    await shot(page, "19-usage-budget-line")
     await context.close()
     assert not problems, problems
