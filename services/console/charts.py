@@ -47,11 +47,13 @@ def bar_chart(
     series: Sequence[Series],
     fmt: Callable[[float], str],
     width: int = WIDTH,
+    limit: tuple[float, str] | None = None,
 ) -> Markup:
-    """A stacked bar chart of series over labels (one bar per label), ``width`` units wide."""
+    """A stacked bar chart of series over labels (one bar per label), ``width`` units wide;
+    ``limit`` (value, label) draws a dashed line across at that value (a daily budget)."""
     count = max(len(labels), 1)
     totals = [float(sum(float(s.values[i]) for s in series)) for i in range(len(labels))]
-    top = nice_ceiling(max(totals, default=0.0))
+    top = nice_ceiling(max([*totals, limit[0] if limit else 0.0], default=0.0))
     ticks = [(top * step / 4, fmt(top * step / 4)) for step in range(5)]
     # The plot starts where the longest axis label ends (about 7 units a character).
     left = max(LEFT, 14 + 7 * max(len(text) for _, text in ticks))
@@ -99,6 +101,14 @@ def bar_chart(
     parts.append(
         f'<line class="baseline" x1="{left}" x2="{width - RIGHT}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
     )
+    if limit is not None:
+        at = y(limit[0])
+        parts.append(
+            f'<g class="limit"><title>{escape(limit[1])}</title>'
+            f'<line class="limit-line" x1="{left}" x2="{width - RIGHT}" y1="{at:.1f}" '
+            f'y2="{at:.1f}"/><text class="limit-label" x="{width - RIGHT - 4}" '
+            f'y="{at - 4:.1f}" text-anchor="end">{escape(limit[1])}</text></g>'
+        )
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every text above is escaped
 

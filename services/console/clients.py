@@ -143,9 +143,26 @@ class KeysApi(ApiClient):
         params = {"include_revoked": "true" if include_revoked else "false"}
         return await self._list_all(f"/v1/projects/{seg(project_id)}/keys", params)
 
-    async def create_key(self, project_id: str, name: str) -> dict[str, Any]:
+    async def update_project(self, project_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """PATCH a project: fields given replace theirs, a ``None`` removes that limit."""
+        path = f"/v1/projects/{seg(project_id)}"
+        result: dict[str, Any] = await self.call("PATCH", path, json=fields)
+        return result
+
+    async def create_key(
+        self, project_id: str, name: str, policy: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         path = f"/v1/projects/{seg(project_id)}/keys"
-        result: dict[str, Any] = await self.call("POST", path, json={"name": name})
+        body = {"name": name, **(policy or {})}
+        result: dict[str, Any] = await self.call("POST", path, json=body)
+        return result
+
+    async def update_key(
+        self, project_id: str, key_id: str, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """PATCH a key: fields given replace theirs, a ``None`` removes that limit."""
+        path = f"/v1/projects/{seg(project_id)}/keys/{seg(key_id)}"
+        result: dict[str, Any] = await self.call("PATCH", path, json=fields)
         return result
 
     async def rename_key(self, project_id: str, key_id: str, name: str) -> dict[str, Any]:
@@ -197,3 +214,10 @@ class CostsApi(ApiClient):
 
     async def costs(self, project_id: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         return await _all_pages(self, f"/v1/projects/{seg(project_id)}/costs", params)
+
+    async def total(self, project_id: str, params: list[tuple[str, str]]) -> dict[str, Any]:
+        """The exact total over a range (``/costs/total``): one query, however long the range."""
+        path = f"/v1/projects/{seg(project_id)}/costs/total"
+        query = httpx.QueryParams(tuple(params))
+        result: dict[str, Any] = await self.call("GET", path, params=query)
+        return result

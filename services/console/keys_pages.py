@@ -2,76 +2,30 @@
 
 A new or rotated secret is rendered into the answer to that POST only (never stored, never
 put in a URL or a log); every other action redirects back to the list with a message.
-An error from the key service is shown next to the form or row that caused it.
+An error from the key service is shown next to the form or row that caused it. What the
+page shows is ``keys_view``; editing limits, ``limits_pages``.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from services.console.clients import ApiProblem, ApiUnavailable
-from services.console.projects import project_context
-from services.console.session import Session
-from services.console.web import CheckedSessionDep, Console, ConsoleDep, SessionDep, render
+from services.console.keys_view import (
+    GRACE_CHOICES,
+    KeysView,
+    error_page,
+    keys_list_url,
+    keys_page_view,
+    policy_form,
+)
+from services.console.policies import PolicyForm
+from services.console.web import CheckedSessionDep, ConsoleDep, SessionDep
 
 router = APIRouter()
-
-GRACE_CHOICES: tuple[tuple[int, str], ...] = (
-    (0, "None: the old secret stops working now"),
-    (3600, "1 hour"),
-    (86400, "24 hours"),
-    (604800, "7 days"),
-)
-
-
-ACTIONS = ("default", "rename", "rotate", "delete")
-
-
-@dataclass
-class KeysView:
-    """What one rendering of the page shows besides the list."""
-
-    show_revoked: bool = False
-    open_dialog: str | None = None
-    errors: dict[str, str] = field(default_factory=dict)
-    values: dict[str, str] = field(default_factory=dict)
-    secret: dict[str, Any] | None = None
-
-
-def _list_url(project_id: str, show_revoked: bool) -> str:
-    return f"/projects/{project_id}/keys" + ("?revoked=1" if show_revoked else "")
-
-
-async def _keys_page(
-    request: Request,
-    app: Console,
-    session: Session,
-    project_id: str,
-    view: KeysView,
-    *,
-    status_code: int = 200,
-) -> HTMLResponse:
-    context = await project_context(app, project_id)
-    keys = await app.keys.list_keys(project_id, include_revoked=view.show_revoked)
-    # An error about a key the page no longer shows (deleted meanwhile) goes on top instead.
-    shown = {f"{action}-{k['id']}" for k in keys for action in ACTIONS if k["status"] != "revoked"}
-    stray = [msg for where, msg in view.errors.items() if where != "create" and where not in shown]
-    context.update(
-        title="API keys",
-        nav="keys",
-        keys=keys,
-        view=view,
-        grace_choices=GRACE_CHOICES,
-        list_url=_list_url(project_id, view.show_revoked),
-        now=int(time.time()),
-        stray_errors=stray,
-    )
-    return render(request, app, "keys.html", context, session=session, status_code=status_code)
 
 
 @router.get("/projects/{project_id}/keys")
@@ -86,26 +40,7 @@ async def keys_page(
 ) -> HTMLResponse:
     """The project's keys; ``dialog`` opens one of the page's dialogs (works without script)."""
     view = KeysView(show_revoked=bool(revoked), open_dialog=dialog)
-    return await _keys_page(request, app, session, project_id, view)
-
-
-async def _after(
-    request: Request,
-    app: Console,
-    session: Session,
-    project_id: str,
-    *,
-    show_revoked: bool,
-    exc: ApiProblem,
-    where: str,
-    value: str | None = None,
-) -> HTMLResponse:
-    """The page again, with the key service's error beside the form that caused it."""
-    view = KeysView(show_revoked=show_revoked, errors={where: exc.message})
-    view.open_dialog = where if where != "row" else None
-    if value is not None:
-        view.values[where] = value
-    return await _keys_page(request, app, session, project_id, view, status_code=exc.status)
+    return await keys_page_view(request, app, session, project_id, view)
 
 
 @router.post("/projects/{project_id}/keys", response_model=None)
@@ -117,14 +52,15 @@ async def create_key(
     project_id: str,
     name: Annotated[str, Form()] = "",
     revoked: Annotated[int, Form()] = 0,
+    policy: Annotated[PolicyForm, Depends(policy_form)],
 ) -> Response:
-    """Create a key and show its secret, this once."""
+    """Create a key, with its limits if any, and show its secret, this once."""
     try:
-        created = await app.keys.create_key(project_id, name.strip())
+        created = await app.keys.create_key(project_id, name.strip(), policy.body(scopes=True))
     except ApiUnavailable:
         raise
     except ApiProblem as exc:
-        return await _after(
+        return await error_page(
             request,
             app,
             session,
@@ -133,10 +69,11 @@ async def create_key(
             exc=exc,
             where="create",
             value=name,
+            form=policy,
         )
     secret = {"key": created["key"], "name": created.get("name"), "action": "created"}
     view = KeysView(show_revoked=bool(revoked), open_dialog="secret", secret=secret)
-    return await _keys_page(request, app, session, project_id, view)
+    return await keys_page_view(request, app, session, project_id, view)
 
 
 @router.post("/projects/{project_id}/keys/{key_id}/rename", response_model=None)
@@ -157,7 +94,7 @@ async def rename_key(
         raise
     except ApiProblem as exc:
         where = f"rename-{key_id}"
-        return await _after(
+        return await error_page(
             request,
             app,
             session,
@@ -168,7 +105,7 @@ async def rename_key(
             value=name,
         )
     session.flash(f"Key renamed to {key.get('name', name.strip())}.")
-    return RedirectResponse(_list_url(project_id, bool(revoked)), status_code=303)
+    return RedirectResponse(keys_list_url(project_id, bool(revoked)), status_code=303)
 
 
 @router.post("/projects/{project_id}/keys/{key_id}/default", response_model=None)
@@ -187,7 +124,7 @@ async def set_default(
     except ApiUnavailable:
         raise
     except ApiProblem as exc:
-        return await _after(
+        return await error_page(
             request,
             app,
             session,
@@ -197,7 +134,7 @@ async def set_default(
             where=f"default-{key_id}",
         )
     session.flash(f"{key.get('name', 'The key')} is now the default key.")
-    return RedirectResponse(_list_url(project_id, bool(revoked)), status_code=303)
+    return RedirectResponse(keys_list_url(project_id, bool(revoked)), status_code=303)
 
 
 @router.post("/projects/{project_id}/keys/{key_id}/rotate", response_model=None)
@@ -215,7 +152,7 @@ async def rotate_key(
     if grace not in {choice for choice, _ in GRACE_CHOICES}:
         problem = ApiProblem("console", 400, "Choose one of the grace periods offered.")
         where = f"rotate-{key_id}"
-        return await _after(
+        return await error_page(
             request,
             app,
             session,
@@ -230,7 +167,7 @@ async def rotate_key(
         raise
     except ApiProblem as exc:
         where = f"rotate-{key_id}"
-        return await _after(
+        return await error_page(
             request,
             app,
             session,
@@ -246,7 +183,7 @@ async def rotate_key(
         "grace": dict(GRACE_CHOICES)[grace] if grace else None,
     }
     view = KeysView(show_revoked=bool(revoked), open_dialog="secret", secret=secret)
-    return await _keys_page(request, app, session, project_id, view)
+    return await keys_page_view(request, app, session, project_id, view)
 
 
 @router.post("/projects/{project_id}/keys/{key_id}/delete", response_model=None)
@@ -266,7 +203,7 @@ async def delete_key(
     except ApiUnavailable:
         raise
     except ApiProblem as exc:
-        return await _after(
+        return await error_page(
             request,
             app,
             session,
@@ -276,4 +213,4 @@ async def delete_key(
             where=f"delete-{key_id}",
         )
     session.flash(f"Key {name or key_id} deleted. Requests with it are refused from now on.")
-    return RedirectResponse(_list_url(project_id, bool(revoked)), status_code=303)
+    return RedirectResponse(keys_list_url(project_id, bool(revoked)), status_code=303)

@@ -16,9 +16,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.console import auth, keys_pages, projects, usage_pages
+from services.console import auth, keys_pages, limits_pages, projects, usage_pages
 from services.console.clients import ApiProblem, ApiUnavailable, CostsApi, KeysApi, UsageApi
 from services.console.formatting import install_filters
+from services.console.policies import summary
 from services.console.session import COOKIE_NAME, Session, SessionStore, SignInThrottle
 from services.console.settings import ConsoleSettings
 from services.console.web import TEMPLATES, Console, CsrfRefused, SignedOut, render
@@ -93,6 +94,7 @@ def create_app(
     templates = Jinja2Templates(directory=TEMPLATES)
     install_filters(templates.env)
     templates.env.globals["zip"] = zip
+    templates.env.globals["policy_summary"] = summary
     token, timeout = settings.admin_token, settings.api_timeout_s
     state = Console(
         settings=settings,
@@ -183,5 +185,6 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(projects.router)
     app.include_router(keys_pages.router)
+    app.include_router(limits_pages.router)
     app.include_router(usage_pages.router)
     return app

@@ -12,8 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from services.console.budgets import PROJECT, Budgets, BudgetStatus, read_budgets
 from services.console.charts import HALF_WIDTH, Series, bar_chart, compact, dollars
 from services.console.clients import ApiProblem
+from services.console.formatting import usd
 from services.console.projects import project_context
 from services.console.usage import (
     PERIODS,
@@ -68,6 +70,26 @@ async def _report(
     return build_report(period, usage, costs), errors
 
 
+async def _budgets(
+    app: Console,
+    project: dict[str, Any],
+    key: dict[str, Any] | None,
+    filtered: bool,
+) -> tuple[Budgets, BudgetStatus | None]:
+    """The project's budget and the selected key's, and the one the cost chart can show.
+
+    The chart shows cost per day, so only a daily budget of just what it shows (the one key
+    selected, or the whole project unfiltered) is a line on it.
+    """
+    wanted = {PROJECT: project.get("budget")}
+    if key is not None:
+        wanted[key["id"]] = key.get("budget")
+    budgets = await read_budgets(app.costs, project["id"], wanted)
+    shown = budgets.of(key["id"]) if key is not None else budgets.project
+    on_chart = shown if shown is not None and shown.period == "day" and not filtered else None
+    return budgets, on_chart
+
+
 def _period(period: str, start: str, end: str) -> tuple[Period, str | None]:
     now = datetime.now(UTC)
     try:
@@ -96,6 +118,9 @@ async def usage_page(
     report, errors = await _report(app, project_id, chosen, key, model)
     if period_error:
         errors["period"] = period_error
+    selected = next((k for k in all_keys if [k["id"]] == key), None)
+    filtered = bool(model) or (bool(key) and selected is None)
+    budgets, chart_budget = await _budgets(app, context["project"], selected, filtered)
     labels = [_label(moment, chosen.width) for moment, _ in report.series]
     unit = {"1m": "minute", "1h": "hour", "1d": "day"}[chosen.width]
     charts = {
@@ -124,6 +149,11 @@ async def usage_page(
             series=[Series("Cost", "cost", [value for _, value in report.cost_days])],
             fmt=dollars,
             width=HALF_WIDTH,
+            limit=(
+                (float(chart_budget.limit), f"Budget {usd(chart_budget.limit)} a day")
+                if chart_budget
+                else None
+            ),
         ),
     }
     context.update(
@@ -142,6 +172,8 @@ async def usage_page(
         example_model=app.models[0] if app.models else "your-model-id",
         charts=charts,
         labels=labels,
+        budgets=budgets,
+        selected_key=selected,
         errors=errors,
         export_query=request.url.query,
         now=datetime.now(UTC),

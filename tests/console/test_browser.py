@@ -281,3 +281,107 @@ async def test_the_console_works_without_script(browser: Browser, running: Syste
     await expect(page).to_have_url(re.compile(r"period=30d"))
     await shot(page, "14-usage-without-script")
     await context.close()
+
+
+async def test_limits_in_the_create_and_edit_dialogs(browser: Browser, running: System) -> None:
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 900}, base_url=running.console
+    )
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    await page.goto("/")
+    await page.get_by_label("Operator token").fill(TOKEN)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Create your first project").click()
+    new_project = page.get_by_role("dialog", name="Create project")
+    await new_project.get_by_label("Name").fill("Limits")
+    await new_project.get_by_role("button", name="Create project").click()
+    await expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
+
+    # Create: a name, then the limits and scopes behind their disclosure.
+    await page.get_by_role("button", name="Create API key").first.click()
+    create = page.get_by_role("dialog", name="Create API key")
+    await create.get_by_label("Name").fill("batch-job")
+    await create.get_by_text("Limits and scopes (optional)").click()
+    await create.get_by_label("Requests per minute").fill("600")
+    await create.get_by_label("Tokens per minute").fill("100000")
+    await create.get_by_label("Budget (USD)").fill("25.00")
+    await create.get_by_label("Budget period").select_option("month")
+    await create.get_by_label(CHAT, exact=True).check()
+    await create.get_by_label("/v1/chat/completions", exact=True).check()
+    await create.get_by_label("/v1/models", exact=True).check()
+    await shot(page, "15-create-key-with-limits")
+    await create.get_by_role("button", name="Create key").click()
+    shown = page.get_by_role("dialog", name="Save your key")
+    secret = await shown.get_by_label("Secret key").input_value()
+    async with page.expect_navigation():
+        await shown.get_by_role("link", name="Done").click()
+    limits = row(page, "batch-job").locator("td[data-label='Limits']")
+    await expect(limits).to_contain_text("600 rpm · 100k tpm")
+    await expect(limits).to_contain_text("models: 1")
+    await expect(limits).to_contain_text("endpoints: chat, models")
+    await expect(limits).to_contain_text("$0.00 of $25.00 this month")
+
+    # One request through the gateway: its cost reaches the key's budget line.
+    assert await gateway_status(running, secret) == 200
+
+    async def spent() -> str:
+        await page.reload()
+        return await limits.inner_text()
+
+    text = await eventually(
+        spent,
+        until=lambda t: "$0.00 of" not in t and "of $25.00 this month" in t,
+        timeout=30,
+        what="the key's spend on the keys page",
+    )
+    assert "spend unavailable" not in text
+    await shot(page, "16-keys-with-limits")
+
+    # Edit: the dialog holds the key's policy; a bad amount comes back beside its field.
+    await row(page, "batch-job").get_by_role("button", name="Edit limits of batch-job").click()
+    edit = page.get_by_role("dialog", name="Edit limits of batch-job")
+    await expect(edit.get_by_label("Requests per minute")).to_have_value("600")
+    await expect(edit.get_by_label(CHAT, exact=True)).to_be_checked()
+    await expect(edit.get_by_label("/v1/embeddings", exact=True)).not_to_be_checked()
+    await edit.get_by_label("Tokens per minute").fill("")
+    await edit.get_by_label("Budget (USD)").fill("five dollars")
+    await edit.get_by_role("button", name="Save limits").click()
+    edit = page.get_by_role("dialog", name="Edit limits of batch-job")
+    amount = edit.get_by_label("Budget (USD)")
+    await expect(amount).to_have_value("five dollars")  # what was typed stays
+    await expect(amount).to_have_attribute("aria-invalid", "true")
+    await expect(amount).to_be_focused()
+    await expect(edit.get_by_role("alert")).to_contain_text("budget.limit_usd")
+    await expect(edit.get_by_label("Tokens per minute")).to_have_value("")
+    await shot(page, "17-edit-limits-refused")
+    await amount.fill("5")
+    await edit.get_by_label("Budget period").select_option("day")
+    await edit.get_by_label(CHAT, exact=True).uncheck()
+    await edit.get_by_role("button", name="Save limits").click()
+    await expect(page.get_by_role("status")).to_contain_text("Limits of batch-job saved.")
+    limits = row(page, "batch-job").locator("td[data-label='Limits']")
+    await expect(limits).to_contain_text("600 rpm")
+    await expect(limits).not_to_contain_text("tpm")
+    await expect(limits).not_to_contain_text("models:")
+    await expect(limits).to_contain_text("of $5.00 today")
+
+    # The project's own limits, for all its keys together.
+    await page.get_by_role("button", name="Edit project limits").click()
+    project = page.get_by_role("dialog", name="Project limits")
+    await project.get_by_label("Requests per minute").fill("1000")
+    await project.get_by_label("Budget (USD)").fill("500")
+    await project.get_by_role("button", name="Save project limits").click()
+    await expect(page.get_by_role("status")).to_contain_text("Limits of project Limits saved.")
+    summary = page.locator("#project-limits-summary")
+    await expect(summary).to_contain_text("1k rpm")
+    await expect(summary).to_contain_text("of $500.00 this month")
+    await shot(page, "18-project-limits")
+
+    await page.get_by_role("link", name="Usage").click()
+    await expect(page.locator("#budget-line")).to_contain_text("Project budget:")
+    await expect(page.locator("#budget-line")).to_contain_text("of $500.00 this month")
+    await shot(page, "19-usage-budget-line")
+    await context.close()
+    assert not problems, problems

@@ -1,0 +1,143 @@
+"""What the API keys page shows in one rendering: the list, each key's limits and its spend
+against its budget (billing's Costs API), the project's limits, and the dialogs' forms, with
+an error from the key service beside the form and field that caused it, what was typed kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Form, Request
+from fastapi.responses import HTMLResponse
+
+from services.console.budgets import PROJECT, read_budgets
+from services.console.clients import ApiProblem
+from services.console.policies import (
+    ENDPOINT_CHOICES,
+    PERIOD_CHOICES,
+    PolicyForm,
+    error_field,
+    model_choices,
+)
+from services.console.projects import project_context
+from services.console.session import Session
+from services.console.web import Console, render
+
+GRACE_CHOICES: tuple[tuple[int, str], ...] = (
+    (0, "None: the old secret stops working now"),
+    (3600, "1 hour"),
+    (86400, "24 hours"),
+    (604800, "7 days"),
+)
+
+
+ACTIONS = ("default", "rename", "rotate", "delete", "limits")
+# Forms whose errors are not about one key's row.
+PAGE_FORMS = ("create", "project-limits")
+
+
+@dataclass
+class KeysView:
+    """What one rendering of the page shows besides the list."""
+
+    show_revoked: bool = False
+    open_dialog: str | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)
+    # The policy fields of a form sent back with an error, as typed, and the field it is about.
+    forms: dict[str, PolicyForm] = field(default_factory=dict)
+    error_fields: dict[str, str] = field(default_factory=dict)
+    secret: dict[str, Any] | None = None
+
+
+async def policy_form(
+    *,
+    rpm: Annotated[str, Form()] = "",
+    tpm: Annotated[str, Form()] = "",
+    budget_usd: Annotated[str, Form()] = "",
+    budget_period: Annotated[str, Form()] = "month",
+    models: Annotated[list[str] | None, Form()] = None,
+    endpoints: Annotated[list[str] | None, Form()] = None,
+) -> PolicyForm:
+    """The policy fields of a posted form."""
+    return PolicyForm(
+        rpm=rpm,
+        tpm=tpm,
+        budget_usd=budget_usd,
+        budget_period=budget_period,
+        models=models or [],
+        endpoints=endpoints or [],
+    )
+
+
+def keys_list_url(project_id: str, show_revoked: bool) -> str:
+    return f"/projects/{project_id}/keys" + ("?revoked=1" if show_revoked else "")
+
+
+async def keys_page_view(
+    request: Request,
+    app: Console,
+    session: Session,
+    project_id: str,
+    view: KeysView,
+    *,
+    status_code: int = 200,
+) -> HTMLResponse:
+    context = await project_context(app, project_id)
+    keys = await app.keys.list_keys(project_id, include_revoked=view.show_revoked)
+    # An error about a key the page no longer shows (deleted meanwhile) goes on top instead.
+    shown = {f"{action}-{k['id']}" for k in keys for action in ACTIONS if k["status"] != "revoked"}
+    stray = [msg for where, msg in view.errors.items() if where not in (*PAGE_FORMS, *shown)]
+    project = context["project"]
+    live = [k for k in keys if k["status"] != "revoked"]
+    budgets = await read_budgets(
+        app.costs,
+        project_id,
+        {PROJECT: project.get("budget"), **{k["id"]: k.get("budget") for k in live}},
+    )
+    forms = {f"limits-{k['id']}": PolicyForm.of(k) for k in live}
+    forms |= {"create": PolicyForm(), "project-limits": PolicyForm.of(project)}
+    forms |= view.forms
+    context.update(
+        title="API keys",
+        nav="keys",
+        keys=keys,
+        view=view,
+        grace_choices=GRACE_CHOICES,
+        list_url=keys_list_url(project_id, view.show_revoked),
+        now=int(time.time()),
+        stray_errors=stray,
+        budgets=budgets,
+        forms=forms,
+        model_choices={where: model_choices(app.models, form) for where, form in forms.items()},
+        period_choices=PERIOD_CHOICES,
+        endpoint_choices=ENDPOINT_CHOICES,
+    )
+    return render(request, app, "keys.html", context, session=session, status_code=status_code)
+
+
+async def error_page(
+    request: Request,
+    app: Console,
+    session: Session,
+    project_id: str,
+    *,
+    show_revoked: bool,
+    exc: ApiProblem,
+    where: str,
+    value: str | None = None,
+    form: PolicyForm | None = None,
+) -> HTMLResponse:
+    """The page again, with the key service's error beside the form (and field) that caused
+    it, and what was typed kept."""
+    view = KeysView(show_revoked=show_revoked, errors={where: exc.message})
+    # The dialog of the form opens again (the create form's dialog is "create-key").
+    view.open_dialog = {"create": "create-key"}.get(where, where) if where != "row" else None
+    if value is not None:
+        view.values[where] = value
+    if form is not None:
+        view.forms[where] = form
+        view.error_fields[where] = error_field(exc.param) or "form"
+    return await keys_page_view(request, app, session, project_id, view, status_code=exc.status)
