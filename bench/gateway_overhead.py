@@ -59,6 +59,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway here")
     parser.add_argument("--profile-levels", default="1", help="clients of the profiled rounds")
     parser.add_argument("--profile-mode", default="chat", choices=MODES)
+    parser.add_argument(
+        "--profile-target",
+        default="gateway",
+        choices=("gateway", "policy"),
+        help="profile calls with the plain key or with the policy key",
+    )
     parser.add_argument("--profile-requests", type=int, default=4000, help="profiled round")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per s")
     parser.add_argument("--top", type=int, default=25, help="functions in the profile summary")
@@ -166,14 +172,15 @@ async def measure_mode(
 
 
 async def redis_commands(srv: servers.Servers) -> int:
-    """Commands Redis has run so far (from INFO commandstats), to count them per request."""
+    """Script calls Redis has taken so far (EVALSHA, EVAL, SCRIPT: what clients send, not the
+    commands a script runs inside), from INFO commandstats, to count them per request."""
     client = aioredis.Redis.from_url(srv.endpoints.redis_url)
     try:
-        stats = await client.info("commandstats")
+        stats: dict[str, Any] = await client.info("commandstats")
     finally:
         await client.aclose()
-    # This read's own INFO is counted too: one per reading, subtracted by the caller's pairs.
-    return sum(int(v["calls"]) for v in stats.values()) + 1
+    calls = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script")
+    return sum(int(stats[name]["calls"]) for name in calls if name in stats)
 
 
 def profile_path(base: Path, clients: int, many: bool) -> Path:
@@ -225,7 +232,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(1.0)  # py-spy attaches
             measured, _cpu, _ = await one_round(
                 srv,
-                "gateway",
+                args.profile_target,
                 mode=args.profile_mode,
                 clients=clients,
                 count=count,

@@ -108,6 +108,6 @@ def policy_line(clients: int, mode: str, cost: dict[str, Any]) -> str:
     return (
         f"{clients:>7} {mode:<6} | with limits and a budget: gateway {cost['gateway_cpu_ms']:.3f}"
         f" ms CPU/req ({cost['added_cpu_ms']:+.3f}), p50 {cost['added_p50_ms']:+.2f} ms,"
-        f" {cost['redis_commands_per_request']:.2f} Redis commands/req,"
+        f" {cost['redis_commands_per_request']:.2f} Redis script calls/req,"
         f" errors {cost['errors'] or '-'}"
     )

@@ -147,3 +147,17 @@ def test_the_output_a_request_asks_for() -> None:
     assert requested_output({"max_tokens": True}) is None
     assert requested_output({"max_tokens": -1}) is None
     assert to_nano(Decimal("0.0000000001")) == 1  # a fraction of a nano-dollar counts whole
+
+
+async def test_the_counters_reload_their_scripts_after_redis_lost_them(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    counters = RedisCounters(redis_client)
+    plan = _plan(redis_prefix, rate_limits=RateLimits(tokens_per_minute=100))
+    assert (await counters.admit(plan, "a", 1000, T0)).outcome == ADMITTED
+    await redis_client.script_flush()  # what a Redis restart does to the script cache
+    await counters.settle([(plan, "a", T0 // 1000, 7, 0)])
+    rates, _ = await counters.peek(plan, T0)
+    assert rates == [(7, 61_000)], "settled once, not twice"
+    await redis_client.script_flush()
+    assert (await counters.admit(plan, "b", 1000, T0)).outcome == ADMITTED

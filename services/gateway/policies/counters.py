@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from services.gateway.policies.plan import BudgetCheck, Plan, RateCheck
 from services.gateway.policies.scripts import ADMIT, PEEK, SEED, SETTLE
@@ -44,15 +46,43 @@ class Verdict:
     budgets: tuple[BudgetState, ...]
 
 
+class _Script:
+    """One Lua script called by its SHA-1, loaded again when Redis lost its script cache (a
+    restart). Cheaper than redis-py's Script objects, which also ask SCRIPT EXISTS before
+    every pipeline: a second round trip per settlement batch."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+    async def __call__(
+        self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
 class RedisCounters:
     """Rate windows and budgets of every replica, in Redis."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._admit = client.register_script(ADMIT)
-        self._settle = client.register_script(SETTLE)
-        self._seed = client.register_script(SEED)
-        self._peek = client.register_script(PEEK)
+        self._admit_script = _Script(ADMIT)
+        self._settle_script = _Script(SETTLE)
+        self._seed_script = _Script(SEED)
+        self._peek_script = _Script(PEEK)
+
+    async def _admit(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._admit_script(self.client, keys, args)
+
+    async def _seed(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._seed_script(self.client, keys, args)
+
+    async def _peek(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._peek_script(self.client, keys, args)
 
     async def admit(
         self, plan: Plan, reservation: str, lease_ms: int, now_ms: int | None = None
@@ -71,7 +101,7 @@ class RedisCounters:
         for budget in plan.budgets:
             keys += [budget.redis_key, budget.reservations_key]
             args += [budget.limit, budget.amount, budget.ttl_ms]
-        raw = cast("list[int]", await self._admit(keys=keys, args=args))
+        raw = cast("list[int]", await self._admit(keys, args))
         at = 4
         rates = []
         for rate in plan.rates:
@@ -90,24 +120,42 @@ class RedisCounters:
         items: Sequence[tuple[Plan, str, int, int, int]],
     ) -> None:
         """Settle many requests in one pipeline: (plan, reservation, second, real tokens,
-        real cost in nano-dollars) each."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for plan, reservation, second, tokens, cost in items:
-                token_rates = [r for r in plan.rates if r.kind == "tokens"]
-                keys = [r.redis_key for r in token_rates]
-                args: list[str | int] = [len(token_rates), len(plan.budgets), second, reservation]
-                args += [tokens - r.amount for r in token_rates]
-                for budget in plan.budgets:
-                    keys += [budget.redis_key, budget.reservations_key]
-                    args += [cost, budget.ttl_ms]
-                await self._settle(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+        real cost in nano-dollars) each. Only the calls Redis refused for want of the script
+        are sent again (after loading it): a settlement is never applied twice."""
+        calls = []
+        for plan, reservation, second, tokens, cost in items:
+            token_rates = [r for r in plan.rates if r.kind == "tokens"]
+            keys = [r.redis_key for r in token_rates]
+            args: list[str | int] = [len(token_rates), len(plan.budgets), second, reservation]
+            args += [tokens - r.amount for r in token_rates]
+            for budget in plan.budgets:
+                keys += [budget.redis_key, budget.reservations_key]
+                args += [cost, budget.ttl_ms]
+            calls.append((keys, args))
+        sha = self._settle_script.sha
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+            missing = [
+                c for c, a in zip(calls, answers, strict=True) if isinstance(a, NoScriptError)
+            ]
+            failed = [
+                a for a in answers if isinstance(a, Exception) and not isinstance(a, NoScriptError)
+            ]
+            if failed:
+                raise failed[0]
+            if not missing:
+                return
+            if attempt == 0:
+                await self.client.script_load(self._settle_script.source)
+                calls = missing
+        raise NoScriptError("the settle script could not be loaded")
 
     async def seed(self, budget: BudgetCheck, known: int, *, from_ledger: bool) -> int:
         """Raise a budget's spend to what is known elsewhere; answers the spend held."""
-        held = await self._seed(
-            keys=[budget.redis_key], args=[known, 1 if from_ledger else 2, budget.ttl_ms]
-        )
+        held = await self._seed([budget.redis_key], [known, 1 if from_ledger else 2, budget.ttl_ms])
         return int(cast("int", held))
 
     async def peek(
@@ -117,7 +165,7 @@ class RedisCounters:
         keys = [r.redis_key for r in plan.rates] + [b.redis_key for b in plan.budgets]
         args: list[str | int] = ["" if now_ms is None else now_ms, len(plan.rates)]
         args.append(len(plan.budgets))
-        raw = [int(v) for v in cast("list[int]", await self._peek(keys=keys, args=args))]
+        raw = [int(v) for v in cast("list[int]", await self._peek(keys, args))]
         split = 2 * len(plan.rates)
         rates = [(raw[i], raw[i + 1]) for i in range(0, split, 2)]
         budgets = [(raw[i], raw[i + 1]) for i in range(split, len(raw), 2)]

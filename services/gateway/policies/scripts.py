@@ -95,10 +95,9 @@ for j = 1, nb do
 end
 if verdict == 0 then
   for i = 1, nr do
-    if rates[i][2] > 0 then
-      redis.call('HINCRBY', KEYS[i], sec, rates[i][2])
-      rates[i][3] = rates[i][3] + rates[i][2]
-    end
+    -- Even an estimate of 0 makes its bucket, so that its settlement can correct it.
+    redis.call('HINCRBY', KEYS[i], sec, rates[i][2])
+    rates[i][3] = rates[i][3] + rates[i][2]
     rates[i][4] = sec
     redis.call('PEXPIRE', KEYS[i], 62000)
   end

@@ -21,6 +21,9 @@ from services.gateway.policies.plan import Plan
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# A settlement waits this long for others to share its pipeline (at low concurrency one
+# request per round trip otherwise); a limit counts its real tokens that much later.
+LINGER_S = 0.01
 BACKLOG_MAX = 200_000
 _ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -67,6 +70,8 @@ class Settler:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
+            if len(self._queue) < BATCH:
+                await asyncio.sleep(LINGER_S)
             if not await self._send_batch():
                 await asyncio.sleep(1.0)
 
