@@ -11,9 +11,9 @@ share this machine's cores.
 
     uv run --frozen python bench/gateway_overhead.py [--levels 1,50,500] [--modes chat,stream,embed]
         [--rounds 3] [--requests 1000 | --requests 1=2000,50=2000,500=1000 | --duration 5]
-        [--json PATH] [--profile PATH --profile-levels 1,50 --profile-mode chat] [--policy]
+        [--json PATH] [--profile PATH --profile-levels 1,50 --profile-mode chat] [--no-policy]
 
-``--policy`` adds a third arm to every round: the same gateway called with a key that has
+A third arm runs in every round unless ``--no-policy``: the same gateway called with a key that has
 rate limits (key and project) and a budget, all checked on every request and never reached,
 so the difference in gateway CPU per request is what the policy check costs; the Redis
 commands it sends per request are counted from Redis's own command statistics.
@@ -69,7 +69,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per s")
     parser.add_argument("--top", type=int, default=25, help="functions in the profile summary")
     parser.add_argument(
-        "--policy", action="store_true", help="also a key with rate limits and a budget"
+        "--policy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also a key with rate limits and a budget (--no-policy: not)",
     )
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x]
