@@ -27,9 +27,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from shared.events import KeyState
+from shared.redis_client import Call, LuaScript, RedisClient
 
 # KEYS[1] = key state, KEYS[2] = its hashes set. ARGV = version, state JSON, channel, hashes...
 # Answers {newest state JSON, every hash the key has had}; publishes only a newer state.
@@ -65,13 +64,13 @@ def _hashes(state: KeyState) -> list[str]:
 class KeyStore:
     """Versioned key states in Redis: a state is only ever replaced by a newer version."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self.channel = f"{prefix}key-states"
         self.offsets_key = f"{prefix}feeder:offsets:v2"
-        self._apply_key = client.register_script(_APPLY_KEY)
-        self._apply_hash = client.register_script(_APPLY_HASH)
+        self._apply_key = LuaScript(_APPLY_KEY)
+        self._apply_hash = LuaScript(_APPLY_HASH)
 
     def state_key(self, key_id: str) -> str:
         return f"{self.prefix}key:{{{key_id}}}"
@@ -101,19 +100,14 @@ class KeyStore:
         behind, so the feeder reads those events again and the writes complete.
         """
         if states:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for state in states:
-                    await self._apply_key(
-                        keys=[self.state_key(state.key_id), self.hashes_key(state.key_id)],
-                        args=[
-                            state.version,
-                            state.model_dump_json(),
-                            self.channel,
-                            *_hashes(state),
-                        ],
-                        client=pipe,
-                    )
-                answers = await pipe.execute()
+            calls: list[Call] = [
+                (
+                    [self.state_key(state.key_id), self.hashes_key(state.key_id)],
+                    [state.version, state.model_dump_json(), self.channel, *_hashes(state)],
+                )
+                for state in states
+            ]
+            answers = await self._apply_key.run_many(self.client, calls)
             await self._spread(states, cast("list[list[object]]", answers))
         if offsets:
             await self.client.hset(self.offsets_key, mapping=dict(offsets))  # type: ignore[arg-type]
@@ -126,14 +120,10 @@ class KeyStore:
             known = {_text(h) for h in cast("list[bytes]", hashes)} | set(_hashes(state))
             newest[state.key_id] = (held, known)
         targets = [(held, h) for held, known in newest.values() for h in sorted(known)]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for held, h in targets:
-                await self._apply_hash(
-                    keys=[self.hash_key(h)],
-                    args=[held.version, held.model_dump_json()],
-                    client=pipe,
-                )
-            await pipe.execute()
+        await self._apply_hash.run_many(
+            self.client,
+            [([self.hash_key(h)], [held.version, held.model_dump_json()]) for held, h in targets],
+        )
         # Every target now holds this newest state or a newer one; a hash the newest state
         # does not name never becomes valid again (versions only move forward), so the key
         # no longer needs to remember it.

@@ -24,7 +24,10 @@ class ServiceSettings(BaseSettings):
         SecretStr("postgresql://tollgate@127.0.0.1:15432/tollgate"),
         description="PostgreSQL DSN",
     )
-    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL")
+    redis_url: str = Field(
+        "redis://127.0.0.1:16379/0", description="Redis URL (with redis_cluster: any node's)"
+    )
+    redis_cluster: bool = Field(False, description="Redis is a Redis Cluster")
     topic_prefix: str = Field("", description="prefix on every topic name (tests isolate by it)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True

@@ -11,12 +11,9 @@ from typing import Any
 
 import aiohttp
 import httpx
-import redis.asyncio as aioredis
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ConnectionKey
 from fastapi import FastAPI
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from services.gateway.api import router
 from services.gateway.asgi import ProxiedRoutes
@@ -37,6 +34,7 @@ from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.key_store import KeyStore
 from shared.logs import setup_logging
+from shared.redis_client import connect, subscription_urls
 from shared.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -104,13 +102,7 @@ class Gateway:
         self.metrics = metrics
         s = settings
         # No client-side retries: a Redis that does not answer at once is skipped (breaker).
-        self.redis = aioredis.Redis.from_url(
-            s.redis_url,
-            socket_timeout=s.redis_timeout_s,
-            socket_connect_timeout=s.redis_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=200,
-        )
+        self.redis = connect(s.redis_url, cluster=s.redis_cluster, timeout_s=s.redis_timeout_s)
         self.redis_breaker = Breaker(s.dependency_retry_s)
         self.local = LocalCache(
             s.local_cache_size,
@@ -122,6 +114,7 @@ class Gateway:
         self.store = KeyStore(self.redis, s.redis_prefix)
         self.subscriber = Subscriber(
             redis_url=s.redis_url,
+            redis_urls=lambda: subscription_urls(s.redis_url, self.redis),
             channel=self.store.channel,
             local=self.local,
             timeout_s=max(s.redis_timeout_s, 1.0),

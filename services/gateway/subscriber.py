@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -59,8 +60,11 @@ class Subscriber:
         timeout_s: float = 1.0,
         ping_s: float = 0.5,
         dead_after_s: float = 2.0,
+        redis_urls: Callable[[], list[str]] | None = None,
     ) -> None:
-        self.redis_url = redis_url
+        # Where to listen: the one node, or any node of a cluster (each hears every PUBLISH).
+        self.redis_urls = redis_urls or (lambda: [redis_url])
+        self._next = 0
         self.channel = channel
         self.local = local
         self.timeout_s = timeout_s
@@ -87,9 +91,13 @@ class Subscriber:
             await asyncio.sleep(_RETRY_S)
 
     async def _listen(self) -> None:
-        # A client of its own: the shared one's socket timeout suits requests, not a wait.
+        # A client of its own: the shared one's socket timeout suits requests, not a wait. On
+        # a cluster, each attempt tries the next node (every node hears every PUBLISH).
+        urls = self.redis_urls()
+        url = urls[self._next % len(urls)]
+        self._next += 1
         client = aioredis.Redis.from_url(
-            self.redis_url,
+            url,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 0),

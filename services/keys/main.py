@@ -46,7 +46,12 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
         relay = OutboxRelay(settings, client_id) if settings.relay else None
         consumer = LastUsedConsumer(settings, pool, client_id) if settings.consume_usage else None
         mirror = (
-            StateMirror(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s)
+            StateMirror(
+                settings.redis_url,
+                settings.redis_prefix,
+                settings.redis_timeout_s,
+                cluster=settings.redis_cluster,
+            )
             if settings.redis_write
             else None
         )

@@ -15,14 +15,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shared.events import KeyState
 from shared.key_store import KeyStore
+from shared.redis_client import connect
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +28,11 @@ log = logging.getLogger(__name__)
 class StateMirror:
     """Writes committed key states to the gateways' Redis, best effort, counted."""
 
-    def __init__(self, redis_url: str, prefix: str, timeout_s: float) -> None:
+    def __init__(
+        self, redis_url: str, prefix: str, timeout_s: float, *, cluster: bool = False
+    ) -> None:
         # No client-side retries: one attempt within the timeout, then the outbox's turn.
-        self.client = aioredis.Redis.from_url(
-            redis_url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self.client = connect(redis_url, cluster=cluster, timeout_s=timeout_s)
         self.store = KeyStore(self.client, prefix)
         self.timeout_s = timeout_s
         self.written = 0

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
-
 from services.gateway.policies.plan import BudgetCheck, Plan, RateCheck
 from services.gateway.policies.scripts import ADMIT, PEEK, SEED, SETTLE
+from shared.redis_client import Call, LuaScript, RedisClient
 
 ADMITTED, OVER_RATE, OVER_BUDGET, NEEDS_SEED, TOO_LARGE = range(5)
 
@@ -46,34 +43,15 @@ class Verdict:
     budgets: tuple[BudgetState, ...]
 
 
-class _Script:
-    """One Lua script called by its SHA-1, loaded again when Redis lost its script cache (a
-    restart). Cheaper than redis-py's Script objects, which also ask SCRIPT EXISTS before
-    every pipeline: a second round trip per settlement batch."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
-
-    async def __call__(
-        self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-
-
 class RedisCounters:
     """Rate windows and budgets of every replica, in Redis."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
-        self._admit_script = _Script(ADMIT)
-        self._settle_script = _Script(SETTLE)
-        self._seed_script = _Script(SEED)
-        self._peek_script = _Script(PEEK)
+        self._admit_script = LuaScript(ADMIT)
+        self._settle_script = LuaScript(SETTLE)
+        self._seed_script = LuaScript(SEED)
+        self._peek_script = LuaScript(PEEK)
 
     async def _admit(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._admit_script(self.client, keys, args)
@@ -122,7 +100,7 @@ class RedisCounters:
         """Settle many requests in one pipeline: (plan, reservation, second, real tokens,
         real cost in nano-dollars) each. Only the calls Redis refused for want of the script
         are sent again (after loading it): a settlement is never applied twice."""
-        calls = []
+        calls: list[Call] = []
         for plan, reservation, second, tokens, cost in items:
             token_rates = [r for r in plan.rates if r.kind == "tokens"]
             keys = [r.redis_key for r in token_rates]
@@ -132,26 +110,7 @@ class RedisCounters:
                 keys += [budget.redis_key, budget.reservations_key]
                 args += [cost, budget.ttl_ms]
             calls.append((keys, args))
-        sha = self._settle_script.sha
-        for attempt in range(2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(sha, len(keys), *keys, *args)
-                answers = await pipe.execute(raise_on_error=False)
-            missing = [
-                c for c, a in zip(calls, answers, strict=True) if isinstance(a, NoScriptError)
-            ]
-            failed = [
-                a for a in answers if isinstance(a, Exception) and not isinstance(a, NoScriptError)
-            ]
-            if failed:
-                raise failed[0]
-            if not missing:
-                return
-            if attempt == 0:
-                await self.client.script_load(self._settle_script.source)
-                calls = missing
-        raise NoScriptError("the settle script could not be loaded")
+        await self._settle_script.run_many(self.client, calls)
 
     async def seed(self, budget: BudgetCheck, known: int, *, from_ledger: bool) -> int:
         """Raise a budget's spend to what is known elsewhere; answers the spend held."""

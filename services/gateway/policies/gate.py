@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.gateway.cache import Breaker
@@ -47,6 +46,7 @@ from services.gateway.usage import Usage
 from shared.catalogue import ModelEntry
 from shared.events import KeyState
 from shared.policy import Scope, allows_model, allows_scope
+from shared.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class PolicyGate:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         breaker: Breaker,

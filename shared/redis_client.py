@@ -1,0 +1,105 @@
+"""Redis for every service: one node or a Redis Cluster, chosen by a setting; Lua by SHA-1.
+
+With ``redis_cluster`` set, ``redis_url`` names any node of the cluster (the client finds the
+others); every key a script or a pipeline entry touches shares a hash tag (``{...}``), so each
+call runs on one slot. Publishing needs no care: a cluster broadcasts ``PUBLISH`` to every
+node, so a subscriber may listen on any one of them (``subscription_urls``).
+
+``LuaScript`` calls a script by its SHA-1 and loads it again when Redis lost its script cache
+(a restart, a failover to a replica that never saw it); ``run_many`` pipelines many calls and
+sends again only those Redis refused for want of the script, so none is applied twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+Call = tuple[Sequence[str], Sequence[Any]]  # (keys, args) of one script call
+
+
+def connect(
+    url: str, *, cluster: bool, timeout_s: float, max_connections: int = 200
+) -> RedisClient:
+    """A client with no retries of its own (callers bound and count their failures)."""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            max_connections=max_connections,
+        )
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+    )
+
+
+def subscription_urls(url: str, client: RedisClient) -> list[str]:
+    """Where a subscriber may listen: the configured node first, then every node the cluster
+    client knows (any node hears every ``PUBLISH``); just the URL for a single node."""
+    if not isinstance(client, RedisCluster):
+        return [url]
+    parts = urlsplit(url)
+    urls = [url]
+    for node in client.get_nodes():
+        netloc = f"{node.host}:{node.port}"
+        if parts.username or parts.password:
+            netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+        candidate = urlunsplit((parts.scheme, netloc, "", parts.query, ""))
+        if candidate not in urls:
+            urls.append(candidate)
+    return urls
+
+
+class LuaScript:
+    """One Lua script, called by its SHA-1 (cheaper than redis-py's Script objects, which ask
+    SCRIPT EXISTS before every pipeline)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts so)
+
+    async def __call__(self, client: RedisClient, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_many(self, client: RedisClient, calls: Sequence[Call]) -> list[Any]:
+        """Every call in one pipeline (per node, on a cluster); answers in order."""
+        answers: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            async with client.pipeline(transaction=False) as pipe:
+                for i in pending:
+                    keys, args = calls[i]
+                    pipe.evalsha(self.sha, len(keys), *keys, *args)
+                got = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(pending, got, strict=True):
+                if isinstance(answer, NoScriptError):
+                    missing.append(i)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    answers[i] = answer
+            if not missing:
+                return answers
+            if attempt == 0:
+                await client.script_load(self.source)
+                pending = missing
+        raise NoScriptError("a script could not be loaded")
