@@ -87,7 +87,8 @@ class LuaScript:
             async with client.pipeline(transaction=False) as pipe:
                 for i in pending:
                     keys, args = calls[i]
-                    pipe.evalsha(self.sha, len(keys), *keys, *args)
+                    # A cluster pipeline refuses evalsha() by name, not the command itself.
+                    pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
                 got = await pipe.execute(raise_on_error=False)
             missing = []
             for i, answer in zip(pending, got, strict=True):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.process import kill_tree
+from deploy.redis_cluster import RedisCluster
 from deploy.servers import Kafka, Ports, Postgres, Redis
 from deploy.stack import start_one
 
@@ -110,3 +111,18 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
     """A Redis of this test's own; the test may stop and start it."""
     yield from _private(Redis, tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of the module's own: 3 masters, one replica each, on free ports."""
+    cluster = RedisCluster(
+        tmp_path_factory.mktemp("redis-cluster"),
+        [free_port() for _ in range(6)],
+        bus_ports=[free_port() for _ in range(6)],
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,78 @@
+"""A gateway on a Redis Cluster: keys and rate limits across two replicas, and through the
+failover of a master (killed with SIGKILL, its replica takes over)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+from deploy.redis_cluster import RedisCluster
+from shared.policy import RateLimits
+from shared.redis_client import connect
+from tests.gateway.conftest import StartGateway
+from tests.gateway.harness import CHAT, FakeKeyService, new_key
+from tests.polling import eventually
+from tests.served import Served
+
+
+async def test_a_gateway_on_the_cluster_keeps_keys_and_limits_through_a_failover(
+    make_gateway: StartGateway,
+    keyservice: tuple[FakeKeyService, Served],
+    redis_cluster: RedisCluster,
+) -> None:
+    gateways = [await make_gateway(redis=redis_cluster.url, redis_cluster=True) for _ in range(2)]
+    secret, state = new_key(rate_limits=RateLimits(requests_per_minute=30))
+    keyservice[0].add(state)
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def burst(count: int) -> Counter[int]:
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        gateways[i % 2].url + "/v1/chat/completions", json=body, headers=headers
+                    )
+                    for i in range(count)
+                )
+            )
+            return Counter(a.status_code for a in answers)
+
+        assert await burst(50) == {200: 30, 429: 20}, "the limit holds across two replicas"
+        # The master serving this key's counters (its project's hash tag) dies with SIGKILL;
+        # its replica takes over.
+        assert len(redis_cluster.masters()) == 3
+        finder = connect(redis_cluster.url, cluster=True, timeout_s=2.0)
+        assert isinstance(finder, ClusterClient)
+        try:
+            await finder.initialize()
+            node = finder.get_node_from_key("{proj_test}")
+            assert node is not None
+            holder = int(node.port)
+        finally:
+            await finder.aclose()
+        redis_cluster.kill_node(holder)
+        # Until a replica takes over, valid keys keep working on each replica's share.
+        during = await burst(10)
+        assert set(during) <= {200, 429}, during
+        await asyncio.to_thread(redis_cluster.wait_failover, holder, 30)
+
+        async def degraded() -> int:
+            ready = await client.get(gateways[0].url + "/readyz")
+            return int(ready.json()["policy_degraded_admissions"])
+
+        async def settled() -> bool:
+            before = await degraded()
+            await burst(4)
+            return await degraded() == before
+
+        # Back on the shared counters: the promoted replica holds the window, less at most
+        # the last increments it had not received when its master died (replication is
+        # asynchronous).
+        await eventually(settled, until=bool, timeout=20, what="back on the cluster")
+        after = await burst(10)
+        assert after[200] <= 2, after
+    redis_cluster.start_node(holder)
