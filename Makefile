@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help bootstrap up down status test lint fmt bench clean
+.PHONY: help bootstrap up down status test lint fmt docs bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ lint: bootstrap ## ruff and mypy (strict)
 fmt: bootstrap ## format and autofix with ruff
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
+
+docs: bootstrap ## docs/asyncapi.json and docs/events.md from shared/bus_spec.py (a test fails when stale)
+	@$(RUN) python -m deploy.docs
 
 bench: bootstrap ## the benchmarks bench/*.py (bench/lib/ and bench/_*.py are their helpers)
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done

@@ -103,20 +103,33 @@ class KeyState(BaseModel):
     hint: KeyHint = Field(
         description="sk-... and the secret's last 4 characters", examples=["sk-...Ac4A"]
     )
-    key_hash: Sha256Hex = Field(description="SHA-256 hex of the full secret")
+    key_hash: Sha256Hex = Field(
+        description="SHA-256 hex of the full secret",
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    )
     previous_key_hash: Sha256Hex | None = Field(
         None, description="the old secret's hash while a rotation's grace period lasts"
     )
-    previous_valid_until: AwareDatetime | None = None
-    status: KeyStatus = "active"
-    is_default: bool = False
-    expires_at: AwareDatetime | None = None
-    created_at: AwareDatetime | None = None
+    previous_valid_until: AwareDatetime | None = Field(
+        None, description="when the old secret stops working (the end of the grace period)"
+    )
+    status: KeyStatus = Field(
+        "active", description="active, or revoked (for good: a revoked key never comes back)"
+    )
+    is_default: bool = Field(False, description="the project's default key")
+    expires_at: AwareDatetime | None = Field(
+        None, description="when the key stops working on its own; absent: never"
+    )
+    created_at: AwareDatetime | None = Field(None, description="when the key was created")
     version: int = Field(ge=1, description="monotonic per key; older versions are ignored")
     rate_limits: RateLimits | None = Field(None, description="the key's own rate limits")
     budget: Budget | None = Field(None, description="the key's own spend budget")
-    allowed_models: AllowedModels | None = None
-    allowed_endpoints: AllowedEndpoints | None = None
+    allowed_models: AllowedModels | None = Field(
+        None, description="the catalogue ids the key may call; absent: all models"
+    )
+    allowed_endpoints: AllowedEndpoints | None = Field(
+        None, description="the endpoint scopes the key may call; absent: all"
+    )
     project_rate_limits: RateLimits | None = Field(
         None, description="the project's rate limits, for all its keys together"
     )
@@ -136,7 +149,11 @@ class KeyState(BaseModel):
 class KeyEvent(Event, KeyState):
     """A key's whole current state after a change (event-carried state transfer)."""
 
-    type: KeyEventType = Field(examples=["key.created"])
+    type: KeyEventType = Field(
+        examples=["key.created"],
+        description="what changed: created, updated (its name or policy, or its project's "
+        "policy), default_changed, rotated (a new secret) or revoked",
+    )
 
     def state(self) -> KeyState:
         """The state this event carries, without the event's own fields."""
@@ -166,13 +183,27 @@ class UsageRecorded(Event):
     endpoint: Endpoint = Field(
         description="the gateway endpoint called", examples=["/v1/chat/completions"]
     )
-    input_tokens: TokenCount = 0
-    output_tokens: TokenCount = 0
-    cached_input_tokens: TokenCount = 0
-    status_code: int = Field(ge=100, le=599)
-    latency_ms: int = Field(ge=0)
-    stream: bool = False
-    usage_source: UsageSource = "upstream"
+    input_tokens: TokenCount = Field(
+        0, description="prompt tokens, cached ones included", examples=[12]
+    )
+    output_tokens: TokenCount = Field(0, description="completion tokens", examples=[34])
+    cached_input_tokens: TokenCount = Field(
+        0, description="the part of input_tokens the upstream served from its cache", examples=[0]
+    )
+    status_code: int = Field(
+        ge=100, le=599, description="the HTTP status the client got", examples=[200]
+    )
+    latency_ms: int = Field(
+        ge=0,
+        description="from the gateway receiving the request to its response's end",
+        examples=[412],
+    )
+    stream: bool = Field(False, description="the response was streamed (server-sent events)")
+    usage_source: UsageSource = Field(
+        "upstream",
+        description="upstream: the model server's own counts; estimated: the gateway's own "
+        "estimate (the upstream reported none: an error, or a stream cut short)",
+    )
 
 
 class DeadLetter(Event):

@@ -137,8 +137,12 @@ AllowedEndpoints = Annotated[
 class ProjectPolicy(_Policy):
     """What a project limits for all its keys together."""
 
-    rate_limits: RateLimits | None = None
-    budget: Budget | None = None
+    rate_limits: RateLimits | None = Field(
+        None, description="the project's rate limits, for all its keys together"
+    )
+    budget: Budget | None = Field(
+        None, description="the project's spend budget, for all its keys together"
+    )
 
 
 def allows_model(allowed: tuple[str, ...] | None, model: str) -> bool:
