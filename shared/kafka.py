@@ -6,35 +6,130 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import InvalidReplicationFactorError, KafkaError, TopicAlreadyExistsError
 
 from shared.topics import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 
 
+class TopicMismatch(RuntimeError):
+    """A topic exists with other settings than Tollgate's: reported, never silently used."""
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How topics are replicated: 1 and 1 on a single node; 3 and 2 on a cluster."""
+
+    factor: int = 1
+    min_insync: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_insync <= self.factor:
+            raise ValueError("min.insync.replicas must be from 1 to the replication factor")
+
+
+# What an existing topic must match (others, such as segment.ms, an operator may tune).
+_CHECKED_CONFIGS = ("cleanup.policy", "min.insync.replicas")
+
+
 async def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec] = TOPICS, prefix: str = "", timeout: float = 30.0
+    bootstrap: str,
+    specs: Iterable[TopicSpec] = TOPICS,
+    prefix: str = "",
+    timeout: float = 30.0,
+    replication: Replication = Replication(),
 ) -> None:
-    """Create each topic that does not exist yet, with its partitions and configs."""
+    """Create each topic that does not exist yet, with its partitions, replication and
+    configs; check each that exists: other partitions, replication factor, cleanup policy or
+    ``min.insync.replicas`` raise TopicMismatch, naming every difference."""
     wanted = [spec.with_prefix(prefix) for spec in specs]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), timeout)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in wanted if s.name not in existing]
-        if not missing:
-            return
-        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing]
-        # Another replica may create a topic between our list and our create.
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(new)
-        log.info("created topics", extra={"topics": [s.name for s in missing]})
+        if missing:
+            new = [
+                NewTopic(
+                    s.name,
+                    s.partitions,
+                    replication.factor,
+                    topic_configs={
+                        **s.configs,
+                        "min.insync.replicas": str(replication.min_insync),
+                    },
+                )
+                for s in missing
+            ]
+            # Another replica may create a topic between our list and our create.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                answer = await admin.create_topics(new)
+                _raise_refusals(answer, replication)
+            log.info("created topics", extra={"topics": [s.name for s in missing]})
+        present = [s for s in wanted if s.name in existing]
+        if present:
+            await _check(admin, present, replication)
     finally:
         await admin.close()
+
+
+def _raise_refusals(answer: object, replication: Replication) -> None:
+    """The broker answers each topic's creation apart: refusals come back as error codes."""
+    refused = []
+    for topic, code, *rest in getattr(answer, "topic_errors", ()):
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        if code == InvalidReplicationFactorError.errno:
+            raise TopicMismatch(
+                f"cannot create topics with replication factor {replication.factor}: the "
+                "cluster has fewer brokers (set TOPIC_REPLICATION_FACTOR to at most its "
+                "number of brokers)"
+            )
+        refused.append(f"{topic}: error {code} {rest[0] if rest else ''}".strip())
+    if refused:
+        raise KafkaError("topics not created: " + "; ".join(refused))
+
+
+async def _check(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], replication: Replication
+) -> None:
+    described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
+    answers = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+    )
+    configs: dict[str, dict[str, str]] = {}
+    for answer in answers:
+        for resource in answer.resources:
+            configs[resource[3]] = {entry[0]: entry[1] for entry in resource[4]}
+    problems = []
+    for spec in specs:
+        partitions = described.get(spec.name, {}).get("partitions", [])
+        if not partitions:
+            continue  # created a moment ago by another replica: not in the metadata yet
+        if len(partitions) != spec.partitions:
+            problems.append(f"{spec.name}: {len(partitions)} partitions, not {spec.partitions}")
+        factors = {len(p["replicas"]) for p in partitions}
+        if factors and factors != {replication.factor}:
+            found = ", ".join(str(f) for f in sorted(factors))
+            problems.append(f"{spec.name}: replication factor {found}, not {replication.factor}")
+        want = {**spec.configs, "min.insync.replicas": str(replication.min_insync)}
+        held = configs.get(spec.name, {})
+        problems += [
+            f"{spec.name}: {name}={held.get(name)}, not {want[name]}"
+            for name in _CHECKED_CONFIGS
+            if held and name in want and held.get(name) != want[name]
+        ]
+    if problems:
+        raise TopicMismatch(
+            "topics exist with other settings than Tollgate's (change them or the settings; "
+            "they are not used as they are): " + "; ".join(problems)
+        )
 
 
 def idempotent_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOKafkaProducer:

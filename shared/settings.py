@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.kafka import Replication
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin"})
 
@@ -29,12 +31,29 @@ class ServiceSettings(BaseSettings):
     )
     redis_cluster: bool = Field(False, description="Redis is a Redis Cluster")
     topic_prefix: str = Field("", description="prefix on every topic name (tests isolate by it)")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="replicas of each topic Tollgate creates (3 on a cluster)"
+    )
+    topic_min_insync_replicas: int = Field(
+        1, ge=1, description="min.insync.replicas of each topic (2 on a cluster)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     otel_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="where traces and metrics go; off by default"
     )
     otel_endpoint: str = Field("http://127.0.0.1:4318", description="OTLP/HTTP collector")
+
+    @model_validator(mode="after")
+    def _replication_is_possible(self) -> ServiceSettings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError("TOPIC_MIN_INSYNC_REPLICAS must be at most TOPIC_REPLICATION_FACTOR")
+        return self
+
+    @property
+    def replication(self) -> Replication:
+        """How the topics Tollgate creates are replicated, and checked when they exist."""
+        return Replication(self.topic_replication_factor, self.topic_min_insync_replicas)
 
 
 def require_real_secret(value: SecretStr, name: str) -> SecretStr:

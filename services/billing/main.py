@@ -45,7 +45,11 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         try:
             await apply_migrations(pool, settings.db_schema, MIGRATIONS)
             if settings.consume:
-                await ensure_topics(settings.kafka_bootstrap, prefix=settings.topic_prefix)
+                await ensure_topics(
+                    settings.kafka_bootstrap,
+                    prefix=settings.topic_prefix,
+                    replication=settings.replication,
+                )
                 client_id = f"billing-{socket.gethostname()}-{os.getpid()}"
                 consumer = cost_consumer(settings, pool, catalogue, client_id)
                 await consumer.start()

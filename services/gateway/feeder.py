@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.metrics import Metrics
 from shared.events import KeyEvent, KeyState
-from shared.kafka import ensure_topics
+from shared.kafka import Replication, ensure_topics
 from shared.key_store import KeyStore
 from shared.topics import KEYS_EVENTS, topic_name
 
@@ -47,8 +47,10 @@ class Feeder:
         store: KeyStore,
         redis_breaker: Breaker,
         metrics: Metrics,
+        replication: Replication = Replication(),  # noqa: B008 (frozen, so shared safely)
     ) -> None:
         self.bootstrap = bootstrap
+        self.replication = replication
         self.topic_prefix = topic_prefix
         self.topic = topic_name(KEYS_EVENTS, topic_prefix)
         self.local = local
@@ -68,7 +70,9 @@ class Feeder:
             await asyncio.sleep(_RETRY_S)
 
     async def _consume(self) -> None:
-        await ensure_topics(self.bootstrap, prefix=self.topic_prefix, timeout=10)
+        await ensure_topics(
+            self.bootstrap, prefix=self.topic_prefix, timeout=10, replication=self.replication
+        )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,

@@ -145,6 +145,7 @@ class Gateway:
             store=self.store,
             redis_breaker=self.redis_breaker,
             metrics=metrics,
+            replication=s.replication,
         )
         self.policies = PolicyGate(
             self.redis,

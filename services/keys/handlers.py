@@ -154,7 +154,10 @@ class LastUsedConsumer:
             try:
                 # Subscribing to a topic not created yet only logs errors until it exists.
                 await ensure_topics(
-                    self.settings.kafka_bootstrap, prefix=self.settings.topic_prefix, timeout=10
+                    self.settings.kafka_bootstrap,
+                    prefix=self.settings.topic_prefix,
+                    timeout=10,
+                    replication=self.settings.replication,
                 )
                 await dlq.start()
                 await consumer.start()

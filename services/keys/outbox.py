@@ -162,7 +162,10 @@ class OutboxRelay:
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             await ensure_topics(
-                self.settings.kafka_bootstrap, prefix=self.settings.topic_prefix, timeout=10
+                self.settings.kafka_bootstrap,
+                prefix=self.settings.topic_prefix,
+                timeout=10,
+                replication=self.settings.replication,
             )
             producer = idempotent_producer(self.settings.kafka_bootstrap, self.client_id)
             try:

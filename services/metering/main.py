@@ -42,7 +42,11 @@ def create_app(settings: MeteringSettings | None = None) -> FastAPI:
         try:
             await apply_migrations(pool, settings.db_schema, MIGRATIONS)
             if settings.consume:
-                await ensure_topics(settings.kafka_bootstrap, prefix=settings.topic_prefix)
+                await ensure_topics(
+                    settings.kafka_bootstrap,
+                    prefix=settings.topic_prefix,
+                    replication=settings.replication,
+                )
                 client_id = f"metering-{socket.gethostname()}-{os.getpid()}"
                 consumer = usage_consumer(settings, pool, client_id)
                 await consumer.start()

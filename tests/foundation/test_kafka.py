@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from pydantic import SecretStr
 
 from deploy.stack import Endpoints
-from shared.kafka import idempotent_producer
-from shared.topics import KEYS_EVENTS, USAGE_EVENTS
+from services.gateway.settings import GatewaySettings
+from shared.kafka import Replication, TopicMismatch, ensure_topics, idempotent_producer
+from shared.topics import KEYS_EVENTS, TOPICS, USAGE_EVENTS
 from tests.polling import eventually
 
 
@@ -109,3 +114,55 @@ async def test_committed_offset_is_per_partition(
         assert await consumer.committed(tp) == meta.offset + 1
     finally:
         await consumer.stop()
+
+
+async def test_existing_topics_with_other_settings_are_reported_not_used(
+    endpoints: Endpoints, topic_prefix: str
+) -> None:
+    bootstrap = endpoints.kafka_bootstrap
+    topic_prefix += "byhand."  # the fixture's own topics exist already, as Tollgate makes them
+    usage = next(t for t in TOPICS if t.name == USAGE_EVENTS)
+    keys = next(t for t in TOPICS if t.name == KEYS_EVENTS)
+    # Someone created them by hand: usage with 2 partitions, keys without compaction.
+    await ensure_topics(
+        bootstrap,
+        [replace(usage, partitions=2), replace(keys, configs={"cleanup.policy": "delete"})],
+        prefix=topic_prefix,
+    )
+
+    async def mismatch() -> str:
+        try:
+            await ensure_topics(bootstrap, [usage, keys], prefix=topic_prefix)
+        except TopicMismatch as exc:
+            return str(exc)
+        return ""
+
+    message = await eventually(mismatch, until=lambda m: "cleanup.policy" in m, what="report")
+    assert f"{topic_prefix}{USAGE_EVENTS}: 2 partitions, not 6" in message
+    assert f"{topic_prefix}{KEYS_EVENTS}: cleanup.policy=delete, not compact" in message
+    # As Tollgate creates them, they pass.
+    await ensure_topics(bootstrap, [usage], prefix=topic_prefix + "fresh.")
+    await ensure_topics(bootstrap, [usage], prefix=topic_prefix + "fresh.")
+
+
+async def test_a_replication_factor_above_the_brokers_is_a_clear_error(
+    endpoints: Endpoints, topic_prefix: str
+) -> None:
+    with pytest.raises(TopicMismatch, match="fewer brokers"):
+        await ensure_topics(
+            endpoints.kafka_bootstrap, prefix=topic_prefix + "rf3.", replication=Replication(3, 2)
+        )
+
+
+def test_min_insync_replicas_cannot_pass_the_replication_factor() -> None:
+    with pytest.raises(ValueError, match="at most TOPIC_REPLICATION_FACTOR"):
+        GatewaySettings(
+            internal_token=SecretStr("x" * 32),
+            topic_replication_factor=1,
+            topic_min_insync_replicas=2,
+        )
+    with pytest.raises(ValueError, match=r"min\.insync\.replicas"):
+        Replication(1, 2)
+    assert GatewaySettings(
+        internal_token=SecretStr("x" * 32), topic_replication_factor=3, topic_min_insync_replicas=2
+    ).replication == Replication(3, 2)
