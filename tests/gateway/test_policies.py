@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from deploy.stack import Endpoints
+from services.gateway.policies.counters import RedisCounters
+from services.gateway.policies.plan import Planner
 from shared.catalogue import Price
 from shared.policy import Budget, RateLimits
 from shared.pricing import request_cost
@@ -375,3 +378,34 @@ async def test_with_redis_down_limits_fall_back_to_shares_and_no_spend_is_forgot
 
         # Back: what each replica spent while Redis was away reaches the shared counter.
         await eventually(spent_usd, until=lambda s: s >= spent, timeout=15)
+
+
+async def test_a_replica_raises_a_budget_to_the_ledger_when_it_first_sees_it(
+    two: list[Served],
+    keyservice: tuple[FakeKeyService, Served],
+    billing: tuple[FakeBilling, Served],
+    redis_client: aioredis.Redis,
+    redis_prefix: str,
+) -> None:
+    secret, state = new_key(
+        project="proj_stale", budget=Budget(limit_usd=Decimal("0.001"), period="total")
+    )
+    keyservice[0].add(state)
+    # Redis holds a started counter that is behind the ledger (restored from an old snapshot).
+    plan = Planner(redis_prefix).plan(state, None, {}, 0, datetime.now(UTC))
+    await RedisCounters(redis_client).seed(plan.budgets[0], 0, from_ledger=True)
+    billing[0].keys["proj_stale"] = {state.key_id: Decimal("0.00099")}
+    async with httpx.AsyncClient(timeout=30) as client:
+        first = await client.post(
+            two[0].url + "/v1/chat/completions", json=chat(max_tokens=20), headers=auth(secret)
+        )
+        assert first.status_code == 200  # admitted on the counter as Redis held it
+
+        async def refused() -> int:
+            answer = await client.post(
+                two[0].url + "/v1/chat/completions", json=chat(max_tokens=20), headers=auth(secret)
+            )
+            return answer.status_code
+
+        # At once, not at the next periodic reconciliation (30 s away).
+        await eventually(refused, until=lambda s: s == 429, timeout=3)

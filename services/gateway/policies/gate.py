@@ -100,6 +100,7 @@ class PolicyGate:
         self.replicas = 1  # alive gateways when Redis last answered: the degraded share
         self.settler = Settler(self.counters, self.local, timeout_s=max(timeout_s, 1.0))
         self.degraded_admissions = 0
+        self._background: set[asyncio.Task[None]] = set()
         self.redis_errors = REDIS_ERRORS
 
     # Scopes: no I/O.
@@ -140,9 +141,9 @@ class PolicyGate:
         headers = rate_headers(verdict.rates)
         if headers:
             state.ratelimit_headers = headers
+        if plan.budgets and (new := self.ledger.watch(plan.budgets)) and in_redis:
+            self._reconcile_soon(new)
         self._refuse_unless_admitted(verdict, plan)
-        if plan.budgets:
-            self.ledger.watch(plan.budgets)
         return Admission(plan, reservation, verdict.second, entry, in_redis, headers)
 
     async def _shared_admit(self, plan: Plan, reservation: str) -> Verdict | None:
@@ -259,6 +260,22 @@ class PolicyGate:
                 except REDIS_ERRORS as exc:
                     log.warning("budget reconciliation failed: %s", exc)
             await asyncio.sleep(min(_HEARTBEAT_S, self.reconcile_s))
+
+    def _reconcile_soon(self, budgets: list[BudgetCheck]) -> None:
+        """A budget this replica sees for the first time (it just started, or the budget is
+        new) is raised to the ledger's figure now, not at the next reconciliation."""
+
+        async def reconcile() -> None:
+            for budget in budgets:
+                try:
+                    amount = await asyncio.wait_for(self.ledger.known(budget), 2.0)
+                    await self._ledger_seed(budget, amount)
+                except (LedgerUnavailable, *REDIS_ERRORS) as exc:
+                    log.info("first reconciliation of a budget deferred: %s", exc)
+
+        task = asyncio.create_task(reconcile())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _ledger_seed(self, budget: BudgetCheck, amount: int) -> None:
         await asyncio.wait_for(

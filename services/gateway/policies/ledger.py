@@ -96,13 +96,18 @@ class SpendLedger:
         self.last_known[budget.redis_key] = amount
         return amount
 
-    def watch(self, budgets: Iterable[BudgetCheck]) -> None:
-        """Budgets used lately: reconciled until they have not been used for a while."""
+    def watch(self, budgets: Iterable[BudgetCheck]) -> list[BudgetCheck]:
+        """Budgets used lately: reconciled until they have not been used for a while.
+        Answers those this replica had not watched yet (it reconciles them at once)."""
+        new = []
         for budget in budgets:
+            if budget.redis_key not in self.watched:
+                new.append(budget)
             self.watched[budget.redis_key] = budget
             self.watched.move_to_end(budget.redis_key)
         while len(self.watched) > _WATCHED_MAX:
             self.watched.popitem(last=False)
+        return new
 
     def due(self, now: datetime) -> list[BudgetCheck]:
         """The watched budgets still in their period (those past it are dropped)."""
