@@ -122,10 +122,7 @@ class LedgerConsumer(Generic[T]):
         )
         name = config.group_id
         self._consume = Worker(
-            f"{name}-consume",
-            self._run,
-            backoff=Backoff(0.5, 30.0),
-            on_error=self._reread,
+            f"{name}-consume", self._run, backoff=Backoff(0.5, 30.0), on_error=self._reread
         )
         # Monitoring and housekeeping: each catches its own errors; restarted if one slips.
         self.workers = Workers(
@@ -188,13 +185,8 @@ class LedgerConsumer(Generic[T]):
         return self.workers.running
 
     def health(self) -> dict[str, Any]:
-        """Counters, progress (lag, age of the last commit, stalled) and the workers' state,
-        JSON-ready."""
-        return {
-            **self.stats.as_dict(),
-            **self.progress.as_dict(),
-            "workers": self.workers.health(),
-        }
+        """Counters, progress (lag, last commit age, stalled), the workers' state; JSON-ready."""
+        return {**self.stats.as_dict(), **self.progress.as_dict(), "workers": self.workers.health()}
 
     async def _run(self) -> None:
         """Fetch and parse batch N+1 while batch N is stored; store batches one at a time.
