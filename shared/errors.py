@@ -119,13 +119,18 @@ class UnexpectedErrors:
     def __init__(self) -> None:
         self.seen: set[tuple[str, str]] = set()
 
-    def log(self, exc: BaseException) -> None:
+    def place(self, exc: BaseException) -> tuple[str, bool]:
+        """Where exc was raised (file:line), and whether that is the first time seen there."""
         frames = traceback.extract_tb(exc.__traceback__)
         where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
         site = (type(exc).__qualname__, where)
         first = site not in self.seen
         if first and len(self.seen) < _SITES_REMEMBERED:
             self.seen.add(site)
+        return where, first
+
+    def log(self, exc: BaseException) -> None:
+        where, first = self.place(exc)
         # %r keeps a message that holds newlines (or a client's text) on one line.
         log.error(
             "unhandled %s at %s: %r",

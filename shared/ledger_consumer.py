@@ -57,7 +57,7 @@ from shared.kafka import idempotent_producer
 from shared.ledger_batch import BatchWriter, Prepared, prepare
 from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_progress import Progress, watch_ends
-from shared.ledger_retry import RETRYABLE, backoff
+from shared.ledger_retry import RETRYABLE
 from shared.ledger_types import (
     Apply,
     ConsumerConfig,
@@ -66,6 +66,7 @@ from shared.ledger_types import (
     Poison,
     T,
 )
+from shared.worker import Backoff, Worker, Workers
 
 __all__ = ["ConsumerConfig", "ConsumerStats", "Identified", "LedgerConsumer", "Poison"]
 
@@ -119,7 +120,16 @@ class LedgerConsumer(Generic[T]):
             config.group_id,
             max_bytes=config.max_dead_letter_bytes,
         )
-        self._tasks: list[asyncio.Task[None]] = []
+        name = config.group_id
+        self._consume = Worker(
+            f"{name}-consume", self._run, backoff=Backoff(0.5, 30.0), on_error=self._reread
+        )
+        # Monitoring and housekeeping: each catches its own errors; restarted if one slips.
+        self.workers = Workers(
+            self._consume,
+            Worker(f"{name}-cleanup", self._cleanup_loop),
+            Worker(f"{name}-lag", self._watch_ends),
+        )
         self._kafka_offsets: dict[TopicPartition, int] = {}
         self._kafka_commit: asyncio.Task[None] | None = None
 
@@ -146,12 +156,7 @@ class LedgerConsumer(Generic[T]):
         await self.dlq.start()
         self.consumer.subscribe([self.config.topic], listener=_Listener(self))
         await self.consumer.start()
-        name = self.config.group_id
-        self._tasks = [
-            asyncio.create_task(self._run(), name=f"{name}-consume"),
-            asyncio.create_task(self._cleanup_loop(), name=f"{name}-cleanup"),
-            asyncio.create_task(self._watch_ends(), name=f"{name}-lag"),
-        ]
+        self.workers.start()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Leave the group cleanly: the batch in flight finishes first, if it can in time."""
@@ -163,11 +168,7 @@ class LedgerConsumer(Generic[T]):
         except TimeoutError:
             locked = False
         try:
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await self.workers.stop()  # cancelled at once, bounded (shared/worker.py)
         finally:
             if locked:
                 self.batch_lock.release()
@@ -181,18 +182,19 @@ class LedgerConsumer(Generic[T]):
 
     @property
     def running(self) -> bool:
-        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+        return self.workers.running
 
     def health(self) -> dict[str, Any]:
-        """Counters and progress (lag, age of the last commit, stalled), JSON-ready."""
-        return {**self.stats.as_dict(), **self.progress.as_dict()}
+        """Counters, progress (lag, last commit age, stalled), the workers' state; JSON-ready."""
+        return {**self.stats.as_dict(), **self.progress.as_dict(), "workers": self.workers.health()}
 
     async def _run(self) -> None:
-        """Fetch and parse batch N+1 while batch N is stored; store batches one at a time."""
+        """Fetch and parse batch N+1 while batch N is stored; store batches one at a time.
+
+        A failure ends it (its worker restarts it after a pause, ``_reread`` first)."""
         in_flight: asyncio.Task[None] | None = None
-        failures = 0
-        while True:
-            try:
+        try:
+            while True:
                 if self.pending_seek:
                     if in_flight is not None:
                         await in_flight
@@ -211,26 +213,25 @@ class LedgerConsumer(Generic[T]):
                     in_flight = None
                 if prepared is not None:
                     in_flight = asyncio.create_task(self._store(prepared))
-                failures = 0
-            except asyncio.CancelledError:
-                if in_flight is not None:
-                    in_flight.cancel()
-                raise
-            except Exception as exc:
-                # Unexpected (a bug, a broken client): never skip past the failed records.
-                # Every partition goes back to its offset in PostgreSQL, after a pause.
-                if in_flight is not None and not in_flight.done():
-                    with contextlib.suppress(Exception):
-                        await in_flight
-                in_flight = None
-                failures += 1
-                self.stats.last_error = repr(exc)
-                log.exception("consumer loop failed; re-reading from the stored offsets")
-                assigned = self.consumer.assignment()
-                if assigned:
-                    self.consumer.pause(*assigned)
-                    self.pending_seek |= set(assigned)
-                await asyncio.sleep(max(0.5, backoff(failures, cap=30.0)))
+                self._consume.succeeded()
+        except asyncio.CancelledError:
+            if in_flight is not None:
+                in_flight.cancel()
+            raise
+        except Exception:
+            if in_flight is not None and not in_flight.done():
+                with contextlib.suppress(Exception):
+                    await in_flight
+            raise
+
+    def _reread(self, exc: Exception) -> None:
+        """Unexpected (a bug, a broken client): never skip past the failed records. Every
+        partition goes back to its offset in PostgreSQL, after the worker's pause."""
+        self.stats.last_error = repr(exc)
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.pause(*assigned)
+            self.pending_seek |= set(assigned)
 
     async def _seek_pending(self) -> None:
         """Seek each newly assigned partition to its offset in PostgreSQL, then resume it."""

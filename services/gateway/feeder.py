@@ -31,12 +31,13 @@ from shared.key_store import KeyStore
 from shared.topics import KEYS_EVENTS, topic_name
 
 log = logging.getLogger(__name__)
-_RETRY_S = 1.0
 _EMPTY_CHECK_S = 2.0
+# What losing Kafka raises: the feeder's worker restarts it, with a warning and no traceback.
+KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
 
 
 class Feeder:
-    """Runs until cancelled; reconnects to Kafka on its own."""
+    """Runs until cancelled or Kafka fails; run by a worker (shared/worker.py) that reconnects."""
 
     def __init__(
         self,
@@ -62,14 +63,7 @@ class Feeder:
         self._redis_gap: dict[TopicPartition, int] = {}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._consume()
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("keys feeder lost Kafka (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(_RETRY_S)
-
-    async def _consume(self) -> None:
+        """Read the topic until Kafka fails (the worker that runs it reconnects: main.py)."""
         await ensure_topics(
             self.bootstrap, prefix=self.topic_prefix, timeout=10, replication=self.replication
         )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,7 +19,7 @@ from services.gateway.asgi import ProxiedRoutes
 from services.gateway.auth import Authenticator, Verifier
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.emitter import UsageEmitter
-from services.gateway.feeder import Feeder
+from services.gateway.feeder import KAFKA_ERRORS, Feeder
 from services.gateway.metrics import Metrics
 from services.gateway.policies.gate import PolicyGate
 from services.gateway.policies.ledger import SpendLedger
@@ -28,7 +27,7 @@ from services.gateway.proxy import Proxy
 from services.gateway.responses import OverheadMiddleware
 from services.gateway.settings import GatewaySettings
 from services.gateway.spool import Spool
-from services.gateway.subscriber import Subscriber
+from services.gateway.subscriber import REDIS_ERRORS, Subscriber
 from shared.catalogue import Catalogue, load_catalogue
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
@@ -36,27 +35,9 @@ from shared.key_store import KeyStore
 from shared.logs import setup_logging
 from shared.redis_client import connect, subscription_urls
 from shared.telemetry import setup_telemetry
+from shared.worker import Backoff, Worker, Workers
 
 log = logging.getLogger(__name__)
-
-
-async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
-    """Keep a background loop alive: a bug in one event must not stop key or usage events."""
-    while True:
-        try:
-            await run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError from None  # a stop that a library swallowed
-            log.exception("background task %s failed; restarting", run.__qualname__)
-            await asyncio.sleep(1.0)
-
-
-_STOP_WAIT_S = 2.0
-_STOP_TRIES = 3
 
 
 class _UpstreamConnector(aiohttp.TCPConnector):
@@ -164,36 +145,30 @@ class Gateway:
             emitter=self.emitter,
             max_body_bytes=s.max_body_bytes,
         )
-        self._tasks: list[asyncio.Task[None]] = []
+        # Background work: key events in, usage events out, settlements and upkeep. A bug
+        # in one event must not stop key or usage events: each restarts after a failure.
+        loops = Backoff(0.5, 5.0)
+        self.workers = Workers(
+            Worker(
+                "keys-feeder", self.feeder.run, expected=KAFKA_ERRORS, backoff=Backoff(0.5, 2.0)
+            ),
+            Worker(
+                "key-states", self.subscriber.run, expected=REDIS_ERRORS, backoff=Backoff(0.25, 1.0)
+            ),
+            Worker("usage-publisher", self.emitter.run_publisher, backoff=loops),
+            Worker("spool-replayer", self.emitter.run_replayer, backoff=loops),
+            Worker("policy-settler", self.policies.run_settler, backoff=loops),
+            Worker("policy-upkeep", self.policies.run_upkeep, backoff=loops),
+        )
 
     def start(self) -> None:
-        """Background work: key events in, usage events out; none of it blocks start-up."""
-        self._tasks = [
-            asyncio.create_task(_supervised(self.feeder.run), name="keys-feeder"),
-            asyncio.create_task(_supervised(self.subscriber.run), name="key-states"),
-            asyncio.create_task(_supervised(self.emitter.run_publisher), name="usage-publisher"),
-            asyncio.create_task(_supervised(self.emitter.run_replayer), name="spool-replayer"),
-            asyncio.create_task(_supervised(self.policies.run_settler), name="policy-settler"),
-            asyncio.create_task(_supervised(self.policies.run_upkeep), name="policy-upkeep"),
-        ]
+        """Start the background workers; none of them blocks start-up."""
+        self.workers.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            # Python 3.11's wait_for can swallow a cancel that lands as its inner call ends:
-            # a loop that lost its cancel is cancelled again, a few times, then left behind
-            # (bounded: it must not hold up the shutdown; usage events are flushed below).
-            for _ in range(_STOP_TRIES):
-                await asyncio.wait([task], timeout=_STOP_WAIT_S)
-                if task.done():
-                    break
-                task.cancel()
-            else:
-                log.error("background task %s did not stop", task.get_name())
-                continue
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Cancelled at once and bounded (shared/worker.py): a worker that lost its cancel is
+        # left behind rather than holding up the shutdown; usage events are flushed below.
+        await self.workers.stop()
         await self.policies.flush()
         await self.policies.leave()
         await self.emitter.close()
@@ -218,6 +193,7 @@ class Gateway:
             "key_states_subscribed": self.subscriber.up,
             "key_states_received": self.subscriber.received,
             **self.policies.stats(),
+            "workers": self.workers.health(),
         }
 
 

@@ -30,26 +30,18 @@ from redis.exceptions import RedisError
 
 from services.gateway.cache import LocalCache
 from shared.key_store import parse_published
+from shared.worker import check_cancelled
 
 log = logging.getLogger(__name__)
-_RETRY_S = 0.5
 _READ_S = 0.2
 
 
-def _stop_requested() -> None:
-    """Raise CancelledError if this task was asked to stop.
-
-    On Python 3.11, ``asyncio.wait_for`` (and redis-py's reads under a timeout) can swallow a
-    cancellation that lands as the awaited call completes; the task then stays "cancelling"
-    and a loop like ours would run on forever, hanging the gateway's shutdown.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+# What losing the subscription raises: its worker resubscribes, with a warning, no traceback.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
 class Subscriber:
-    """Runs until cancelled; resubscribes on its own after any loss."""
+    """One subscription per ``run``; run by a worker (shared/worker.py) that resubscribes."""
 
     def __init__(
         self,
@@ -78,17 +70,16 @@ class Subscriber:
         return self.local.covered_since is not None
 
     async def run(self) -> None:
-        while True:
-            _stop_requested()
-            try:
-                await self._listen()
-            except (RedisError, OSError, TimeoutError) as exc:
-                if self.up:
-                    log.warning("key-state subscription lost (%s: %s)", type(exc).__name__, exc)
-                self.losses += 1
-            finally:
-                self.local.covered(None)
-            await asyncio.sleep(_RETRY_S)
+        """Listen until the subscription is lost (raises) or the task is cancelled."""
+        try:
+            await self._listen()
+        except REDIS_ERRORS:
+            self.losses += 1
+            raise
+        finally:
+            self.local.covered(None)
+        # Only a cancel swallowed below ends _listen without an error: stop, as asked.
+        check_cancelled()
 
     async def _listen(self) -> None:
         # A client of its own: the shared one's socket timeout suits requests, not a wait. On
@@ -128,7 +119,7 @@ class Subscriber:
     async def _receive(self, pubsub: PubSub) -> None:
         last_heard = last_ping = time.monotonic()
         while True:
-            _stop_requested()
+            check_cancelled()  # a cancel a timed read swallowed (Python 3.11)
             message = await pubsub.get_message(timeout=_READ_S)
             now = time.monotonic()
             if message is not None:

@@ -231,6 +231,8 @@ async def readyz(request: Request) -> JSONResponse:
     consumer = request.app.state.consumer
     if consumer is not None:
         body |= consumer.stats()
+    # Each background worker's lifecycle: running, restarts, last error (shared/worker.py).
+    body["workers"] = {w.worker.name: w.worker.health() for w in (relay, consumer) if w is not None}
     try:
         body["outbox_backlog"] = await repo.outbox_backlog(request.app.state.pool)
     except READ_ERRORS:

@@ -33,9 +33,10 @@ from services.keys.settings import KeysSettings
 from shared.events import UsageRecorded
 from shared.kafka import ensure_topics, idempotent_producer
 from shared.ledger_dlq import DeadLetterSender
-from shared.ledger_retry import READ_ERRORS, backoff
+from shared.ledger_retry import READ_ERRORS
 from shared.ledger_split import CONTROL_SIZE, confirm, split_apply
 from shared.ledger_types import Poison
+from shared.worker import Backoff, Worker
 
 if TYPE_CHECKING:
     from shared.ledger_types import Conn
@@ -93,8 +94,14 @@ class LastUsedConsumer:
         self._control: list[Use] = []  # uses the database accepted (ledger_split)
         self._positions: dict[TopicPartition, int] = {}
         self._ends: dict[TopicPartition, int] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        # last_used_at must keep flowing whatever broke: started over with a new consumer.
+        self.worker = Worker(
+            "keys-last-used",
+            self._session,
+            expected=(KafkaError, *READ_ERRORS),
+            backoff=Backoff(0.2, 5.0),
+            cancel_wait_s=STOP_TIMEOUT_S,
+        )
 
     @property
     def lag(self) -> int:
@@ -112,75 +119,53 @@ class LastUsedConsumer:
 
     def start(self) -> None:
         """Consume in the background (and keep retrying while Kafka is away)."""
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="keys-last-used")
+        self.worker.start()
 
     async def stop(self) -> None:
         """Stop consuming; uncommitted records come again to the next consumer."""
-        if self._task is not None:
-            # Ask first (a consumer cancelled half-way through its start leaks sockets), then
-            # cancel; either way bounded, since aiokafka may sit in a group join meanwhile.
-            self._stopping.set()
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
-            if not done:
-                self._task.cancel()
-                done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
-            if not done:
-                log.warning("last_used consumer did not stop within %s s", 2 * STOP_TIMEOUT_S)
+        # Ask first (a consumer cancelled half-way through its start leaks sockets), then
+        # cancel; either way bounded, since aiokafka may sit in a group join meanwhile.
+        await self.worker.stop(grace_s=STOP_TIMEOUT_S)
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def _run(self) -> None:
-        attempt = 0
-        while not self._stopping.is_set():
-            consumer = AIOKafkaConsumer(
-                self.settings.usage_topic,
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                group_id=self.settings.consumer_group,
-                client_id=self.client_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                # Bound how long a join (and so a stop during one) can wait for the group.
-                rebalance_timeout_ms=10_000,
-                session_timeout_ms=10_000,
+    async def _session(self) -> None:
+        """One consumer (and its dead-letter producer), until stopped or it fails."""
+        consumer = AIOKafkaConsumer(
+            self.settings.usage_topic,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.consumer_group,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Bound how long a join (and so a stop during one) can wait for the group.
+            rebalance_timeout_ms=10_000,
+            session_timeout_ms=10_000,
+        )
+        dlq = DeadLetterSender(
+            lambda: idempotent_producer(self.settings.kafka_bootstrap, f"{self.client_id}-dlq"),
+            self.settings.dlq_topic,
+            self.settings.consumer_group,
+        )
+        try:
+            # Subscribing to a topic not created yet only logs errors until it exists.
+            await ensure_topics(
+                self.settings.kafka_bootstrap,
+                prefix=self.settings.topic_prefix,
+                timeout=10,
+                replication=self.settings.replication,
             )
-            dlq = DeadLetterSender(
-                lambda: idempotent_producer(self.settings.kafka_bootstrap, f"{self.client_id}-dlq"),
-                self.settings.dlq_topic,
-                self.settings.consumer_group,
-            )
-            try:
-                # Subscribing to a topic not created yet only logs errors until it exists.
-                await ensure_topics(
-                    self.settings.kafka_bootstrap,
-                    prefix=self.settings.topic_prefix,
-                    timeout=10,
-                    replication=self.settings.replication,
-                )
-                await dlq.start()
-                await consumer.start()
-                attempt = 0
-                await self._consume(consumer, dlq)
-            except (KafkaError, *READ_ERRORS) as exc:
-                attempt += 1
-                log.warning("last_used consumer interrupted: %s: %s", type(exc).__name__, exc)
-                await self._pause(backoff(attempt, base=0.2, cap=5.0))
-            except Exception:
-                # last_used_at must keep flowing whatever broke; start over with a new consumer.
-                attempt += 1
-                log.exception("last_used consumer failed; restarting it")
-                await self._pause(backoff(attempt, base=0.2, cap=5.0))
-            finally:
-                with contextlib.suppress(KafkaError, TimeoutError):
-                    await asyncio.wait_for(consumer.stop(), 10)
-                await dlq.stop(10)
+            await dlq.start()
+            await consumer.start()
+            self.worker.succeeded()
+            await self._consume(consumer, dlq)
+        finally:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(consumer.stop(), 10)
+            await dlq.stop(10)
 
     async def _consume(self, consumer: AIOKafkaConsumer, dlq: DeadLetterSender) -> None:
         self._positions.clear()
         self._ends.clear()
-        while not self._stopping.is_set():
+        while not self.worker.stopping.is_set():
             batches = await consumer.getmany(
                 timeout_ms=1000, max_records=self.settings.last_used_batch
             )

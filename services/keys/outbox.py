@@ -25,6 +25,7 @@ from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.kafka import ensure_topics, idempotent_producer
 from shared.ledger_retry import READ_ERRORS, backoff
+from shared.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 20.0
@@ -40,9 +41,17 @@ class OutboxRelay:
         self.last_error: str | None = None
         self.leader = False
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
+        # Whatever breaks the relay (Kafka or the database away, a driver in a bad state after
+        # an outage), it must outlive it: started over on a fresh connection, after a pause.
+        self.worker = Worker(
+            "keys-outbox-relay",
+            self._lead,
+            expected=(*READ_ERRORS, KafkaError),
+            backoff=Backoff(0.2, 5.0),
+            on_error=self._failed,
+            cancel_wait_s=STOP_TIMEOUT_S,
+        )
 
     def stats(self) -> dict[str, Any]:
         """What /readyz reports about the relay."""
@@ -54,45 +63,19 @@ class OutboxRelay:
 
     def start(self) -> None:
         """Run the relay in the background."""
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="keys-outbox-relay")
+        self.worker.start()
 
     async def stop(self) -> None:
         """Stop after the batch in flight; what is left goes out on the next start."""
-        if self._task is not None:
-            # Ask first: cancelling a Kafka client half-way through its start leaks sockets.
-            self._stopping.set()
-            self._wake.set()
-            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
-            if not done:
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+        # Ask first (cancelling a Kafka client half-way through its start leaks sockets),
+        # then cancel: both bounded.
+        self._wake.set()
+        await self.worker.stop(grace_s=STOP_TIMEOUT_S)
         await self._close_producer()
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, unless asked to stop meanwhile."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def _run(self) -> None:
-        attempt = 0
-        while not self._stopping.is_set():
-            try:
-                await self._lead()
-            except (*READ_ERRORS, KafkaError) as exc:
-                self.leader = False
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("outbox relay interrupted: %s", self.last_error)
-                attempt += 1
-                await self._pause(backoff(attempt, base=0.2, cap=5.0))
-            except Exception as exc:
-                # Whatever else broke (a driver in a bad state after an outage, say), the
-                # relay must outlive it: start over on a fresh connection.
-                self.leader = False
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("outbox relay failed; restarting it")
-                attempt += 1
-                await self._pause(backoff(attempt, base=0.2, cap=5.0))
+    def _failed(self, exc: Exception) -> None:
+        self.leader = False
+        self.last_error = f"{type(exc).__name__}: {exc}"
 
     async def _lead(self) -> None:
         """Hold the relay lock on a connection of our own, then publish until stopped."""
@@ -102,9 +85,9 @@ class OutboxRelay:
             lock = f"keys-outbox-relay:{self.settings.db_schema}"
             # Another replica may be the relay; take over when its session ends.
             while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock):
-                if self._stopping.is_set():
+                if self.worker.stopping.is_set():
                     return
-                await self._pause(self.settings.relay_poll_s)
+                await self.worker.pause(self.settings.relay_poll_s)
             self.leader = True
             await conn.add_listener(self.settings.notify_channel, self._notified)
             # Batches are read and deleted on this same connection: when it breaks, the lock
@@ -120,7 +103,7 @@ class OutboxRelay:
 
     async def _publish_forever(self, conn: asyncpg.Connection) -> None:
         attempt = 0
-        while not self._stopping.is_set():
+        while not self.worker.stopping.is_set():
             if conn.is_closed():
                 raise asyncpg.InterfaceError("the relay's connection closed")
             self._wake.clear()
@@ -133,7 +116,7 @@ class OutboxRelay:
                 log.warning("publish failed, retrying: %s", self.last_error)
                 await self._close_producer()
                 attempt += 1
-                await self._pause(backoff(attempt, base=0.2, cap=3.0))
+                await self.worker.pause(backoff(attempt, base=0.2, cap=3.0))
                 continue
             attempt = 0
             self.last_error = None
