@@ -78,6 +78,21 @@ def fetch_kafka() -> Path:
     return libs
 
 
+def kafka_java(*args: str, heap: str = "768m") -> list[str]:
+    """A java command line with Kafka's jars on the class path and the stack's log4j config."""
+    return [
+        "java",
+        "-Xms256m",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+        "-cp",
+        f"{kafka_libs()}/*",
+        *args,
+    ]
+
+
 class Kafka:
     """One KRaft node that is both broker and controller."""
 
@@ -127,17 +142,7 @@ class Kafka:
         return config
 
     def _java(self, *args: str) -> list[str]:
-        return [
-            "java",
-            "-Xms256m",
-            "-Xmx768m",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-            "-cp",
-            f"{kafka_libs()}/*",
-            *args,
-        ]
+        return kafka_java(*args)
 
     def start(self) -> None:
         fetch_kafka()
