@@ -38,15 +38,19 @@ class Ports:
     kafka_controller: int = 19093
     postgres: int = 15432
     redis: int = 16379
+    # The cluster mode: Kafka node i on kafka + 100 i and kafka_controller + 100 i, the six
+    # Redis Cluster nodes on redis_cluster + i (their cluster bus 10000 above).
+    redis_cluster: int = 17000
 
     @classmethod
     def from_env(cls) -> Ports:
-        """Defaults, each overridable: TOLLGATE_{KAFKA,KAFKA_CONTROLLER,POSTGRES,REDIS}_PORT."""
+        """Defaults, each overridable:
+        TOLLGATE_{KAFKA,KAFKA_CONTROLLER,POSTGRES,REDIS,REDIS_CLUSTER}_PORT."""
         defaults = cls()
         return cls(
             **{
                 name: int(os.environ.get(f"TOLLGATE_{name.upper()}_PORT", getattr(defaults, name)))
-                for name in ("kafka", "kafka_controller", "postgres", "redis")
+                for name in ("kafka", "kafka_controller", "postgres", "redis", "redis_cluster")
             }
         )
 
