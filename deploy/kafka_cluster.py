@@ -209,8 +209,19 @@ class KafkaCluster:
             f"logs under {self.home}:\n{tail(self.log)}"
         )
 
-    def active_controller(self) -> int:
-        """Node id of the quorum's leader, the active controller (from the quorum tool)."""
+    def active_controller(self, timeout: float = 60.0) -> int:
+        """Node id of the quorum's leader, the active controller (from the quorum tool); asked
+        again until the deadline while the quorum has no leader (an election after a kill)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._ask_quorum()
+            except StackError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def _ask_quorum(self) -> int:
         live = [n for n in self.nodes if self.running(n.node_id)]
         if not live:
             raise StackError("no node of the Kafka cluster runs")

@@ -157,3 +157,27 @@ async def main():
     print(*sorted(factors), entries["min.insync.replicas"])
 asyncio.run(main())
 """
+
+
+def test_cluster_mode_scales_gateway_metering_billing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for base in services.SCALED:
+        monkeypatch.delenv(f"TOLLGATE_{base.upper()}_REPLICAS", raising=False)
+    assert services.scale_from_env() == {"gateway": 1, "metering": 1, "billing": 1}
+    scale = services.scale_from_env(cluster=True)
+    assert scale == {"gateway": 2, "metering": 2, "billing": 2}
+    monkeypatch.setenv("TOLLGATE_BILLING_REPLICAS", "3")
+    assert services.scale_from_env(cluster=True)["billing"] == 3
+    ports = {s.name: s.port for s in services.layout(scale)}
+    assert ports == {
+        "upstream": 8090,
+        "keys": 8081,
+        "metering": 8082,
+        "metering-1": 8182,
+        "billing": 8083,
+        "billing-1": 8183,
+        "gateway": 8080,
+        "gateway-1": 8180,
+        "console": 8084,
+    }
+    # The single-node layout is as it always was.
+    assert [s.port for s in services.layout(1)] == [8090, 8081, 8082, 8083, 8080, 8084]
