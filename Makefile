@@ -13,13 +13,13 @@ help: ## list the targets
 bootstrap: ## install what is missing: uv, Python deps, JDK, Maven, PostgreSQL, Redis, Kafka jars
 	@bash deploy/bootstrap.sh
 
-up: bootstrap ## start Kafka, PostgreSQL, Redis and the services (TOLLGATE_GATEWAY_REPLICAS=N: N gateways)
+up: bootstrap ## start Kafka, PostgreSQL, Redis and the services (TOLLGATE_GATEWAY_REPLICAS=N: N gateways; TOLLGATE_CLUSTER=1: 3 Kafka nodes, a Redis Cluster, 2 of each scaled service)
 	@$(RUN) python -m deploy.stack up
 
 down: ## stop everything `make up` started, by PID
 	@$(RUN) python -m deploy.stack down
 
-status: ## what runs, with PIDs
+status: ## what runs: every server, node and replica, with PID and port
 	@$(RUN) python -m deploy.stack status
 
 test: bootstrap ## the whole test suite against real Kafka, PostgreSQL and Redis

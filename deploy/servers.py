@@ -38,15 +38,19 @@ class Ports:
     kafka_controller: int = 19093
     postgres: int = 15432
     redis: int = 16379
+    # The cluster mode: Kafka node i on kafka + 100 i and kafka_controller + 100 i, the six
+    # Redis Cluster nodes on redis_cluster + i (their cluster bus 10000 above).
+    redis_cluster: int = 17000
 
     @classmethod
     def from_env(cls) -> Ports:
-        """Defaults, each overridable: TOLLGATE_{KAFKA,KAFKA_CONTROLLER,POSTGRES,REDIS}_PORT."""
+        """Defaults, each overridable:
+        TOLLGATE_{KAFKA,KAFKA_CONTROLLER,POSTGRES,REDIS,REDIS_CLUSTER}_PORT."""
         defaults = cls()
         return cls(
             **{
                 name: int(os.environ.get(f"TOLLGATE_{name.upper()}_PORT", getattr(defaults, name)))
-                for name in ("kafka", "kafka_controller", "postgres", "redis")
+                for name in ("kafka", "kafka_controller", "postgres", "redis", "redis_cluster")
             }
         )
 
@@ -76,6 +80,21 @@ def fetch_kafka() -> Path:
         raise StackError(f"fetching Kafka with Maven failed:\n{done.stdout[-4000:]}{done.stderr}")
     marker.touch()
     return libs
+
+
+def kafka_java(*args: str, heap: str = "768m") -> list[str]:
+    """A java command line with Kafka's jars on the class path and the stack's log4j config."""
+    return [
+        "java",
+        "-Xms256m",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+        "-cp",
+        f"{kafka_libs()}/*",
+        *args,
+    ]
 
 
 class Kafka:
@@ -127,17 +146,7 @@ class Kafka:
         return config
 
     def _java(self, *args: str) -> list[str]:
-        return [
-            "java",
-            "-Xms256m",
-            "-Xmx768m",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-            "-cp",
-            f"{kafka_libs()}/*",
-            *args,
-        ]
+        return kafka_java(*args)
 
     def start(self) -> None:
         fetch_kafka()

@@ -6,7 +6,11 @@ logs to ``<run>/services/<name>.log`` and is ready when its health URL answers 2
 The gateway runs as ``TOLLGATE_GATEWAY_REPLICAS`` replicas (default 1): replica ``i``
 listens on 8080 + 100 i, is named ``gateway`` (i = 0) or ``gateway-<i>``, and spools to
 ``<run>/spool`` (i = 0, the folder a single gateway always used, so events it spooled
-before are still replayed) or ``<run>/spool-<i>``. All read the same topics.
+before are still replayed) or ``<run>/spool-<i>``. All read the same topics. Metering and
+billing scale the same way (``TOLLGATE_METERING_REPLICAS``, ``TOLLGATE_BILLING_REPLICAS``:
+8082 + 100 i, 8083 + 100 i), each replica one member of its service's consumer group; the
+cluster mode (``TOLLGATE_CLUSTER=1``) runs two of each. ``TOLLGATE_SERVICES_PORT_OFFSET``
+moves every service's port (a second stack beside the one ``make up`` started).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ if TYPE_CHECKING:
 GATEWAY_PORT = 8080
 REPLICA_PORT_STEP = 100
 MAX_REPLICAS = 20
-_REPLICA = re.compile(r"gateway-([1-9][0-9]*)")
+# The services that run as several replicas, and how many the cluster mode runs of each.
+SCALED = ("gateway", "metering", "billing")
+CLUSTER_REPLICAS = 2
 
 
 @dataclass(frozen=True)
@@ -44,14 +50,14 @@ class Service:
     prefix: str
     app: str
     port: int
-    replica: int | None = None  # the gateway's replica index; None for the other services
+    replica: int | None = None  # the replica index of a scaled service; None for the others
 
     @property
     def argv(self) -> tuple[str, ...]:
         argv: tuple[str, ...] = (sys.executable, "-m", "uvicorn", self.app, "--factory")
         argv += ("--host", "127.0.0.1")
         argv += ("--port", str(self.port), "--no-access-log")
-        if self.replica is not None:
+        if self.prefix == "TOLLGATE_GATEWAY_":
             # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused
             # race.
             argv += ("--timeout-keep-alive", "75")
@@ -65,37 +71,61 @@ class Service:
 SERVICES: tuple[Service, ...] = (
     Service("upstream", "TOLLGATE_UPSTREAM_", "deploy.demo_upstream:create_app", 8090),
     Service("keys", "TOLLGATE_KEYS_", "services.keys.main:create_app", 8081),
-    Service("metering", "TOLLGATE_METERING_", "services.metering.main:create_app", 8082),
-    Service("billing", "TOLLGATE_BILLING_", "services.billing.main:create_app", 8083),
+    Service("metering", "TOLLGATE_METERING_", "services.metering.main:create_app", 8082, 0),
+    Service("billing", "TOLLGATE_BILLING_", "services.billing.main:create_app", 8083, 0),
     Service("gateway", "TOLLGATE_GATEWAY_", "services.gateway.main:create_app", GATEWAY_PORT, 0),
     Service("console", "TOLLGATE_CONSOLE_", "services.console.main:create_app", 8084),
 )
 
 
-def replica_name(index: int) -> str:
+def replica_name(index: int, base: str = "gateway") -> str:
     """``gateway`` for the first replica (its pid file and log keep their old names)."""
-    return "gateway" if index == 0 else f"gateway-{index}"
+    return base if index == 0 else f"{base}-{index}"
 
 
-def replicas_from_env() -> int:
-    """``TOLLGATE_GATEWAY_REPLICAS``, default 1; a value out of range is a StackError."""
-    raw = os.environ.get("TOLLGATE_GATEWAY_REPLICAS", "1").strip() or "1"
+def replicas_from_env(base: str = "gateway", default: int = 1) -> int:
+    """``TOLLGATE_<BASE>_REPLICAS``, else default; a value out of range is a StackError."""
+    variable = f"TOLLGATE_{base.upper()}_REPLICAS"
+    raw = os.environ.get(variable, str(default)).strip() or str(default)
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_REPLICAS:
-        raise StackError(f"TOLLGATE_GATEWAY_REPLICAS must be 1 to {MAX_REPLICAS}, not {raw!r}")
+        raise StackError(f"{variable} must be 1 to {MAX_REPLICAS}, not {raw!r}")
     return int(raw)
 
 
-def layout(replicas: int = 1, port_offset: int = 0) -> tuple[Service, ...]:
-    """Every service, the gateway as that many replicas, each port moved by port_offset
-    (tests run a second stack beside one that ``make up`` started)."""
+def scale_from_env(cluster: bool = False) -> dict[str, int]:
+    """Replicas of each scaled service: one each, or two in the cluster mode; the
+    ``TOLLGATE_<SERVICE>_REPLICAS`` variables win."""
+    default = CLUSTER_REPLICAS if cluster else 1
+    return {base: replicas_from_env(base, default) for base in SCALED}
+
+
+def port_offset_from_env() -> int:
+    """``TOLLGATE_SERVICES_PORT_OFFSET``, default 0."""
+    raw = os.environ.get("TOLLGATE_SERVICES_PORT_OFFSET", "0").strip() or "0"
+    if not raw.lstrip("-").isdigit():
+        raise StackError(f"TOLLGATE_SERVICES_PORT_OFFSET must be a number, not {raw!r}")
+    return int(raw)
+
+
+def _scale(replicas: int | dict[str, int]) -> dict[str, int]:
+    """An int is the gateway's count (the others run once), as before metering scaled."""
+    if isinstance(replicas, int):
+        return {"gateway": replicas}
+    return replicas
+
+
+def layout(replicas: int | dict[str, int] = 1, port_offset: int = 0) -> tuple[Service, ...]:
+    """Every service, each scaled one as that many replicas (an int: the gateway's), each
+    port moved by port_offset (tests run a second stack beside one that ``make up`` started)."""
+    scale = _scale(replicas)
     out: list[Service] = []
     for service in SERVICES:
         if service.replica is None:
             out.append(replace(service, port=service.port + port_offset))
             continue
-        for i in range(replicas):
+        for i in range(scale.get(service.name, 1)):
             port = service.port + REPLICA_PORT_STEP * i + port_offset
-            out.append(replace(service, name=replica_name(i), port=port, replica=i))
+            out.append(replace(service, name=replica_name(i, service.name), port=port, replica=i))
     return tuple(out)
 
 
@@ -144,12 +174,26 @@ def service_env(
         f"{p}BILLING_URL": url(8083),
         f"{p}GATEWAY_URL": url(GATEWAY_PORT),
         f"{p}CATALOGUE_PATH": str(REPO / "deploy" / "models.yaml"),
-        f"{p}SPOOL_DIR": str(spool_dir(run_dir, service.replica or 0)),
+        f"{p}SPOOL_DIR": str(spool_dir(run_dir, _gateway_index(service))),
         # The demo catalogue reads its upstream from here; an operator's own value wins.
         "TOLLGATE_DEMO_UPSTREAM_URL": os.environ.get(
             "TOLLGATE_DEMO_UPSTREAM_URL", url(8090) + "/v1"
         ),
         "PYTHONPATH": str(REPO),
+        **(_cluster_env(p, endpoints) if endpoints.cluster else {}),
+    }
+
+
+def _gateway_index(service: Service) -> int:
+    return (service.replica or 0) if service.prefix == "TOLLGATE_GATEWAY_" else 0
+
+
+def _cluster_env(p: str, endpoints: Endpoints) -> dict[str, str]:
+    """On the cluster: topics replicated 3 with 2 in sync, and Redis as a Redis Cluster."""
+    return {
+        f"{p}TOPIC_REPLICATION_FACTOR": str(endpoints.replication_factor),
+        f"{p}TOPIC_MIN_INSYNC_REPLICAS": str(endpoints.min_insync_replicas),
+        f"{p}REDIS_CLUSTER": "true",
     }
 
 
@@ -158,13 +202,14 @@ def up(
     endpoints: Endpoints,
     deadline_s: float = 60.0,
     *,
-    replicas: int | None = None,
+    replicas: int | dict[str, int] | None = None,
     port_offset: int = 0,
 ) -> None:
-    """Start every service that is not running and wait for its health URL; the gateway as
-    ``replicas`` replicas (default ``TOLLGATE_GATEWAY_REPLICAS``). Replicas beyond that which
-    a former ``up`` started keep running: ``status`` lists them and ``down`` stops them."""
-    wanted = replicas_from_env() if replicas is None else replicas
+    """Start every service that is not running and wait for its health URL; the scaled ones
+    as ``replicas`` replicas (an int: the gateway's; default from the environment). Replicas
+    beyond that which a former ``up`` started keep running: ``status`` lists them and
+    ``down`` stops them."""
+    wanted = scale_from_env(endpoints.cluster) if replicas is None else replicas
     folder = run_dir / "services"
     folder.mkdir(parents=True, exist_ok=True)
     services = _available(layout(wanted, port_offset))
@@ -186,32 +231,56 @@ def up(
         print(ensure_first_key(run_dir, admin, keys_url=f"http://127.0.0.1:{8081 + port_offset}"))
 
 
-def _replicas_running(run_dir: Path) -> list[int]:
-    """Indexes (1 and up) of the gateway replicas with a pid file, highest first: a former
+def _replicas_running(run_dir: Path, base: str = "gateway") -> list[int]:
+    """Indexes (1 and up) of the replicas of base with a pid file, highest first: a former
     ``up`` may have started more than today's setting asks for."""
-    found = (_REPLICA.fullmatch(p.stem) for p in (run_dir / "services").glob("gateway-*.pid"))
+    pattern = re.compile(rf"{base}-([1-9][0-9]*)")
+    found = (pattern.fullmatch(p.stem) for p in (run_dir / "services").glob(f"{base}-*.pid"))
     return sorted((int(m.group(1)) for m in found if m), reverse=True)
 
 
 def down(run_dir: Path) -> None:
-    """Stop the services this stack started: the console, every gateway replica, the rest."""
+    """Stop the services this stack started: the console, every gateway replica, the rest
+    (each scaled service's extra replicas before its first)."""
     folder = run_dir / "services"
-    names = ["console", *(replica_name(i) for i in _replicas_running(run_dir)), "gateway"]
-    names += [s.name for s in reversed(SERVICES) if s.name not in names]
+    names: list[str] = []
+    for service in reversed(SERVICES):
+        if service.replica is not None:
+            names += [
+                replica_name(i, service.name) for i in _replicas_running(run_dir, service.name)
+            ]
+        names.append(service.name)
     for name in names:
         stop_pid(folder / f"{name}.pid", signal.SIGTERM, timeout=20)
 
 
-def status(run_dir: Path, replicas: int | None = None) -> dict[str, int | None]:
-    """PID of each service that runs, None for one that does not; every gateway replica that
-    runs is listed, and those the setting asks for."""
-    wanted = replicas_from_env() if replicas is None else replicas
-    names = [s.name for s in _available(layout(wanted))]
-    extra = [replica_name(i) for i in sorted(_replicas_running(run_dir)) if i >= wanted]
-    out: dict[str, int | None] = {}
-    for name in names + extra:
-        pid = read_pid(run_dir / "services" / f"{name}.pid")
-        out[name] = pid if pid is not None and is_running(pid) else None
+def status(
+    run_dir: Path, replicas: int | dict[str, int] | None = None, port_offset: int = 0
+) -> dict[str, int | None]:
+    """PID of each service that runs, None for one that does not; every replica that runs
+    is listed, and those the setting asks for."""
+    return {name: pid for name, pid, _ in processes(run_dir, replicas, port_offset)}
+
+
+def processes(
+    run_dir: Path, replicas: int | dict[str, int] | None = None, port_offset: int = 0
+) -> list[tuple[str, int | None, int]]:
+    """Name, PID (None when it does not run) and port of each service and replica."""
+    wanted = _scale(scale_from_env() if replicas is None else replicas)
+    listed = list(_available(layout(wanted, port_offset)))
+    for service in SERVICES:
+        if service.replica is None:
+            continue
+        for i in sorted(_replicas_running(run_dir, service.name)):
+            if i >= wanted.get(service.name, 1):
+                port = service.port + REPLICA_PORT_STEP * i + port_offset
+                listed.append(replace(service, name=replica_name(i, service.name), port=port))
+    out = []
+    for service in listed:
+        pid = read_pid(run_dir / "services" / f"{service.name}.pid")
+        out.append(
+            (service.name, pid if pid is not None and is_running(pid) else None, service.port)
+        )
     return out
 
 

@@ -4,7 +4,9 @@
 nothing (``make bootstrap`` does), starts Kafka, PostgreSQL and Redis as private instances
 under the run folder (``.run/`` by default), waits until each answers, then starts the
 Tollgate services listed in ``deploy.services`` (the gateway as ``TOLLGATE_GATEWAY_REPLICAS``
-replicas). A second ``up`` reuses what already runs.
+replicas). A second ``up`` reuses what already runs. With ``TOLLGATE_CLUSTER=1`` it runs the
+cluster mode instead (``deploy.cluster``): three KRaft nodes, a Redis Cluster of six nodes and
+two replicas of the gateway, metering and billing.
 ``down`` stops exactly the processes that ``up`` recorded, by PID, and checks their ports
 are free again.
 """
@@ -28,6 +30,7 @@ from typing import Any
 import asyncpg
 import redis
 
+from deploy.cluster import MIN_INSYNC_REPLICAS, REPLICATION_FACTOR, ClusterServers, cluster_from_env
 from deploy.process import is_running, port_open, tail
 from deploy.servers import REPO, Kafka, Ports, Postgres, Redis, StackError
 
@@ -41,13 +44,21 @@ class Endpoints:
     kafka_bootstrap: str
     database_url: str
     redis_url: str
+    cluster: bool = False  # Kafka and Redis are clusters: replicated topics, the cluster client
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
 
     def as_env(self) -> dict[str, str]:
-        return {
+        env = {
             "TOLLGATE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "TOLLGATE_DATABASE_URL": self.database_url,
             "TOLLGATE_REDIS_URL": self.redis_url,
         }
+        if self.cluster:
+            env["TOLLGATE_REDIS_CLUSTER"] = "true"
+            env["TOLLGATE_TOPIC_REPLICATION_FACTOR"] = str(self.replication_factor)
+            env["TOLLGATE_TOPIC_MIN_INSYNC_REPLICAS"] = str(self.min_insync_replicas)
+        return env
 
 
 @dataclass
@@ -56,11 +67,13 @@ class Stack:
 
     run_dir: Path = DEFAULT_RUN_DIR
     ports: Ports = field(default_factory=Ports.from_env)
+    cluster: bool = field(default_factory=cluster_from_env)
 
     def __post_init__(self) -> None:
         self.kafka = Kafka(self.run_dir, self.ports)
         self.postgres = Postgres(self.run_dir, self.ports)
         self.redis = Redis(self.run_dir, self.ports)
+        self.clustered = ClusterServers(self.run_dir, self.ports)
 
     @property
     def servers(self) -> tuple[Kafka | Postgres | Redis, ...]:
@@ -78,15 +91,28 @@ class Stack:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def endpoints(self) -> Endpoints:
+        if self.cluster:
+            return Endpoints(
+                self.clustered.kafka.bootstrap,
+                self.postgres.dsn,
+                self.clustered.redis.url,
+                cluster=True,
+                replication_factor=REPLICATION_FACTOR,
+                min_insync_replicas=MIN_INSYNC_REPLICAS,
+            )
         return Endpoints(self.kafka.bootstrap, self.postgres.dsn, self.redis.url)
 
     def up(self) -> Endpoints:
         """Start what is not running, wait until all answer, and say where they are."""
         with self._locked():
-            for server, port, ready, deadline in (
-                (self.postgres, self.ports.postgres, self._postgres_ready, 60.0),
+            self._refuse_other_mode()
+            single = (
                 (self.redis, self.ports.redis, self._redis_ready, 30.0),
                 (self.kafka, self.ports.kafka, self._kafka_ready, 120.0),
+            )
+            for server, port, ready, deadline in (
+                (self.postgres, self.ports.postgres, self._postgres_ready, 60.0),
+                *(() if self.cluster else single),
             ):
                 pid = server.pid()
                 if pid is None or not is_running(pid):
@@ -97,30 +123,58 @@ class Stack:
                         )
                     server.start()
                 _wait_ready(server.name, ready, deadline, server.log)
+            if self.cluster:
+                self.clustered.up()
             endpoints = self.endpoints()
             (self.run_dir / "stack.env").write_text(
                 "".join(f"{k}={v}\n" for k, v in endpoints.as_env().items())
             )
             return endpoints
 
+    def _refuse_other_mode(self) -> None:
+        """One run folder runs one mode at a time: the services would keep the other's
+        endpoints, and the single node and the cluster share ports."""
+        if self.cluster:
+            other = [s.name for s in (self.kafka, self.redis) if _runs(s.pid())]
+        else:
+            other = ["the cluster's nodes"] if self.clustered.running() else []
+        if other:
+            mode = "single-node" if self.cluster else "cluster"
+            raise StackError(
+                f"{', '.join(other)} of the {mode} stack run in {self.run_dir}: `make down` first"
+            )
+
     def down(self) -> None:
-        """Stop the servers this stack started, then check that their ports are free."""
+        """Stop the servers this stack started (of either mode), then check that their ports
+        are free."""
         with self._locked():
+            clustered = self.clustered.down()
             for server in reversed(self.servers):
                 server.stop()
-            busy = [
-                p for p in (self.ports.kafka, self.ports.postgres, self.ports.redis) if port_open(p)
-            ]
+            ports = [self.ports.kafka, self.ports.postgres, self.ports.redis, *clustered]
+            busy = [p for p in ports if port_open(p)]
             if busy:
                 raise StackError(f"ports still in use after stopping the stack: {busy}")
 
     def status(self) -> dict[str, int | None]:
         """PID of each server that runs, None for one that does not."""
-        out: dict[str, int | None] = {}
-        for server in self.servers:
-            pid = server.pid()
-            out[server.name] = pid if pid is not None and is_running(pid) else None
-        return out
+        return {name: pid for name, pid, _ in self.processes()}
+
+    def processes(self) -> list[tuple[str, int | None, int]]:
+        """Name, PID (None when it does not run) and port of each server of this mode, and
+        of the other mode's that still run."""
+        single = [
+            (self.postgres.name, self.postgres.pid(), self.ports.postgres),
+            (self.redis.name, self.redis.pid(), self.ports.redis),
+            (self.kafka.name, self.kafka.pid(), self.ports.kafka),
+        ]
+        out = [
+            (name, pid if _runs(pid) else None, port)
+            for i, (name, pid, port) in enumerate(single)
+            if i == 0 or not self.cluster or _runs(pid)
+        ]
+        nodes = self.clustered.processes()
+        return out + [n for n in nodes if self.cluster or n[1] is not None]
 
     def _postgres_ready(self) -> bool:
         return _run(_postgres_ready(self.postgres))
@@ -164,6 +218,10 @@ async def _kafka_ready(bootstrap: str) -> bool:
     finally:
         await admin.close()
     return True
+
+
+def _runs(pid: int | None) -> bool:
+    return pid is not None and is_running(pid)
 
 
 def start_one(server: Kafka | Postgres | Redis, deadline_s: float = 120.0) -> None:
@@ -219,22 +277,28 @@ def main(argv: list[str] | None = None) -> int:
     from deploy import services
 
     try:
+        offset = services.port_offset_from_env()
         if args.command in ("up", "infra"):
             started = time.monotonic()
             endpoints = stack.up()
-            print(f"kafka     {endpoints.kafka_bootstrap}   log {stack.kafka.log}")
+            kafka_log = stack.clustered.kafka.home if stack.cluster else stack.kafka.log
+            redis_log = stack.clustered.redis.home if stack.cluster else stack.redis.log
+            print(f"kafka     {endpoints.kafka_bootstrap}   log {kafka_log}")
             print(f"postgres  127.0.0.1:{stack.ports.postgres}   log {stack.postgres.log}")
-            print(f"redis     {endpoints.redis_url}   log {stack.redis.log}")
+            print(f"redis     {endpoints.redis_url}   log {redis_log}")
             if args.command == "up":
-                services.up(stack.run_dir, endpoints)
+                services.up(stack.run_dir, endpoints, port_offset=offset)
             print(f"ready in {time.monotonic() - started:.1f}s")
         elif args.command == "down":
             services.down(stack.run_dir)
             stack.down()
             print("stopped")
         elif args.command == "status":
-            for name, pid in {**stack.status(), **services.status(stack.run_dir)}.items():
-                print(f"{name:10} {'running, pid ' + str(pid) if pid else 'stopped'}")
+            scale = services.scale_from_env(stack.cluster)
+            listed = stack.processes() + services.processes(stack.run_dir, scale, offset)
+            for name, pid, port in listed:
+                state = f"running, pid {pid}" if pid else "stopped"
+                print(f"{name:10} {state:22} port {port}")
         else:
             for key, value in stack.endpoints().as_env().items():
                 print(f"export {key}={value}")
