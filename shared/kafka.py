@@ -43,10 +43,13 @@ async def ensure_topics(
     specs: Iterable[TopicSpec] = TOPICS,
     prefix: str = "",
     timeout: float = 30.0,
+    *,
     replication: Replication = Replication(),
+    checked: Iterable[str] | None = None,
 ) -> None:
     """Create each topic that does not exist yet, with its partitions, replication and
-    configs; check each that exists: other partitions, replication factor, cleanup policy or
+    configs; check each that exists among ``checked`` (names without the prefix: the topics
+    the caller uses; all by default): other partitions, replication factor, cleanup policy or
     ``min.insync.replicas`` raise TopicMismatch, naming every difference."""
     wanted = [spec.with_prefix(prefix) for spec in specs]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
@@ -72,7 +75,8 @@ async def ensure_topics(
                 answer = await admin.create_topics(new)
                 _raise_refusals(answer, replication)
             log.info("created topics", extra={"topics": [s.name for s in missing]})
-        present = [s for s in wanted if s.name in existing]
+        names = None if checked is None else {prefix + name for name in checked}
+        present = [s for s in wanted if s.name in existing and (names is None or s.name in names)]
         if present:
             await _check(admin, present, replication)
     finally:

@@ -65,7 +65,11 @@ class Feeder:
     async def run(self) -> None:
         """Read the topic until Kafka fails (the worker that runs it reconnects: main.py)."""
         await ensure_topics(
-            self.bootstrap, prefix=self.topic_prefix, timeout=10, replication=self.replication
+            self.bootstrap,
+            prefix=self.topic_prefix,
+            timeout=10,
+            replication=self.replication,
+            checked=(KEYS_EVENTS,),  # what the feeder reads; the others are their users' to check
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,

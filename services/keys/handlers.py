@@ -36,6 +36,7 @@ from shared.ledger_dlq import DeadLetterSender
 from shared.ledger_retry import READ_ERRORS
 from shared.ledger_split import CONTROL_SIZE, confirm, split_apply
 from shared.ledger_types import Poison
+from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from shared.worker import Backoff, Worker
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ class LastUsedConsumer:
                 prefix=self.settings.topic_prefix,
                 timeout=10,
                 replication=self.settings.replication,
+                checked=(USAGE_EVENTS, USAGE_EVENTS_DLQ),
             )
             await dlq.start()
             await consumer.start()

@@ -25,6 +25,7 @@ from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.kafka import ensure_topics, idempotent_producer
 from shared.ledger_retry import READ_ERRORS, backoff
+from shared.topics import KEYS_EVENTS
 from shared.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class OutboxRelay:
                 prefix=self.settings.topic_prefix,
                 timeout=10,
                 replication=self.settings.replication,
+                checked=(KEYS_EVENTS,),
             )
             producer = idempotent_producer(self.settings.kafka_bootstrap, self.client_id)
             try:

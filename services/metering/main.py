@@ -20,6 +20,7 @@ from shared.kafka import ensure_topics
 from shared.ledger_health import health_router
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
+from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -46,6 +47,7 @@ def create_app(settings: MeteringSettings | None = None) -> FastAPI:
                     settings.kafka_bootstrap,
                     prefix=settings.topic_prefix,
                     replication=settings.replication,
+                    checked=(USAGE_EVENTS, USAGE_EVENTS_DLQ),
                 )
                 client_id = f"metering-{socket.gethostname()}-{os.getpid()}"
                 consumer = usage_consumer(settings, pool, client_id)
