@@ -10,127 +10,25 @@ Every server is the test's own (``private_*``), so the shared ones are never tou
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from deploy.stack import Endpoints
-from shared.catalogue import load_catalogue
 from shared.kafka import ensure_topics
-from tests.chaos.traffic import Key, Tally, Told, client_loop
+from tests.chaos.ledgers import accepted_everywhere, ledgers_equal_told, make_keys, watch_spools
+from tests.chaos.traffic import Tally, client_loop
 from tests.e2e.system import System, start_system
-from tests.polling import eventually
 from tests.private_servers import Private
 
 CLIENTS = 4
 RATE = 3.0  # requests a second per client: 12 a second over both gateways
 DOWNTIME_S = 3.0  # how long each victim stays dead before its restart begins
 SETTLE_S = 2.0  # traffic before the first fault, between faults and after the last
-CATCH_UP_S = 90.0  # deadline for the ledgers to count what was sent
 # Consumers that rejoin their group after a SIGKILL wait for the dead member's session.
 CONSUMER = {"SESSION_TIMEOUT_MS": "6000", "MAX_BATCH": "200"}
-
-
-def _api(system: System, name: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=system.url(name),
-        headers={"Authorization": f"Bearer {system.admin_token}"},
-        timeout=10,
-    )
-
-
-async def _keys(system: System) -> list[Key]:
-    """Two projects, one key each."""
-    out = []
-    async with _api(system, "keys") as keys_api:
-        for name in ("chaos-a", "chaos-b"):
-            project = await keys_api.post("/v1/projects", json={"name": name})
-            assert project.status_code == 201, project.text
-            project_id = project.json()["id"]
-            key = await keys_api.post(f"/v1/projects/{project_id}/keys", json={"name": name})
-            assert key.status_code == 201, key.text
-            out.append(Key(project_id, key.json()["id"], key.json()["key"]))
-    return out
-
-
-async def _accepted_everywhere(gateways: list[str], keys: list[Key]) -> None:
-    """Every key works at every gateway (``/v1/models`` authenticates and is not metered)."""
-    async with httpx.AsyncClient(timeout=5) as client:
-        for gateway in gateways:
-            for key in keys:
-
-                async def accepted(g: str = gateway, k: Key = key) -> int:
-                    headers = {"authorization": f"Bearer {k.secret}"}
-                    return (await client.get(f"{g}/v1/models", headers=headers)).status_code
-
-                await eventually(
-                    accepted, until=lambda s: s == 200, what=f"{key.key_id} at {gateway}"
-                )
-
-
-async def _usage(system: System, keys: list[Key], start: int) -> dict[str, Told]:
-    """The Usage API's totals per key, over both projects."""
-    totals: dict[str, Told] = {}
-    async with _api(system, "metering") as metering:
-        for project in {k.project_id for k in keys}:
-            got = await metering.get(
-                f"/v1/projects/{project}/usage",
-                params={"start_time": start, "bucket_width": "1d", "group_by": "api_key_id"},
-            )
-            if got.status_code != 200:
-                return {"unavailable": Told(errors=got.status_code)}
-            for bucket in got.json()["data"]:
-                for row in bucket["results"]:
-                    t = totals.setdefault(row["api_key_id"], Told())
-                    t.requests += row["num_model_requests"]
-                    t.input_tokens += row["input_tokens"]
-                    t.cached_input_tokens += row["input_cached_tokens"]
-                    t.output_tokens += row["output_tokens"]
-                    t.errors += row["num_errors"]
-    return totals
-
-
-async def _costs(system: System, keys: list[Key], start: int) -> dict[str, Decimal]:
-    """The Costs API's totals per key, over both projects."""
-    totals: dict[str, Decimal] = {}
-    async with _api(system, "billing") as billing:
-        for project in {k.project_id for k in keys}:
-            got = await billing.get(
-                f"/v1/projects/{project}/costs",
-                params={"start_time": start - 86400, "group_by": "api_key_id"},
-            )
-            if got.status_code != 200:
-                return {"unavailable": Decimal(got.status_code)}
-            body: dict[str, Any] = json.loads(got.text, parse_float=Decimal)
-            for bucket in body["data"]:
-                for row in bucket["results"]:
-                    assert row["amount"]["currency"] == "usd"
-                    key_id = row["api_key_id"]
-                    totals[key_id] = totals.get(key_id, Decimal(0)) + Decimal(
-                        row["amount"]["value"]
-                    )
-    return {k: v for k, v in totals.items() if v}
-
-
-async def _watch_spools(gateways: list[str], stop: asyncio.Event, deepest: dict[str, int]) -> None:
-    """Sample each gateway's ``spool_depth`` (on ``/readyz``) until stop: the Kafka outage
-    must have sent usage events through the spool, or it tested nothing."""
-    async with httpx.AsyncClient(timeout=2) as client:
-        while not stop.is_set():
-            for gateway in gateways:
-                try:
-                    depth = int((await client.get(f"{gateway}/readyz")).json()["spool_depth"])
-                except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                    continue
-                deepest[gateway] = max(deepest.get(gateway, 0), depth)
-            # Sampling pace, not a wait for an outcome.
-            await asyncio.sleep(0.5)
 
 
 Fault = tuple[str, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
@@ -181,9 +79,9 @@ async def test_ledgers_equal_what_clients_were_told_through_crashes(
         settings={"metering": CONSUMER, "billing": CONSUMER},
     )
     try:
-        keys = await _keys(system)
+        keys = await make_keys(system)
         gateways = [system.url("gateway"), system.url("gateway-1")]
-        await _accepted_everywhere(gateways, keys)
+        await accepted_everywhere(gateways, keys)
         start = int(time.time()) - 3600
         ready_s = time.monotonic() - began
 
@@ -193,7 +91,7 @@ async def test_ledgers_equal_what_clients_were_told_through_crashes(
             for i in range(CLIENTS)
         ]
         deepest: dict[str, int] = {}
-        clients.append(asyncio.create_task(_watch_spools(gateways, stop, deepest)))
+        clients.append(asyncio.create_task(watch_spools(gateways, stop, deepest)))
         answered_while_down: dict[str, int] = {}
         try:
             # Deliberate durations, not waits for an outcome: traffic flows all along.
@@ -225,23 +123,7 @@ async def test_ledgers_equal_what_clients_were_told_through_crashes(
         assert sum(t.errors for t in tally.by_key.values()) > 0, "no metered error was sent"
         assert any(deepest.values()), f"no usage event went through a spool: {summary}"
 
-        expected = tally.expected_usage()
-        await eventually(
-            lambda: _usage(system, keys, start),
-            until=lambda got: got == expected,
-            timeout=CATCH_UP_S,
-            interval=0.5,
-            what=f"usage equal to what clients were told ({expected})",
-        )
-        billing_catalogue = system.processes["billing"].env["TOLLGATE_BILLING_CATALOGUE_PATH"]
-        expected_costs = tally.expected_costs(load_catalogue(Path(billing_catalogue)))
-        await eventually(
-            lambda: _costs(system, keys, start),
-            until=lambda got: got == expected_costs,
-            timeout=CATCH_UP_S,
-            interval=0.5,
-            what=f"costs equal to tokens x prices ({expected_costs})",
-        )
+        await ledgers_equal_told(system, keys, start, tally)
         print(f"ledgers caught up {time.monotonic() - began:.0f}s after the start")
     finally:
         await asyncio.to_thread(system.stop)

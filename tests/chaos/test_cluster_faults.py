@@ -1,0 +1,236 @@
+"""Faults on the cluster (issue 14, item 4): steady traffic through two gateways on a three-node
+KRaft cluster and a Redis Cluster of three masters with a replica each, while the Kafka
+active controller, then another broker, then the Redis master serving a project's slot are
+each killed with SIGKILL and brought back. Afterwards the Usage and Costs APIs equal exactly
+what the clients were told, and no valid key was refused at any time.
+
+The bound on refusals is the gateway README's: a valid key is refused (401) never, and 503 is
+answered only when usage cannot be kept (a full spool) or no source can vouch for a key for
+``STALE_KEY_MAX_S``; neither happens here, since Kafka and Redis each lose one node only, so
+the bound is zero refused answers. The clusters are the test's own, on free ports under tmp;
+PostgreSQL is the session's (this test's own schemas). One metering and one billing replica
+run (``start_system`` starts one of each); their group still rebalances over the brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+from deploy.kafka_cluster import KafkaCluster
+from deploy.redis_cluster import RedisCluster
+from deploy.stack import Endpoints
+from shared.kafka import Replication, ensure_topics
+from shared.redis_client import connect
+from tests.chaos.ledgers import (
+    accepted_everywhere,
+    admin_api,
+    ledgers_equal_told,
+    make_keys,
+    watch_spools,
+)
+from tests.chaos.traffic import Key, Tally, client_loop
+from tests.e2e.system import System, start_system
+from tests.private_servers import free_port
+
+CLIENTS = 4
+RATE = 3.0  # requests a second per client: 12 a second over both gateways
+DOWNTIME_S = 3.0  # how long each Kafka victim stays dead before its restart begins
+SETTLE_S = 2.0  # traffic before the first fault, between faults and after the last
+REPLICATION = Replication(3, 2)
+CLUSTER = {
+    "REDIS_CLUSTER": "true",
+    "TOPIC_REPLICATION_FACTOR": str(REPLICATION.factor),
+    "TOPIC_MIN_INSYNC_REPLICAS": str(REPLICATION.min_insync),
+}
+# Consumers that rejoin their group after a SIGKILL wait for the dead member's session.
+CONSUMER = {**CLUSTER, "SESSION_TIMEOUT_MS": "6000", "MAX_BATCH": "200"}
+# Generous: every request of the first project runs the rate-limit script on its slot, and
+# none is ever limited (not even on one replica's share while Redis fails over).
+LIMITS = {"rate_limits": {"requests_per_minute": 1_000_000}}
+
+
+@dataclass
+class Refusals(Tally):
+    """The tally, and every answer that refused a valid key, with the fault under way."""
+
+    phase: str = "before the faults"
+    refused: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def failed(self, key_id: str, status: int) -> None:
+        if status == 401 or status >= 500:
+            self.refused.append((self.phase, key_id, status))
+        super().failed(key_id, status)
+
+
+@pytest.fixture
+def clusters(tmp_path: Path) -> Iterator[tuple[KafkaCluster, RedisCluster]]:
+    """Three KRaft nodes and six Redis Cluster nodes of the test's own, on free ports."""
+    run = tmp_path / "run"
+    kafka = KafkaCluster(run, [free_port() for _ in range(3)], [free_port() for _ in range(3)])
+    redis = RedisCluster(
+        run, [free_port() for _ in range(6)], bus_ports=[free_port() for _ in range(6)]
+    )
+    try:
+        redis.start()
+        kafka.start()
+        yield kafka, redis
+    finally:
+        kafka.stop()
+        redis.stop()
+
+
+async def _wait_in_sync(bootstrap: str, prefix: str, timeout: float = 60.0) -> None:
+    """Until every partition of the test's topics and of the group offsets has all its
+    replicas in sync again: the next fault then tests one node down, not two."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        lagging: list[str] = []
+        while time.monotonic() < deadline:
+            names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            described = await admin.describe_topics([*names, "__consumer_offsets"])
+            lagging = [
+                f"{t['topic']}/{p['partition']}"
+                for t in described
+                for p in t["partitions"]
+                if len(p["isr"]) < len(p["replicas"])
+            ]
+            if names and not lagging:
+                return
+            # Polling pace while the restarted broker catches up.
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"partitions still out of sync after {timeout}s: {lagging[:10]}")
+    finally:
+        await admin.close()
+
+
+async def _slot_holder(redis: RedisCluster, project_id: str) -> int:
+    """The port of the master that serves the project's hash tag now; it must hold the
+    project's rate-limit counters, or killing it would test nothing of the scripts."""
+    finder = connect(redis.url, cluster=True, timeout_s=2.0)
+    assert isinstance(finder, ClusterClient)
+    try:
+        await finder.initialize()
+        node = finder.get_node_from_key(f"{{{project_id}}}")
+        assert node is not None
+        counters = await finder.keys(f"*rl:{{{project_id}}}:*", target_nodes=node)
+        assert counters, f"no rate-limit counter of {project_id} on {node.port}"
+        return int(node.port)
+    finally:
+        await finder.aclose()
+
+
+async def _limit(system: System, key: Key) -> None:
+    async with admin_api(system, "keys") as keys_api:
+        got = await keys_api.patch(f"/v1/projects/{key.project_id}", json=LIMITS)
+        assert got.status_code == 200, got.text
+
+
+Fault = tuple[str, Callable[[], Awaitable[None]]]
+
+
+def _faults(kafka: KafkaCluster, redis: RedisCluster, project_id: str, prefix: str) -> list[Fault]:
+    """Each fault: its SIGKILL, the pause or failover, the restart, until whole again."""
+    victims: list[int] = []
+
+    async def broker(node: int) -> None:
+        await asyncio.to_thread(kafka.kill, node)
+        victims.append(node)
+        await asyncio.sleep(DOWNTIME_S)
+        await asyncio.to_thread(kafka.start_node, node)
+        await _wait_in_sync(kafka.bootstrap, prefix)
+
+    async def controller() -> None:
+        await broker(await asyncio.to_thread(kafka.active_controller))
+
+    async def other_broker() -> None:
+        leader = await asyncio.to_thread(kafka.active_controller)
+        await broker(next(n.node_id for n in kafka.nodes if n.node_id not in {leader, *victims}))
+
+    async def redis_master() -> None:
+        holder = await _slot_holder(redis, project_id)
+        await asyncio.to_thread(redis.kill_node, holder)
+        await asyncio.to_thread(redis.wait_failover, holder, 30)
+        await asyncio.sleep(SETTLE_S)  # traffic on the promoted replica, the node still dead
+        await asyncio.to_thread(redis.start_node, holder)
+        await asyncio.to_thread(redis.wait_ok, 30)
+
+    return [
+        ("kafka active controller", controller),
+        ("another kafka broker", other_broker),
+        ("redis master of the project's slot", redis_master),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+async def test_ledgers_equal_what_clients_were_told_through_cluster_faults(
+    clusters: tuple[KafkaCluster, RedisCluster],
+    endpoints: Endpoints,
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    began = time.monotonic()
+    kafka, redis = clusters
+    prefix = f"cluster-{unique}."
+    await ensure_topics(kafka.bootstrap, prefix=prefix, replication=REPLICATION)
+    on_clusters = Endpoints(kafka.bootstrap, endpoints.database_url, redis.url)
+    settings = {"keys": CLUSTER, "gateway": CLUSTER, "metering": CONSUMER, "billing": CONSUMER}
+    system = await asyncio.to_thread(
+        start_system, on_clusters, prefix, unique, tmp_path, gateways=2, settings=settings
+    )
+    try:
+        keys = await make_keys(system, ("cluster-a", "cluster-b"))
+        await _limit(system, keys[0])
+        gateways = [system.url("gateway"), system.url("gateway-1")]
+        await accepted_everywhere(gateways, keys)
+        start = int(time.time()) - 3600
+        ready_s = time.monotonic() - began
+
+        tally, stop = Refusals(), asyncio.Event()
+        tasks = [
+            asyncio.create_task(client_loop(i, gateways, keys, rate=RATE, stop=stop, tally=tally))
+            for i in range(CLIENTS)
+        ]
+        deepest: dict[str, int] = {}
+        tasks.append(asyncio.create_task(watch_spools(gateways, stop, deepest)))
+        answered: dict[str, int] = {}
+        took: dict[str, float] = {}
+        try:
+            # Deliberate durations, not waits for an outcome: traffic flows all along.
+            await asyncio.sleep(SETTLE_S)
+            for name, fault in _faults(kafka, redis, keys[0].project_id, prefix):
+                tally.phase, before, at = name, tally.answers, time.monotonic()
+                await fault()
+                answered[name], took[name] = tally.answers - before, time.monotonic() - at
+                tally.phase = f"after {name}"
+                await asyncio.sleep(SETTLE_S)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        traffic_s = time.monotonic() - began - ready_s
+        summary = (
+            f"ready in {ready_s:.0f}s, traffic {traffic_s:.0f}s, {tally.answers} answers, "
+            f"during each fault {answered}, each fault took "
+            f"{ {k: round(v, 1) for k, v in took.items()} }, deepest spools {deepest}, "
+            f"unmetered {dict(tally.unmetered)}, refused {tally.refused[:10]}, "
+            f"told {tally.by_key}"
+        )
+        print(summary)
+
+        assert not tally.unknown, f"answers whose count the client cannot know: {tally.unknown[:5]}"
+        assert all(n > 0 for n in answered.values()), summary
+        assert not tally.refused, f"valid keys refused: {summary}"
+        await ledgers_equal_told(system, keys, start, tally)
+        print(f"ledgers caught up {time.monotonic() - began:.0f}s after the start")
+    finally:
+        await asyncio.to_thread(system.stop)
