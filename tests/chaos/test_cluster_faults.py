@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from deploy.kafka_cluster import KafkaCluster
@@ -38,6 +39,7 @@ from tests.chaos.ledgers import (
 )
 from tests.chaos.traffic import Key, Tally, client_loop
 from tests.e2e.system import System, start_system
+from tests.polling import eventually
 from tests.private_servers import free_port
 
 CLIENTS = 4
@@ -87,30 +89,38 @@ def clusters(tmp_path: Path) -> Iterator[tuple[KafkaCluster, RedisCluster]]:
         redis.stop()
 
 
-async def _wait_in_sync(bootstrap: str, prefix: str, timeout: float = 60.0) -> None:
-    """Until every partition of the test's topics and of the group offsets has all its
-    replicas in sync again: the next fault then tests one node down, not two."""
+async def _lagging(bootstrap: str, prefix: str) -> list[str]:
+    """Partitions of the test's topics and of the group offsets missing an in-sync replica;
+    asked of a fresh client each time (one made before a restart may still point at the dead
+    connection)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    await admin.start()
     try:
-        deadline = time.monotonic() + timeout
-        lagging: list[str] = []
-        while time.monotonic() < deadline:
-            names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-            described = await admin.describe_topics([*names, "__consumer_offsets"])
-            lagging = [
-                f"{t['topic']}/{p['partition']}"
-                for t in described
-                for p in t["partitions"]
-                if len(p["isr"]) < len(p["replicas"])
-            ]
-            if names and not lagging:
-                return
-            # Polling pace while the restarted broker catches up.
-            await asyncio.sleep(0.5)
-        raise AssertionError(f"partitions still out of sync after {timeout}s: {lagging[:10]}")
+        await asyncio.wait_for(admin.start(), 10)
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        described = await admin.describe_topics([*names, "__consumer_offsets"])
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return [f"the cluster did not answer: {type(exc).__name__}: {exc}"]
     finally:
         await admin.close()
+    lagging = [
+        f"{t['topic']}/{p['partition']}"
+        for t in described
+        for p in t["partitions"]
+        if len(p["isr"]) < len(p["replicas"])
+    ]
+    return lagging if names else ["no topic of the test listed"]
+
+
+async def _wait_in_sync(bootstrap: str, prefix: str, timeout: float = 60.0) -> None:
+    """Until every partition has all its replicas in sync again: the next fault then tests
+    one node down, not two."""
+    await eventually(
+        lambda: _lagging(bootstrap, prefix),
+        until=lambda lagging: not lagging,
+        timeout=timeout,
+        interval=0.5,
+        what="every partition back in sync",
+    )
 
 
 async def _slot_holder(redis: RedisCluster, project_id: str) -> int:
