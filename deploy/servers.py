@@ -14,11 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.process import is_running, read_pid, spawn_detached, stop_pid, tail
+from deploy.process import read_pid, spawn_detached, stop_pid, tail
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_VERSION = "4.1.1"
@@ -363,16 +362,6 @@ class Redis:
 
     def stop(self) -> None:
         stop_pid(self.pid_file, signal.SIGTERM, timeout=15)
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Wait until pid has exited; True if it did within timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_running(pid):
-            return True
-        time.sleep(0.1)
-    return not is_running(pid)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual fetch: python -m deploy.servers
