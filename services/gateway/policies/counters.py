@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from services.gateway.policies.plan import BudgetCheck, Plan, RateCheck
 from services.gateway.policies.scripts import ADMIT, PEEK, SEED, SETTLE
@@ -53,15 +53,6 @@ class RedisCounters:
         self._seed_script = LuaScript(SEED)
         self._peek_script = LuaScript(PEEK)
 
-    async def _admit(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._admit_script(self.client, keys, args)
-
-    async def _seed(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._seed_script(self.client, keys, args)
-
-    async def _peek(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._peek_script(self.client, keys, args)
-
     async def admit(
         self, plan: Plan, reservation: str, lease_ms: int, now_ms: int | None = None
     ) -> Verdict:
@@ -79,7 +70,7 @@ class RedisCounters:
         for budget in plan.budgets:
             keys += [budget.redis_key, budget.reservations_key]
             args += [budget.limit, budget.amount, budget.ttl_ms]
-        raw = cast("list[int]", await self._admit(keys, args))
+        raw = cast("list[int]", await self._admit_script(self.client, keys, args))
         at = 4
         rates = []
         for rate in plan.rates:
@@ -114,7 +105,9 @@ class RedisCounters:
 
     async def seed(self, budget: BudgetCheck, known: int, *, from_ledger: bool) -> int:
         """Raise a budget's spend to what is known elsewhere; answers the spend held."""
-        held = await self._seed([budget.redis_key], [known, 1 if from_ledger else 2, budget.ttl_ms])
+        held = await self._seed_script(
+            self.client, [budget.redis_key], [known, 1 if from_ledger else 2, budget.ttl_ms]
+        )
         return int(cast("int", held))
 
     async def peek(
@@ -124,7 +117,7 @@ class RedisCounters:
         keys = [r.redis_key for r in plan.rates] + [b.redis_key for b in plan.budgets]
         args: list[str | int] = ["" if now_ms is None else now_ms, len(plan.rates)]
         args.append(len(plan.budgets))
-        raw = [int(v) for v in cast("list[int]", await self._peek(keys, args))]
+        raw = [int(v) for v in cast("list[int]", await self._peek_script(self.client, keys, args))]
         split = 2 * len(plan.rates)
         rates = [(raw[i], raw[i + 1]) for i in range(0, split, 2)]
         budgets = [(raw[i], raw[i + 1]) for i in range(split, len(raw), 2)]

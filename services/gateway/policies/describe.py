@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from services.gateway.policies.gate import REDIS_ERRORS
 from services.gateway.policies.headers import duration
 from services.gateway.policies.ledger import LedgerUnavailable
 from services.gateway.policies.plan import BudgetCheck, RateCheck, from_nano
@@ -66,7 +67,7 @@ async def describe_key(gate: PolicyGate, key: KeyState) -> dict[str, Any]:
     if plan.rates or plan.budgets:
         try:
             used, spend = await asyncio.wait_for(gate.counters.peek(plan), gate.timeout_s)
-        except (OSError, TimeoutError, *gate.redis_errors) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("key limits read from this replica only: %s", type(exc).__name__)
     spend = [
         (max(s, await _ledger(gate, b)), h) for b, (s, h) in zip(plan.budgets, spend, strict=True)

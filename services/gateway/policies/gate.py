@@ -101,7 +101,6 @@ class PolicyGate:
         self.settler = Settler(self.counters, self.local, timeout_s=max(timeout_s, 1.0))
         self.degraded_admissions = 0
         self._background: set[asyncio.Task[None]] = set()
-        self.redis_errors = REDIS_ERRORS
 
     # Scopes: no I/O.
 
