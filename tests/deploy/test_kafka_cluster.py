@@ -18,6 +18,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from deploy.kafka_cluster import KafkaCluster
 from shared.kafka import Replication, ensure_topics, idempotent_producer
 from shared.topics import USAGE_EVENTS
+from tests.polling import eventually
 from tests.private_servers import free_port
 
 PREFIX = "cluster-test."
@@ -102,7 +103,10 @@ async def test_topics_replicated_and_writes_survive_a_broker_sigkill(
     assert kafka_cluster.active_controller() in {1, 2, 3}
 
     await ensure_topics(bootstrap, prefix=PREFIX, replication=Replication(3, 2))
-    partitions = await _partitions(bootstrap, TOPIC)
+    # A topic created a moment ago may not be in the answering broker's metadata yet.
+    partitions = await eventually(
+        lambda: _partitions(bootstrap, TOPIC), until=bool, timeout=15, what="partitions"
+    )
     assert partitions
     assert all(len(p["replicas"]) == 3 for p in partitions)
     assert await _min_insync(bootstrap, TOPIC) == "2"
