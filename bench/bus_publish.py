@@ -7,7 +7,10 @@ linger), three ways, interleaved: aiokafka's ``send``, a FastStream publisher's 
 and FastStream's ``broker.publish`` (both ``no_confirm``, acknowledgements gathered at the
 end, as the gateway does). CPU per record is this process's, from ``time.process_time``; the
 ratio is against aiokafka in the same round. The figures decide why the gateway's publisher
-stays on aiokafka (``services/gateway/publisher.py``).
+stays on aiokafka (``services/gateway/publisher.py``). Last, the gateway's own ``Publisher``
+in calls of 500 records (a full emitter batch, each call waiting for its acknowledgements as
+the emitter does), record by record and as batches built per partition
+(``services/gateway/produce_batches.py``); the ratio is against aiokafka's ``send`` too.
 
     uv run --frozen python bench/bus_publish.py [--records 20000] [--rounds 3] [--json]
 """
@@ -20,13 +23,20 @@ import json
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import uvloop
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.lib.servers import delete_topics, stack_endpoints
+from services.gateway.produce_batches import MIN_PER_PARTITION
+from services.gateway.publisher import Publisher
 from shared.bus import PRODUCER_OPTIONS, new_broker
+from shared.topics import TOPICS, USAGE_EVENTS
+
+USAGE = next(spec for spec in TOPICS if spec.name == USAGE_EVENTS)
 
 # About a usage event's size (shared/events.py UsageRecorded as the gateway emits it).
 PAYLOAD = json.dumps(
@@ -80,6 +90,30 @@ async def faststream_broker(bootstrap: str, topic: str, n: int) -> float:
         await broker.stop()
 
 
+async def gateway_publisher(
+    bootstrap: str, topic: str, n: int, call: int, batches: bool = True
+) -> float:
+    """The gateway's own publisher, in calls of ``call`` records as its emitter makes them;
+    without ``batches`` it never builds batches per partition (record by record)."""
+    never = n + 1
+    publisher = Publisher(
+        bootstrap,
+        topic,
+        delivery_timeout_s=10.0,
+        batched_from=MIN_PER_PARTITION if batches else never,
+    )
+    messages = list(zip(keys(n), [PAYLOAD] * n, strict=True))
+    try:
+        await publisher.publish(messages[:call])  # connected before the clock starts
+        started = time.process_time()
+        for at in range(0, n, call):
+            outcome = await publisher.publish(messages[at : at + call])
+            assert outcome.delivered == len(messages[at : at + call]), outcome.trouble
+        return time.process_time() - started
+    finally:
+        await publisher.stop()
+
+
 async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     bootstrap = stack_endpoints().kafka_bootstrap
     prefix = f"bench-bus-{uuid.uuid4().hex[:8]}."
@@ -87,13 +121,16 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, 12, 1)])
+        # As many partitions as usage.events has.
+        await admin.create_topics([NewTopic(topic, USAGE.partitions, 1)])
     finally:
         await admin.close()
-    ways = {
+    ways: dict[str, Callable[[str, str, int], Awaitable[float]]] = {
         "aiokafka send": aiokafka_send,
         "FastStream publisher.publish": faststream_publisher,
         "FastStream broker.publish": faststream_broker,
+        "Publisher, 500 a call, by record": partial(gateway_publisher, call=500, batches=False),
+        "Publisher, 500 a call, batches": partial(gateway_publisher, call=500),
     }
     us: dict[str, list[float]] = {name: [] for name in ways}
     try:
@@ -112,7 +149,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     else:
         print(f"{args.records} records x {args.rounds} rounds, CPU per record (median):")
         for name, row in figures.items():
-            print(f"  {name:<30} {row['cpu_us_per_record']:6.1f} us  {row['ratio']:4.2f}x")
+            print(f"  {name:<34} {row['cpu_us_per_record']:6.1f} us  {row['ratio']:4.2f}x")
     return figures
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -42,11 +43,13 @@ from aiokafka.errors import (
 )
 
 from services.gateway.cache import Breaker
+from services.gateway.produce_batches import MIN_PER_PARTITION, Message, Partitioner, build
 from services.gateway.quarantine import Refused
 from shared.kafka import idempotent_producer
 
 log = logging.getLogger(__name__)
-Message = tuple[bytes, bytes]  # (key id, event JSON)
+# Records handed to the producer together, and the call that hands them over.
+Unit = tuple[list[Message], Callable[[], Awaitable["asyncio.Future[object]"]]]
 
 # Broker errors about the records of a batch, none of which a retry cures. UnknownError is
 # how aiokafka 0.14 reports INVALID_RECORD (87), a code it has no class for.
@@ -87,7 +90,10 @@ class Publisher:
         topic: str,
         delivery_timeout_s: float,
         new_producer: Callable[[], AIOKafkaProducer] | None = None,
+        batched_from: int = MIN_PER_PARTITION,
     ) -> None:
+        """``batched_from``: records per partition (on average) from which a call goes out as
+        batches built per partition (``produce_batches.py``)."""
         self.bootstrap = bootstrap
         self.topic = topic
         self.delivery_timeout_s = delivery_timeout_s
@@ -95,6 +101,8 @@ class Publisher:
         self.kafka = Breaker(retry_s=1.0)
         self._producer: AIOKafkaProducer | None = None
         self._connecting = asyncio.Lock()
+        self._partitioner = Partitioner()
+        self.batched_from = batched_from
 
     async def publish(self, messages: list[Message]) -> Outcome:
         """Send messages keyed by key id; an outcome for every one of them."""
@@ -144,43 +152,66 @@ class Publisher:
         if producer is None:
             outcome.unsent, outcome.trouble = list(messages), _SKIPPED
             return outcome
-        sent: list[tuple[Message, asyncio.Future[object]]] = []
+        units = await self._units(producer, messages)
+        sent: list[tuple[list[Message], asyncio.Future[object]]] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.delivery_timeout_s
-        for at, message in enumerate(messages):
+        for at, (group, submit) in enumerate(units):
             try:
                 async with asyncio.timeout_at(deadline):
-                    future = await producer.send(self.topic, value=message[1], key=message[0])
+                    future = await submit()
             except MessageSizeTooLargeError as exc:  # client-side: never left this process
-                outcome.refused.append(Refused(message[1], _reason(exc)))
+                outcome.refused += [Refused(message[1], _reason(exc)) for message in group]
                 continue
             except _TRANSIENT as exc:
-                outcome.unsent += messages[at:]
+                outcome.unsent += [message for group, _ in units[at:] for message in group]
                 outcome.trouble = _reason(exc)
                 # The other task replaced the shared producer meanwhile: a fresh one will do.
                 outcome.gap = isinstance(exc, ProducerClosed)
                 break
-            sent.append((message, future))
+            sent.append((group, future))
         if sent:
             futures = [future for _, future in sent]
             await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
-        for message, future in sent:
+        for group, future in sent:
             if not future.done() or future.cancelled():
-                outcome.unsent.append(message)
+                outcome.unsent += group
                 outcome.trouble = outcome.trouble or "not acknowledged in time"
                 continue
             error = future.exception()
             if error is None:
-                outcome.delivered += 1
+                outcome.delivered += len(group)
             elif isinstance(error, _REFUSED_BATCH):
-                outcome.suspects.append((message, _reason(error)))
+                outcome.suspects += [(message, _reason(error)) for message in group]
             else:
-                outcome.unsent.append(message)
+                outcome.unsent += group
                 outcome.trouble = outcome.trouble or _reason(error)
                 outcome.gap = outcome.gap or isinstance(
                     error, (OutOfOrderSequenceNumber, ProducerClosed)
                 )
         return outcome
+
+    async def _units(self, producer: AIOKafkaProducer, messages: list[Message]) -> list[Unit]:
+        """What to hand the producer: whole batches per partition when the call is large
+        enough (``produce_batches.py``), else record by record."""
+        built = None
+        if len(messages) >= self.batched_from:
+            try:
+                partitions = sorted(await producer.partitions_for(self.topic))
+            except _TRANSIENT:
+                partitions = []  # no metadata: record by record tells what is wrong
+            built = build(producer, messages, partitions, self._partitioner, self.batched_from)
+        if built is None:
+            return [
+                ([m], partial(producer.send, self.topic, value=m[1], key=m[0])) for m in messages
+            ]
+        batches, alone = built
+        units: list[Unit] = [
+            (b.messages, partial(producer.send_batch, b.builder, self.topic, partition=b.partition))
+            for b in batches
+        ]
+        units += [([m], partial(producer.send, self.topic, value=m[1], key=m[0])) for m in alone]
+        return units
 
     async def _connected(self) -> AIOKafkaProducer | None:
         if self._producer is None:
