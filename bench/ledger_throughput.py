@@ -41,7 +41,7 @@ from shared.catalogue import load_catalogue
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
 from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_consumer import LedgerConsumer
+from shared.ledger.consumer import LedgerConsumer
 from shared.topics import TOPICS, USAGE_EVENTS
 from shared.usage_query import parse_usage_query
 

@@ -3,7 +3,7 @@
 The publishers and subscribers below are *declarations for the document only*: nothing runs
 them, and no service imports this module. The services' real Kafka code is aiokafka
 (``services/keys/outbox.py``, ``services/keys/handlers.py``, ``services/gateway/feeder.py``,
-``services/gateway/publisher.py``, ``shared/ledger_consumer.py``, ``shared/ledger_dlq.py``)
+``services/gateway/publisher.py``, ``shared/ledger/consumer.py``, ``shared/ledger/dlq.py``)
 until they are ported to FastStream (issue 12, part 1); each declaration names the module it
 stands for. The payloads are the real event models of ``shared/events.py``, and partitions,
 retention and compaction come from ``shared/topics.py`` (the configuration ``ensure_topics``
@@ -27,7 +27,7 @@ from faststream.specification import AsyncAPI
 
 from shared.events import DeadLetter, KeyEvent, UsageRecorded
 from shared.ids import KEY_ID_CHARS
-from shared.ledger_dlq import MAX_KEY_BYTES
+from shared.ledger.dlq import MAX_KEY_BYTES
 from shared.settings import ServiceSettings
 from shared.topics import KEYS_EVENTS, TOPICS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
@@ -118,11 +118,11 @@ broker.publisher(
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.metering",
-    description="metering (shared/ledger_consumer.py): usage ledgers, exactly once; offsets "
+    description="metering (shared/ledger/consumer.py): usage ledgers, exactly once; offsets "
     "kept in PostgreSQL in the ledger's own transaction",
 )
 async def metering(event: UsageRecorded) -> None:
-    """Declaration only: metering's consumer is aiokafka (shared/ledger_consumer.py)."""
+    """Declaration only: metering's consumer is aiokafka (shared/ledger/consumer.py)."""
 
 
 @broker.subscriber(
@@ -131,11 +131,11 @@ async def metering(event: UsageRecorded) -> None:
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.billing",
-    description="billing (shared/ledger_consumer.py): cost ledgers priced with the price "
+    description="billing (shared/ledger/consumer.py): cost ledgers priced with the price "
     "book, exactly once; offsets kept in PostgreSQL in the ledger's own transaction",
 )
 async def billing(event: UsageRecorded) -> None:
-    """Declaration only: billing's consumer is aiokafka (shared/ledger_consumer.py)."""
+    """Declaration only: billing's consumer is aiokafka (shared/ledger/consumer.py)."""
 
 
 @broker.subscriber(
@@ -153,9 +153,9 @@ async def keys_last_used(event: UsageRecorded) -> None:
 
 # usage.events.dlq: each usage.events consumer dead-letters what it cannot parse or apply.
 for _group, _where in (
-    (METERING_GROUP, "metering (shared/ledger_dlq.py)"),
-    (BILLING_GROUP, "billing (shared/ledger_dlq.py)"),
-    (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger_dlq.py)"),
+    (METERING_GROUP, "metering (shared/ledger/dlq.py)"),
+    (BILLING_GROUP, "billing (shared/ledger/dlq.py)"),
+    (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger/dlq.py)"),
 ):
     broker.publisher(
         USAGE_EVENTS_DLQ,

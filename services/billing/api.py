@@ -15,7 +15,7 @@ from services.billing.service import GROUP_FIELDS, WIDTHS, costs_page, parse_sin
 from services.billing.settings import BillingSettings
 from shared.events import utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import RETRYABLE
+from shared.ledger.retry import RETRYABLE
 from shared.usage_query import COSTS_LIMITS, parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]

@@ -18,7 +18,7 @@ from shared.db import apply_migrations, create_pool
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.kafka import ensure_topics
-from shared.ledger_health import health_router
+from shared.ledger.health import health_router
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ

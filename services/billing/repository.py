@@ -13,7 +13,7 @@ from services.billing.service import CostKey
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger.types import Conn
 
 _ADD = """
 INSERT INTO cost_day AS c (project_id, day, key_id, model, line_item, tokens, amount)

@@ -14,7 +14,7 @@ from services.billing.money import EXACT, cost, plain
 from shared.catalogue import Catalogue
 from shared.errors import BadRequest
 from shared.events import UsageRecorded
-from shared.ledger_consumer import Poison
+from shared.ledger.consumer import Poison
 from shared.pricing import CostLine, cost_lines
 from shared.usage_query import MAX_TIME, UsageQuery
 

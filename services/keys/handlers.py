@@ -6,7 +6,7 @@ from the earliest retained record.
 
 It never stalls on a record. A record that is not a valid usage event, and a record whose
 update the database refuses for its values (a NUL or an over-long key id: SQLSTATE classes
-22, 23, 54, found by splitting the batch in savepoints, shared/ledger_split.py), go to
+22, 23, 54, found by splitting the batch in savepoints, shared/ledger/split.py), go to
 ``usage.events.dlq`` with the reason, in the same ``DeadLetter`` shape as metering's and
 billing's (consumer group ``keys-last-used``); the rest of the batch is applied, the dead
 letters are acknowledged, and only then are the offsets committed (a crash sends a letter
@@ -32,15 +32,15 @@ from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.events import UsageRecorded
 from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_dlq import DeadLetterSender
-from shared.ledger_retry import READ_ERRORS
-from shared.ledger_split import CONTROL_SIZE, confirm, split_apply
-from shared.ledger_types import Poison
+from shared.ledger.dlq import DeadLetterSender
+from shared.ledger.retry import READ_ERRORS
+from shared.ledger.split import CONTROL_SIZE, confirm, split_apply
+from shared.ledger.types import Poison
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from shared.worker import Backoff, Worker
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger.types import Conn
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 15.0

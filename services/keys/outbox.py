@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_retry import READ_ERRORS, backoff
+from shared.ledger.retry import READ_ERRORS, backoff
 from shared.topics import KEYS_EVENTS
 from shared.worker import Backoff, Worker
 

@@ -13,7 +13,7 @@ from services.metering.settings import MeteringSettings
 from shared.errors import BadRequest
 from shared.events import utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import RETRYABLE
+from shared.ledger.retry import RETRYABLE
 from shared.usage_query import parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]

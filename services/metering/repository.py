@@ -12,7 +12,7 @@ from services.metering.service import MinuteDelta, MinuteKey
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger.types import Conn
 
 _ADD = """
 INSERT INTO usage_minute AS u (project_id, minute, key_id, model, requests, input_tokens,

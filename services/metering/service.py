@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.events import UsageRecorded
-from shared.ledger_consumer import Poison
+from shared.ledger.consumer import Poison
 from shared.usage_query import UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "project_id")

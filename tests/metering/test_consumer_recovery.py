@@ -7,7 +7,7 @@ from services.metering.main import MIGRATIONS
 from services.metering.service import parse_usage
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
-from shared.ledger_consumer import LedgerConsumer
+from shared.ledger.consumer import LedgerConsumer
 from tests.metering.harness import stream_of
 from tests.metering.ledgers import Case
 from tests.polling import eventually

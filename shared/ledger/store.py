@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from aiokafka import TopicPartition
 
-from shared.ledger_types import ConsumerConfig, Identified
+from shared.ledger.types import ConsumerConfig, Identified
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger.types import Conn
 
 
 async def claim(conn: Conn, items: Sequence[Identified]) -> list[Any]:
