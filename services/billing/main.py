@@ -19,11 +19,12 @@ from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.kafka import ensure_topics
 from shared.ledger.health import health_router
+from shared.ledger.store import migrations
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = migrations(Path(__file__).parent / "migrations")
 
 
 def create_app(settings: BillingSettings | None = None) -> FastAPI:
