@@ -7,13 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 
 from services.metering import repository
-from services.metering.errors import LedgerUnavailable
 from services.metering.service import GROUP_FIELDS, WIDTHS, last_used_list, usage_page
 from services.metering.settings import MeteringSettings
 from shared.errors import BadRequest
 from shared.events import utc_now
 from shared.http import require_bearer
-from shared.ledger.retry import RETRYABLE
+from shared.ledger import unavailable_as_503
 from shared.usage_query import parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
@@ -29,10 +28,8 @@ def usage_router(settings: MeteringSettings) -> APIRouter:
         query = parse_usage_query(
             request.query_params, widths=WIDTHS, group_fields=GROUP_FIELDS, now=utc_now()
         )
-        try:
+        with unavailable_as_503("usage ledger"):
             rows = await repository.sum_buckets(request.app.state.pool, project_id, query)
-        except RETRYABLE as exc:
-            raise LedgerUnavailable("The usage ledger is unavailable; retry shortly.") from exc
         return usage_page(project_id, query, rows)
 
     @router.get("/v1/projects/{project_id}/usage/keys")
@@ -48,10 +45,8 @@ def usage_router(settings: MeteringSettings) -> APIRouter:
             for k in v.split(",")
             if k.strip()
         ]
-        try:
+        with unavailable_as_503("usage ledger"):
             rows = await repository.last_used(request.app.state.pool, project_id, key_ids)
-        except RETRYABLE as exc:
-            raise LedgerUnavailable("The usage ledger is unavailable; retry shortly.") from exc
         return last_used_list(project_id, rows)
 
     return router

@@ -10,10 +10,10 @@ from services.metering import repository
 from services.metering.service import keys_last_used, minute_deltas, parse_usage
 from services.metering.settings import MeteringSettings
 from shared.events import UsageRecorded
-from shared.ledger.consumer import LedgerConsumer
+from shared.ledger import LedgerConsumer
 
 if TYPE_CHECKING:
-    from shared.ledger.types import Conn
+    from shared.ledger import Conn
 
 
 async def apply_usage(conn: Conn, events: list[UsageRecorded]) -> None:

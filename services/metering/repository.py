@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.metering.service import MinuteDelta, MinuteKey
+from shared.ledger import bucket_params
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
-    from shared.ledger.types import Conn
+    from shared.ledger import Conn
 
 _ADD = """
 INSERT INTO usage_minute AS u (project_id, minute, key_id, model, requests, input_tokens,
@@ -85,7 +86,6 @@ async def sum_buckets(
     conn: Conn | asyncpg.Pool, project_id: str, query: UsageQuery
 ) -> Sequence[asyncpg.Record]:
     """The ledger summed per bucket (and per key and model when grouped by them)."""
-    start, until = query.window(60)
     key_col = "key_id" if "api_key_id" in query.group_by else "NULL::text"
     model_col = "model" if "model" in query.group_by else "NULL::text"
     sql = f"""
@@ -100,12 +100,4 @@ async def sum_buckets(
           AND ($6::text[] IS NULL OR model = ANY($6::text[]))
         GROUP BY 1, 2, 3 ORDER BY 1, 2 NULLS FIRST, 3 NULLS FIRST
     """
-    return await conn.fetch(
-        sql,
-        project_id,
-        start,
-        until,
-        query.width_interval,
-        list(query.api_key_ids) or None,
-        list(query.models) or None,
-    )
+    return await conn.fetch(sql, project_id, *bucket_params(query, 60))

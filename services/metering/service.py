@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.events import UsageRecorded
-from shared.ledger.consumer import Poison
+from shared.ledger import Poison, bucket_page
 from shared.usage_query import UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "project_id")
@@ -94,33 +94,18 @@ def last_used_list(project_id: str, rows: Sequence[Any]) -> dict[str, Any]:
 
 def usage_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[str, Any]:
     """The Usage API's answer: every bucket of the page, results from the summed rows."""
-    by_bucket: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_bucket.setdefault(int(r["bucket"].timestamp()), []).append(
-            {
-                "object": "organization.usage.completions.result",
-                "input_tokens": r["input_tokens"],
-                "output_tokens": r["output_tokens"],
-                "input_cached_tokens": r["cached_input_tokens"],
-                "num_model_requests": r["requests"],
-                "num_errors": r["errors"],
-                "project_id": project_id,
-                "api_key_id": r["key_id"],
-                "model": r["model"],
-            }
-        )
-    data = [
-        {
-            "object": "bucket",
-            "start_time": b.start,
-            "end_time": b.end,
-            "results": by_bucket.get(b.start, []),
+
+    def result(r: Any) -> dict[str, Any]:
+        return {
+            "object": "organization.usage.completions.result",
+            "input_tokens": r["input_tokens"],
+            "output_tokens": r["output_tokens"],
+            "input_cached_tokens": r["cached_input_tokens"],
+            "num_model_requests": r["requests"],
+            "num_errors": r["errors"],
+            "project_id": project_id,
+            "api_key_id": r["key_id"],
+            "model": r["model"],
         }
-        for b in query.buckets()
-    ]
-    return {
-        "object": "page",
-        "data": data,
-        "has_more": query.has_more,
-        "next_page": query.next_page,
-    }
+
+    return bucket_page(query, rows, result)

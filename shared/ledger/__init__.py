@@ -18,16 +18,33 @@ A service brings its ledger tables (its migrations folder), its query and its ha
 ledger, inside the batch's transaction).
 """
 
+from typing import TYPE_CHECKING
+
+from shared.ledger.app import ledger_app
 from shared.ledger.consumer import LedgerConsumer
+from shared.ledger.errors import LedgerError, LedgerUnavailable, unavailable_as_503
+from shared.ledger.page import bucket_page, bucket_params
 from shared.ledger.settings import LedgerServiceSettings
+from shared.ledger.store import migrations
 from shared.ledger.types import Apply, ConsumerConfig, ConsumerStats, Identified, Poison
+
+if TYPE_CHECKING:
+    from shared.ledger.types import Conn
 
 __all__ = [
     "Apply",
+    "Conn",
     "ConsumerConfig",
     "ConsumerStats",
     "Identified",
     "LedgerConsumer",
+    "LedgerError",
     "LedgerServiceSettings",
+    "LedgerUnavailable",
     "Poison",
+    "bucket_page",
+    "bucket_params",
+    "ledger_app",
+    "migrations",
+    "unavailable_as_503",
 ]
