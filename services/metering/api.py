@@ -7,9 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 
 from services.metering import repository
-from services.metering.service import GROUP_FIELDS, WIDTHS, last_used_list, usage_page
+from services.metering.service import GROUP_FIELDS, WIDTHS, usage_page
 from services.metering.settings import MeteringSettings
-from shared.errors import BadRequest
 from shared.events import utc_now
 from shared.http import require_bearer
 from shared.ledger import unavailable_as_503
@@ -31,22 +30,5 @@ def usage_router(settings: MeteringSettings) -> APIRouter:
         with unavailable_as_503("usage ledger"):
             rows = await repository.sum_buckets(request.app.state.pool, project_id, query)
         return usage_page(project_id, query, rows)
-
-    @router.get("/v1/projects/{project_id}/usage/keys")
-    async def get_last_used(project_id: ProjectId, request: Request) -> dict[str, Any]:
-        """When each key of the project was last used (the latest request counted)."""
-        for name in request.query_params:
-            if name.removesuffix("[]") != "api_key_ids":
-                raise BadRequest(f"Unrecognized request argument supplied: {name}.", param=name)
-        key_ids = [
-            k.strip()
-            for v in request.query_params.getlist("api_key_ids")
-            + request.query_params.getlist("api_key_ids[]")
-            for k in v.split(",")
-            if k.strip()
-        ]
-        with unavailable_as_503("usage ledger"):
-            rows = await repository.last_used(request.app.state.pool, project_id, key_ids)
-        return last_used_list(project_id, rows)
 
     return router

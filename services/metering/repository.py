@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -17,16 +16,15 @@ if TYPE_CHECKING:
 
 _ADD = """
 INSERT INTO usage_minute AS u (project_id, minute, key_id, model, requests, input_tokens,
-    cached_input_tokens, output_tokens, errors, last_used_at)
+    cached_input_tokens, output_tokens, errors)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
-    $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[])
+    $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
 ON CONFLICT (project_id, minute, key_id, model) DO UPDATE SET
     requests = u.requests + EXCLUDED.requests,
     input_tokens = u.input_tokens + EXCLUDED.input_tokens,
     cached_input_tokens = u.cached_input_tokens + EXCLUDED.cached_input_tokens,
     output_tokens = u.output_tokens + EXCLUDED.output_tokens,
-    errors = u.errors + EXCLUDED.errors,
-    last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)
+    errors = u.errors + EXCLUDED.errors
 """
 
 
@@ -47,38 +45,6 @@ async def add_minutes(conn: Conn, deltas: dict[MinuteKey, MinuteDelta]) -> None:
         [d.cached_input_tokens for d in rows],
         [d.output_tokens for d in rows],
         [d.errors for d in rows],
-        [d.last_used_at for d in rows],
-    )
-
-
-_LAST_USED = """
-INSERT INTO key_last_used AS k (project_id, key_id, last_used_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
-ON CONFLICT (project_id, key_id) DO UPDATE SET
-    last_used_at = GREATEST(k.last_used_at, EXCLUDED.last_used_at)
-"""
-
-
-async def touch_keys(conn: Conn, last_used: dict[tuple[str, str], datetime]) -> None:
-    """Move each key's last use forward (never back: late events are older)."""
-    if not last_used:
-        return
-    keys = sorted(last_used)
-    await conn.execute(
-        _LAST_USED, [k[0] for k in keys], [k[1] for k in keys], [last_used[k] for k in keys]
-    )
-
-
-async def last_used(
-    conn: Conn | asyncpg.Pool, project_id: str, key_ids: Sequence[str]
-) -> Sequence[asyncpg.Record]:
-    """When each key of the project (or each of key_ids) was last used, most recent first."""
-    return await conn.fetch(
-        "SELECT key_id, last_used_at FROM key_last_used WHERE project_id = $1"
-        " AND ($2::text[] IS NULL OR key_id = ANY($2::text[]))"
-        " ORDER BY last_used_at DESC, key_id",
-        project_id,
-        list(key_ids) or None,
     )
 
 

@@ -39,7 +39,6 @@ class MinuteDelta:
     cached_input_tokens: int = 0
     output_tokens: int = 0
     errors: int = 0
-    last_used_at: datetime | None = None
 
 
 MinuteKey = tuple[str, datetime, str, str]  # project, minute, key, model
@@ -59,37 +58,7 @@ def minute_deltas(events: Iterable[UsageRecorded]) -> dict[MinuteKey, MinuteDelt
         d.cached_input_tokens += e.cached_input_tokens
         d.output_tokens += e.output_tokens
         d.errors += e.status_code >= 400
-        if d.last_used_at is None or e.occurred_at > d.last_used_at:
-            d.last_used_at = e.occurred_at
     return deltas
-
-
-def keys_last_used(deltas: dict[MinuteKey, MinuteDelta]) -> dict[tuple[str, str], datetime]:
-    """The latest use of each (project, key) in a batch's deltas."""
-    out: dict[tuple[str, str], datetime] = {}
-    for (project, _, key, _), d in deltas.items():
-        if d.last_used_at is not None:
-            before = out.get((project, key))
-            if before is None or d.last_used_at > before:
-                out[(project, key)] = d.last_used_at
-    return out
-
-
-def last_used_list(project_id: str, rows: Sequence[Any]) -> dict[str, Any]:
-    """The key list answer: when each key was last used (Unix seconds)."""
-    return {
-        "object": "list",
-        "data": [
-            {
-                "object": "organization.usage.api_key",
-                "project_id": project_id,
-                "api_key_id": r["key_id"],
-                "last_used_at": int(r["last_used_at"].timestamp()),
-            }
-            for r in rows
-        ],
-        "has_more": False,
-    }
 
 
 def usage_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[str, Any]:

@@ -11,18 +11,9 @@ assignment the consumer seeks to the offsets stored in PostgreSQL, which are the
 
 A consumer never stalls on a record: an event the database refuses for its values is
 found by splitting the batch and dead-lettered with the reason (SQLSTATE and message), and
-the rest of the batch commits exactly once (shared/ledger/batch.py). A record's fault is
-told from the database's in two steps:
-
-1. by SQLSTATE class (shared/ledger/retry.py): only 22 (data exception), 23 (integrity
-   violation) and 54 (program limit), and asyncpg's client-side DataError, can be a
-   record's; anything else (42P01 missing table, 42501 permission denied, ...) is never
-   split, and transient classes (08, 40, 53, 57) are retried as they always were;
-2. by a control (shared/ledger/split.py): a record refused on its own is dead-lettered
-   only if records this consumer applied before are still accepted (tried in a savepoint,
-   rolled back) and it is refused once more after that. When the control is refused too
-   (a schema that refuses every record, or was broken while the batch was split), nothing
-   is dead-lettered; a schema fixed while the batch was split accepts the record again.
+the rest of the batch commits exactly once (batch.py). Only SQLSTATE classes 22, 23 and 54
+can be a record's fault (retry.py), and only once records applied before are still accepted
+(split.py); anything else is the database's fault.
 
 The database's faults stall the consumer: it retries with backoff, logs each failure, and
 after ``stall_after_s`` with records waiting /readyz answers 503 (shared/ledger/progress.py).
@@ -34,7 +25,7 @@ settings FastStream gets wrong by default are set here explicitly: no auto-commi
 ``auto_offset_reset="earliest"``, raw records parsed one by one (one bad record never
 fails a batch), and no nack: a failed transaction is retried, never skipped.
 
-The SQL (and the tables each service's 0001 migration creates) is in shared/ledger/store.py.
+The SQL, and the migrations of the tables it needs, are in store.py.
 """
 
 from __future__ import annotations
