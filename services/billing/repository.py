@@ -11,6 +11,7 @@ import asyncpg
 
 from services.billing.service import CostKey
 from shared.ledger import bucket_params
+from shared.ledger.store import columns
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
@@ -30,17 +31,7 @@ async def add_costs(conn: Conn, deltas: dict[CostKey, tuple[int, Decimal]]) -> N
     """Add each delta to its ledger row, in key order so concurrent writers never deadlock."""
     if not deltas:
         return
-    keys = sorted(deltas)
-    await conn.execute(
-        _ADD,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [k[3] for k in keys],
-        [k[4] for k in keys],
-        [deltas[k][0] for k in keys],
-        [deltas[k][1] for k in keys],
-    )
+    await conn.execute(_ADD, *columns([(*k, *deltas[k]) for k in sorted(deltas)]))
 
 
 async def sum_buckets(

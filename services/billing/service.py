@@ -8,13 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
-
 from services.billing.money import EXACT, cost, plain
 from shared.catalogue import Catalogue
 from shared.errors import BadRequest
 from shared.events import UsageRecorded
-from shared.ledger import Poison, bucket_page
+from shared.ledger import Poison, bucket_page, parse_usage
 from shared.pricing import CostLine, cost_lines
 from shared.usage_query import MAX_TIME, UsageQuery
 
@@ -47,13 +45,7 @@ class Pricer:
 
     def __call__(self, value: bytes | None) -> PricedUsage:
         """A priced event from a record's bytes, or Poison saying why it cannot be one."""
-        if value is None:
-            raise Poison("empty record (tombstone)")
-        try:
-            event = UsageRecorded.model_validate_json(value)
-        except ValidationError as exc:
-            raise Poison.invalid(exc) from None
-        return self.price(event)
+        return self.price(parse_usage(value))
 
     def price(self, event: UsageRecorded) -> PricedUsage:
         """The event's cost lines; Poison for an unknown model or a time before any price."""

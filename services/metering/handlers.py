@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.metering import repository
-from services.metering.service import minute_deltas, parse_usage
+from services.metering.service import minute_deltas
 from services.metering.settings import MeteringSettings
 from shared.events import UsageRecorded
-from shared.ledger import LedgerConsumer
+from shared.ledger import LedgerConsumer, parse_usage
 
 if TYPE_CHECKING:
     from shared.ledger import Conn

@@ -9,6 +9,7 @@ import asyncpg
 
 from services.metering.service import MinuteDelta, MinuteKey
 from shared.ledger import bucket_params
+from shared.ledger.store import columns
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
@@ -32,20 +33,11 @@ async def add_minutes(conn: Conn, deltas: dict[MinuteKey, MinuteDelta]) -> None:
     """Add each delta to its ledger row, in key order so concurrent writers never deadlock."""
     if not deltas:
         return
-    keys = sorted(deltas)
-    rows = [deltas[k] for k in keys]
-    await conn.execute(
-        _ADD,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [k[3] for k in keys],
-        [d.requests for d in rows],
-        [d.input_tokens for d in rows],
-        [d.cached_input_tokens for d in rows],
-        [d.output_tokens for d in rows],
-        [d.errors for d in rows],
-    )
+    rows = [
+        (*k, d.requests, d.input_tokens, d.cached_input_tokens, d.output_tokens, d.errors)
+        for k, d in sorted(deltas.items())
+    ]
+    await conn.execute(_ADD, *columns(rows))
 
 
 async def sum_buckets(

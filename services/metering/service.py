@@ -7,27 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from shared.events import UsageRecorded
-from shared.ledger import Poison, bucket_page
+from shared.ledger import bucket_page
 from shared.usage_query import UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "project_id")
 WIDTHS = ("1m", "1h", "1d")
-
-
-def parse_usage(value: bytes | None) -> UsageRecorded:
-    """A usage event from a record's bytes, or Poison saying why it cannot be one."""
-    if value is None:
-        raise Poison("empty record (tombstone)")
-    try:
-        event = UsageRecorded.model_validate_json(value)
-    except ValidationError as exc:
-        raise Poison.invalid(exc) from None
-    if event.cached_input_tokens > event.input_tokens:
-        raise Poison("invalid usage event: cached_input_tokens exceeds input_tokens")
-    return event
 
 
 @dataclass

@@ -14,7 +14,8 @@ serves them over HTTP. What is the same for every such service lives here:
   the Usage and Costs APIs answer (``page``).
 
 A service brings its ledger tables (its migrations folder), its query and its handler: a
-``parse`` (record bytes to an event, or ``Poison``) and an ``apply`` (fresh events into its
+``parse`` (record bytes to an event, or ``Poison``: ``usage.parse_usage`` refuses what every
+ledger refuses) and an ``apply`` (fresh events into its
 ledger, inside the batch's transaction).
 """
 
@@ -27,6 +28,7 @@ from shared.ledger.page import bucket_page, bucket_params
 from shared.ledger.settings import LedgerServiceSettings
 from shared.ledger.store import migrations
 from shared.ledger.types import Apply, ConsumerConfig, ConsumerStats, Identified, Poison
+from shared.ledger.usage import parse_usage
 
 if TYPE_CHECKING:
     from shared.ledger.types import Conn
@@ -46,5 +48,6 @@ __all__ = [
     "bucket_params",
     "ledger_app",
     "migrations",
+    "parse_usage",
     "unavailable_as_503",
 ]

@@ -30,6 +30,11 @@ def migrations(service_folder: Path) -> tuple[MigrationSet, MigrationSet]:
     return (TABLES, MigrationSet(service_folder))
 
 
+def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """The rows' columns, one list each: the arrays a ledger's ``unnest`` upsert takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 async def claim(conn: Conn, items: Sequence[Identified]) -> list[Any]:
     """Record the batch's event ids; return only the items not seen before."""
     if not items:
