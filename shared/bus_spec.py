@@ -4,8 +4,8 @@ Where a service runs FastStream, the document declares it with the very function
 service calls (``shared/bus.py``): the key service's outbox relay publisher and its
 last_used subscriber. The rest stays on aiokafka, each for a reason its module's docstring
 gives (the gateway's usage publisher ``services/gateway/publisher.py`` and its cache feeder
-``services/gateway/feeder.py``; the ledgers' consumer ``shared/ledger_consumer.py`` and their
-dead-letter sender ``shared/ledger_dlq.py``), and is declared below for the document alone,
+``services/gateway/feeder.py``; the ledgers' consumer ``shared/ledger/consumer.py`` and their
+dead-letter sender ``shared/ledger/dlq.py``), and is declared below for the document alone,
 naming the module it stands for. The payloads are the event models of ``shared/events.py``
 (``MODELS``: a batch handler's signature would say a list), partitions, retention and
 compaction come from ``shared/topics.py`` (the configuration ``ensure_topics`` creates), so
@@ -36,7 +36,7 @@ from shared.bus import (
 )
 from shared.events import DeadLetter, KeyEvent, UsageRecorded
 from shared.ids import KEY_ID_CHARS
-from shared.ledger_dlq import MAX_KEY_BYTES
+from shared.ledger.dlq import MAX_KEY_BYTES
 from shared.settings import ServiceSettings
 from shared.topics import KEYS_EVENTS, TOPICS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
@@ -125,11 +125,11 @@ broker.publisher(
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.metering",
-    description="metering (shared/ledger_consumer.py): usage ledgers, exactly once; offsets "
+    description="metering (shared/ledger/consumer.py): usage ledgers, exactly once; offsets "
     "kept in PostgreSQL in the ledger's own transaction",
 )
 async def metering(event: UsageRecorded) -> None:
-    """Declaration only: metering's consumer is aiokafka (shared/ledger_consumer.py)."""
+    """Declaration only: metering's consumer is aiokafka (shared/ledger/consumer.py)."""
 
 
 @broker.subscriber(
@@ -138,11 +138,11 @@ async def metering(event: UsageRecorded) -> None:
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.billing",
-    description="billing (shared/ledger_consumer.py): cost ledgers priced with the price "
+    description="billing (shared/ledger/consumer.py): cost ledgers priced with the price "
     "book, exactly once; offsets kept in PostgreSQL in the ledger's own transaction",
 )
 async def billing(event: UsageRecorded) -> None:
-    """Declaration only: billing's consumer is aiokafka (shared/ledger_consumer.py)."""
+    """Declaration only: billing's consumer is aiokafka (shared/ledger/consumer.py)."""
 
 
 # The key service's subscriber, as it runs (its handler is services/keys/handlers.py's).
@@ -153,9 +153,9 @@ async def keys_last_used(batch: NoCast[Records]) -> None:
 
 # usage.events.dlq: each usage.events consumer dead-letters what it cannot parse or apply.
 for _group, _where in (
-    (METERING_GROUP, "metering (shared/ledger_dlq.py)"),
-    (BILLING_GROUP, "billing (shared/ledger_dlq.py)"),
-    (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger_dlq.py)"),
+    (METERING_GROUP, "metering (shared/ledger/dlq.py)"),
+    (BILLING_GROUP, "billing (shared/ledger/dlq.py)"),
+    (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger/dlq.py)"),
 ):
     broker.publisher(
         USAGE_EVENTS_DLQ,

@@ -30,7 +30,7 @@ from services.keys.settings import KeysSettings
 from shared.errors import NotFound
 from shared.events import KeyState, utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import READ_ERRORS
+from shared.ledger.retry import READ_ERRORS
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
 KeyId = Annotated[str, Path(min_length=1, max_length=128)]

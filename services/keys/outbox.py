@@ -27,7 +27,7 @@ from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.bus import keys_events_publisher, new_broker
 from shared.kafka import ensure_topics
-from shared.ledger_retry import READ_ERRORS, backoff
+from shared.ledger.retry import READ_ERRORS, backoff
 from shared.topics import KEYS_EVENTS
 from shared.worker import Backoff, Worker
 

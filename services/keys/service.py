@@ -50,7 +50,7 @@ from shared import apikeys
 from shared.errors import BadRequest
 from shared.events import KeyEvent, KeyEventType, KeyState, utc_now
 from shared.ids import resource_id
-from shared.ledger_retry import RETRYABLE
+from shared.ledger.retry import RETRYABLE
 
 if TYPE_CHECKING:
     from services.keys.repository import Conn

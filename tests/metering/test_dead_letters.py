@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_dlq import MAX_REASON, DeadLetterSender, dead_letter
+from shared.ledger.dlq import MAX_REASON, DeadLetterSender, dead_letter
 from shared.topics import USAGE_EVENTS_DLQ
 from tests.metering.harness import both, stats, stream_of, usage
 from tests.metering.ledgers import Case

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from shared.events import DeadLetter, utc_now
-from shared.ledger_retry import backoff
+from shared.ledger.retry import backoff
 
 log = logging.getLogger(__name__)
 
