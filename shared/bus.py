@@ -33,8 +33,8 @@ from faststream.kafka.schemas import Topic
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.message import StreamMessage
 
-from shared.events import KeyEvent
-from shared.topics import KEYS_EVENTS, USAGE_EVENTS
+from shared.events import DeadLetter, KeyEvent
+from shared.topics import KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
 log = logging.getLogger("tollgate.bus")
 
@@ -71,6 +71,22 @@ def keys_events_publisher(broker: KafkaBroker, topic: str = KEYS_EVENTS) -> Defa
         "committed change of a key, in the order written, idempotent producer, acks=all; "
         "each record carries FastStream's content-type and correlation_id headers",
         schema=KeyEvent,
+    )
+    return publisher
+
+
+def dead_letter_publisher(
+    broker: KafkaBroker, group: str, topic: str = USAGE_EVENTS_DLQ, where: str = ""
+) -> DefaultPublisher:
+    """A usage.events consumer group's dead letters (``shared/ledger/dlq.py`` sends them);
+    ``where`` names the service, for the document."""
+    publisher: DefaultPublisher = broker.publisher(
+        topic,
+        title=f"usage.events.dlq.{group}",
+        description=f"{where or 'group ' + repr(group)}: each usage record that group "
+        f"{group!r} cannot parse or apply, with the reason; sent before the batch's offsets "
+        "are committed",
+        schema=DeadLetter,
     )
     return publisher
 

@@ -31,6 +31,7 @@ from shared.bus import (
     KEYS_LAST_USED_TITLE,
     KEYS_RELAY_TITLE,
     Records,
+    dead_letter_publisher,
     keys_events_publisher,
     last_used_subscriber,
 )
@@ -157,13 +158,7 @@ for _group, _where in (
     (BILLING_GROUP, "billing (shared/ledger/dlq.py)"),
     (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger/dlq.py)"),
 ):
-    broker.publisher(
-        USAGE_EVENTS_DLQ,
-        title=f"usage.events.dlq.{_group}",
-        description=f"{_where}: each usage record that group {_group!r} cannot parse or "
-        "apply, with the reason; sent before the batch's offsets are committed",
-        schema=DeadLetter,
-    )
+    dead_letter_publisher(broker, _group, where=_where)
 
 app = FastStream(
     broker,

@@ -40,7 +40,7 @@ from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.bus import Records, last_used_subscriber, new_broker
 from shared.events import UsageRecorded
-from shared.kafka import ensure_topics, idempotent_producer
+from shared.kafka import ensure_topics
 from shared.ledger.dlq import DeadLetterSender
 from shared.ledger.retry import READ_ERRORS
 from shared.ledger.split import CONTROL_SIZE, confirm, split_apply
@@ -148,7 +148,8 @@ class LastUsedConsumer:
             topic=self.settings.usage_topic,
         )
         dlq = DeadLetterSender(
-            lambda: idempotent_producer(self.settings.kafka_bootstrap, f"{self.client_id}-dlq"),
+            self.settings.kafka_bootstrap,
+            f"{self.client_id}-dlq",
             self.settings.dlq_topic,
             self.settings.consumer_group,
         )

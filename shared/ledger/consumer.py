@@ -45,7 +45,6 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.errors import KafkaError
 
 from shared.events import utc_now
-from shared.kafka import idempotent_producer
 from shared.ledger import store as ledger_store
 from shared.ledger.batch import BatchWriter, Prepared, prepare
 from shared.ledger.dlq import DeadLetterSender
@@ -108,7 +107,8 @@ class LedgerConsumer(Generic[T]):
         # Kafka clients are made in start(): an unstarted client must not linger.
         self.consumer: AIOKafkaConsumer
         self.dlq = DeadLetterSender(
-            lambda: idempotent_producer(config.bootstrap, f"{config.client_id}-dlq"),
+            config.bootstrap,
+            f"{config.client_id}-dlq",
             config.dlq_topic,
             config.group_id,
             max_bytes=config.max_dead_letter_bytes,
