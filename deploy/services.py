@@ -23,16 +23,13 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
+from deploy.endpoints import Endpoints
 from deploy.first_key import ensure_first_key
 from deploy.process import is_running, port_open, read_pid, spawn_detached, stop_pid, tail
 from deploy.servers import REPO, StackError
-
-if TYPE_CHECKING:
-    from deploy.stack import Endpoints
 
 GATEWAY_PORT = 8080
 REPLICA_PORT_STEP = 100
