@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ class Service:
     catalogue: bool = False  # it reads the model catalogue
     spool: bool = False  # it keeps a spool folder, one per replica
     own_data: bool = False  # a schema of its own and a consumer group on usage.events
-    uvicorn_args: tuple[str, ...] = field(default=())
+    uvicorn_args: tuple[str, ...] = ()  # beyond the host, port and access log
 
     @property
     def kind(self) -> str:
