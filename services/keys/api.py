@@ -24,7 +24,7 @@ from services.keys.models import (
     unix,
 )
 from services.keys.policies import KEY_FIELDS, budget_of, rate_limits_of
-from services.keys.repository import Row
+from services.keys.rows import Row
 from services.keys.service import KeyService, view_status
 from services.keys.settings import KeysSettings
 from shared.errors import NotFound
