@@ -3,7 +3,8 @@
 Each runs under uvicorn on a free port with this test's own topic prefix, database schemas,
 consumer groups and Redis prefix, against the given Kafka, PostgreSQL and Redis (the
 session's, or a test's private ones). The gateway may run as several replicas: ``gateway``,
-``gateway-1``, ... each with its own spool folder, all reading the same topics.
+``gateway-1``, ... each with its own spool folder, all reading the same topics; metering and
+billing too (``metering``, ``metering-1``, ...), the replicas of each one consumer group.
 """
 
 from __future__ import annotations
@@ -106,9 +107,13 @@ class System:
             process.stop()
 
 
+def replica_name(service: str, replica: int) -> str:
+    """The service's name for its first replica, so callers of one need not know of replicas."""
+    return service if replica == 0 else f"{service}-{replica}"
+
+
 def gateway_name(replica: int) -> str:
-    """``gateway`` for the first replica, so callers of one gateway need not know of replicas."""
-    return "gateway" if replica == 0 else f"gateway-{replica}"
+    return replica_name("gateway", replica)
 
 
 def start_system(
@@ -118,16 +123,20 @@ def start_system(
     tmp: Path,
     *,
     gateways: int = 1,
+    consumers: int = 1,
     settings: dict[str, dict[str, str]] | None = None,
 ) -> System:
     """Start the processes and return them once each answers its health URL.
 
+    ``consumers`` replicas each of metering and billing share their service's group and schema.
     ``settings`` adds or overrides a service's variables by name, without its prefix (e.g.
     ``{"metering": {"SESSION_TIMEOUT_MS": "6000"}}``; ``gateway`` holds for every replica).
     """
     admin, internal = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    replicas = [gateway_name(i) for i in range(gateways)]
-    names = ("upstream", "keys", *replicas, "metering", "billing")
+    counts = {"gateway": gateways, "metering": consumers, "billing": consumers}
+    service_of = {"upstream": "upstream", "keys": "keys"}
+    service_of |= {replica_name(s, i): s for s, n in counts.items() for i in range(n)}
+    names = tuple(service_of)
     ports = {name: free_port() for name in names}
     catalogue = tmp / "models.yaml"
     catalogue.write_text(
@@ -167,7 +176,7 @@ def start_system(
     system = System(admin_token=admin)
     try:
         for name in names:
-            service = "gateway" if name in replicas else name
+            service = service_of[name]
             own = {**common, **specific[service], **overrides.get(service, {})}
             extra: tuple[str, ...] = ()
             if service == "gateway":

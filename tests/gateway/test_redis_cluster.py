@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 
 import httpx
+import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from deploy.redis_cluster import RedisCluster
@@ -16,6 +17,8 @@ from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import CHAT, FakeKeyService, new_key
 from tests.polling import eventually
 from tests.served import Served
+
+pytestmark = pytest.mark.cluster
 
 
 async def test_a_gateway_on_the_cluster_keeps_keys_and_limits_through_a_failover(
