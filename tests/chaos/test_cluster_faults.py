@@ -225,6 +225,15 @@ def _faults(
     ]
 
 
+def _last_traceback(system: System) -> str:
+    """The last traceback in a gateway's log: a 500 is an exception the gateway did not map."""
+    for name, process in system.processes.items():
+        text = process.log.read_text(errors="replace") if name.startswith("gateway") else ""
+        if "Traceback" in text:
+            return f"\n{name}: " + text[text.rindex("Traceback") :][:3000]
+    return ""
+
+
 async def _with_traffic(
     gateways: list[str], keys: list[Key], tally: Refusals, deepest: dict[str, int], fault: Fault
 ) -> tuple[int, float]:
@@ -303,6 +312,6 @@ async def test_ledgers_equal_what_clients_were_told_through_cluster_faults(
 
         assert not tally.unknown, f"answers whose count the client cannot know: {tally.unknown[:5]}"
         assert all(n > 0 for n in answered.values()), summary
-        assert not tally.refused, f"valid keys refused: {summary}"
+        assert not tally.refused, f"valid keys refused: {summary}{_last_traceback(system)}"
     finally:
         await asyncio.to_thread(system.stop)
