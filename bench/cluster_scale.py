@@ -2,7 +2,7 @@
 gateways into the metering and billing ledgers, and the gateways' added latency, on the
 cluster mode against one node, measured in the same run.
 
-    uv run --frozen python bench/cluster_scale.py [--clients 32] [--rounds 2] [--duration 8]
+    uv run --frozen python bench/cluster_scale.py [--levels 1,32] [--rounds 2] [--duration 6]
         [--json PATH]
 
 Two systems run side by side, each started as the e2e and cluster tests start theirs
@@ -15,11 +15,12 @@ uvicorn, a key made through the key service):
   group) on three KRaft nodes (topics replicated 3, 2 in sync) and a Redis Cluster of three
   masters with a replica each, the benchmark's own on free ports.
 
-Both use the session's PostgreSQL. Rounds alternate single, cluster, single, ... so a change in
-the machine's load hits both alike. A round is: the clients call the upstream directly for
-``--duration`` seconds, then the gateways (split evenly over them) as long again, chat
-completions over keep-alive connections; then the round waits until both ledgers hold every
-event of it (rows of their exactly-once tables). Its figures:
+Both use the session's PostgreSQL. At each level of concurrent clients (1: what one call pays;
+32: both systems saturated, what they sustain) rounds alternate single, cluster, single, ...
+so a change in the machine's load hits both alike. A round is: the clients call the upstream
+directly for ``--duration`` seconds, then the gateways (split evenly over them) as long
+again, chat completions over keep-alive connections; then the round waits until both ledgers
+hold every event of it (rows of their exactly-once tables). Its figures:
 
 - added latency: the gateway's p50 and p99 minus the direct ones at the same client count;
 - events/s: the round's metered requests over the time from its first gateway request until
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -115,7 +117,7 @@ async def ledger_rows(pool: asyncpg.Pool, setup: Setup) -> int:
 async def load(urls: list[str], headers: dict[str, str], clients: int, duration: float) -> Round:
     """``clients`` split over the URLs for ``duration`` seconds; one Round pooled over them."""
     share = [clients // len(urls) + (i < clients % len(urls)) for i in range(len(urls))]
-    loads = [Load(url, "chat", n, headers) for url, n in zip(urls, share, strict=True)]
+    loads = [Load(url, "chat", n, headers) for url, n in zip(urls, share, strict=True) if n]
     pooled, warm = Round(), Round()
     for one in loads:
         await one.__aenter__()
@@ -151,6 +153,7 @@ async def one_round(pool: asyncpg.Pool, setup: Setup, clients: int, duration: fl
     done = time.perf_counter()
     d, g = summary_ms(direct.latencies), summary_ms(gateway.latencies)
     figures = {
+        "clients": clients,
         "direct_rps": len(direct.latencies) / direct.elapsed,
         "gateway_rps": len(gateway.latencies) / gateway.elapsed,
         "events": metered,
@@ -164,7 +167,7 @@ async def one_round(pool: asyncpg.Pool, setup: Setup, clients: int, duration: fl
     }
     setup.rounds.append(figures)
     print(
-        f"{setup.name:8} round {len(setup.rounds)}: {figures['events_per_s']:6.0f} events/s, "
+        f"{setup.name:8} {clients:3} clients: {figures['events_per_s']:6.0f} events/s, "
         f"added p50 {figures['added_p50_ms']:5.1f} ms p99 {figures['added_p99_ms']:5.1f} ms, "
         f"lag {figures['lag_s']:.1f} s, errors {figures['errors'] or '-'}",
         flush=True,
@@ -182,18 +185,25 @@ async def forget_keys(url: str, prefix: str) -> None:
 
 
 def _mean(rounds: list[dict[str, Any]], name: str) -> float:
-    return float(sum(r[name] for r in rounds)) / len(rounds)
+    return float(sum(r[name] for r in rounds)) / len(rounds) if rounds else math.nan
 
 
-def table(setups: list[Setup]) -> str:
-    """Per setup the rounds' means, and the cluster's ratio to the single node."""
-    names = ("events_per_s", "gateway_rps", "added_p50_ms", "added_p99_ms", "lag_s")
-    means = {s.name: {n: _mean(s.rounds, n) for n in names} for s in setups}
-    lines = [f"{'':10}" + "".join(f"{n:>14}" for n in names)]
-    lines += [f"{s.name:10}" + "".join(f"{means[s.name][n]:>14.1f}" for n in names) for s in setups]
-    single, cluster = means["single"], means["cluster"]
-    ratio = {n: cluster[n] / single[n] if single[n] else float("nan") for n in names}
-    lines.append(f"{'ratio':10}" + "".join(f"{ratio[n]:>14.2f}" for n in names))
+NAMES = ("events_per_s", "gateway_rps", "direct_rps", "added_p50_ms", "added_p99_ms", "lag_s")
+
+
+def table(setups: list[Setup], levels: list[int]) -> str:
+    """Per level and setup the rounds' means, and the cluster's ratio to the single node."""
+    lines = [f"{'clients':>7} {'setup':8}" + "".join(f"{n:>14}" for n in NAMES)]
+    for clients in levels:
+        means = {
+            s.name: {n: _mean([r for r in s.rounds if r["clients"] == clients], n) for n in NAMES}
+            for s in setups
+        }
+        for name, row in means.items():
+            lines.append(f"{clients:>7} {name:8}" + "".join(f"{row[n]:>14.1f}" for n in NAMES))
+        single, cluster = means["single"], means["cluster"]
+        ratio = [cluster[n] / single[n] if single[n] else math.nan for n in NAMES]
+        lines.append(f"{clients:>7} {'ratio':8}" + "".join(f"{r:>14.2f}" for r in ratio))
     return "\n".join(lines)
 
 
@@ -245,9 +255,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         setups = await asyncio.to_thread(start_setups, work, endpoints, kafka, redis, uniques)
         for setup in setups:
             await make_key(setup)
-        for _ in range(args.rounds):
-            for setup in setups:
-                await one_round(pool, setup, args.clients, args.duration)
+        for clients in args.levels:
+            for _ in range(args.rounds):
+                for setup in setups:
+                    await one_round(pool, setup, clients, args.duration)
     finally:
         for setup in setups:
             await asyncio.to_thread(setup.system.stop)
@@ -265,19 +276,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average_start": [load1, load5, load15],
         "load_average_end": list(procstat.load_average()),
-        "config": {"clients": args.clients, "rounds": args.rounds, "duration": args.duration},
+        "config": {"levels": args.levels, "rounds": args.rounds, "duration": args.duration},
         "setups": {s.name: s.rounds for s in setups},
-        "table": table(setups),
+        "table": table(setups, args.levels),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--levels", default="1,32", help="concurrent clients, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each setup")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of each load")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds of each load")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
+    args.levels = [int(x) for x in args.levels.split(",") if x]
     out = asyncio.run(run(args))
     print()
     print(out["table"])
