@@ -27,13 +27,13 @@ from services.gateway.proxy import Proxy
 from services.gateway.responses import OverheadMiddleware
 from services.gateway.settings import GatewaySettings
 from services.gateway.spool import Spool
-from services.gateway.subscriber import REDIS_ERRORS, Subscriber
+from services.gateway.subscriber import Subscriber
 from shared.catalogue import Catalogue, load_catalogue
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.key_store import KeyStore
 from shared.logs import setup_logging
-from shared.redis_client import connect, subscription_urls
+from shared.redis_client import REDIS_ERRORS, connect, subscription_urls
 from shared.telemetry import setup_telemetry
 from shared.worker import Backoff, Worker, Workers
 
