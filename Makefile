@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help bootstrap up down status test lint fmt docs bench clean
+.PHONY: help bootstrap up down status test test-cluster lint fmt docs bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,8 +22,11 @@ down: ## stop everything `make up` started, by PID
 status: ## what runs: every server, node and replica, with PID and port
 	@$(RUN) python -m deploy.stack status
 
-test: bootstrap ## the whole test suite against real Kafka, PostgreSQL and Redis
-	@$(RUN) pytest
+test: bootstrap ## the whole test suite against real Kafka, PostgreSQL and Redis, but the cluster tests
+	@$(RUN) pytest -m "not cluster"
+
+test-cluster: bootstrap ## the tests that start a Kafka cluster or a Redis Cluster of their own (CI's second step)
+	@$(RUN) pytest -m cluster
 
 lint: bootstrap ## ruff and mypy (strict)
 	@$(RUN) ruff check .

@@ -21,9 +21,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+# What a Redis call may raise when Redis is away: redis-py's errors, the socket's, and the
+# cluster client's own RedisClusterException (no RedisError: raised when it cannot rebuild
+# its slot map, no node answering or nodes disagreeing on a slot during a failover).
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 Call = tuple[Sequence[str], Sequence[Any]]  # (keys, args) of one script call
 
 

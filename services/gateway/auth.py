@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 import httpx
 from prometheus_client import Counter
 from pydantic import SecretStr, ValidationError
-from redis.exceptions import RedisError
 
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.errors import AuthUnavailable, InvalidApiKey, MissingApiKey
@@ -29,6 +28,7 @@ from shared.apikeys import hash_key, hint, is_well_formed
 from shared.events import KeyState
 from shared.http import bearer_token
 from shared.key_store import KeyStore
+from shared.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Authenticator:
             asked = time.monotonic()
             try:
                 found = await asyncio.wait_for(self.store.lookup(key_hash), self.redis_timeout_s)
-            except (RedisError, OSError, TimeoutError, ValidationError) as exc:
+            except (*REDIS_ERRORS, ValidationError) as exc:
                 log.warning("redis lookup failed: %s", type(exc).__name__)
                 self.redis_breaker.failed()
             else:
@@ -201,7 +201,7 @@ class Authenticator:
         async def write() -> None:
             try:
                 await self.store.apply([state])
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("redis write-back failed: %s", type(exc).__name__)
 
         task = asyncio.create_task(write())

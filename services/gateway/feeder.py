@@ -27,13 +27,13 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.metrics import Metrics
 from shared.events import KeyEvent, KeyState
 from shared.kafka import Replication, ensure_topics, topic_partitions
 from shared.key_store import KeyStore
+from shared.redis_client import REDIS_ERRORS
 from shared.topics import KEYS_EVENTS, topic_name
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Feeder:
         saved: dict[str, int] | None = None
         try:
             saved = await asyncio.wait_for(self.store.offsets(), 2)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("redis unreachable at feeder start (%s)", type(exc).__name__)
             self.redis_breaker.failed()
             self._redis_gap = dict.fromkeys(tps, 0)
@@ -160,7 +160,7 @@ class Feeder:
             return
         try:
             await asyncio.wait_for(self.store.apply(states, positions), 5)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("redis write failed (%s); will replay", type(exc).__name__)
             self.redis_breaker.failed()
             self._redis_gap = dict(first)
@@ -171,7 +171,7 @@ class Feeder:
             return
         try:
             await asyncio.wait_for(self.store.client.ping(), 1)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             self.redis_breaker.failed()
             return
         self.redis_breaker.succeeded()
@@ -186,7 +186,7 @@ class Feeder:
         """A Redis that restarted without its data is refilled from the compacted topic."""
         try:
             exists = await asyncio.wait_for(self.store.client.exists(self.store.offsets_key), 1)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             return
         if not exists:
             log.info("redis lost the key states; rebuilding from %s", self.topic)
@@ -197,5 +197,5 @@ class Feeder:
         positions = {f"{tp.topic}:{tp.partition}": await consumer.position(tp) for tp in tps}
         try:
             await asyncio.wait_for(self.store.apply([], positions), 2)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not save feeder positions (%s)", type(exc).__name__)

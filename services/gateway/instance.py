@@ -23,10 +23,10 @@ from services.gateway.policies.ledger import SpendLedger
 from services.gateway.proxy import Proxy
 from services.gateway.settings import GatewaySettings
 from services.gateway.spool import Spool
-from services.gateway.subscriber import REDIS_ERRORS, Subscriber
+from services.gateway.subscriber import Subscriber
 from shared.catalogue import Catalogue
 from shared.key_store import KeyStore
-from shared.redis_client import connect, subscription_urls
+from shared.redis_client import REDIS_ERRORS, connect, subscription_urls
 from shared.worker import Backoff, Worker, Workers
 
 

@@ -26,10 +26,10 @@ from pydantic import ValidationError
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from services.gateway.cache import LocalCache
 from shared.key_store import parse_published
+from shared.redis_client import REDIS_ERRORS
 from shared.worker import check_cancelled
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ _READ_S = 0.2
 
 
 # What losing the subscription raises: its worker resubscribes, with a warning, no traceback.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
 class Subscriber:
@@ -103,9 +102,9 @@ class Subscriber:
             log.info("key-state subscription up", extra={"channel": self.channel})
             await self._receive(pubsub)
         finally:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await asyncio.wait_for(pubsub.aclose(), 1)  # type: ignore[no-untyped-call]
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await asyncio.wait_for(client.aclose(), 1)
 
     async def _confirmed(self, pubsub: PubSub) -> None:

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from shared.events import KeyState
 from shared.key_store import KeyStore
-from shared.redis_client import connect
+from shared.redis_client import REDIS_ERRORS, connect
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class StateMirror:
             return
         try:
             await asyncio.wait_for(self.store.apply(states), self.timeout_s)
-        except (RedisError, OSError, TimeoutError, ValidationError) as exc:
+        except (*REDIS_ERRORS, ValidationError) as exc:
             self.failed += len(states)
             self.last_error = type(exc).__name__
             log.warning(

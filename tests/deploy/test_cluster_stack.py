@@ -68,6 +68,7 @@ def _listed(shown: str) -> dict[str, tuple[int | None, int]]:
     return out
 
 
+@pytest.mark.cluster
 @pytest.mark.slow
 def test_cluster_mode_up_status_down(tmp_path: Path) -> None:
     ports, offset, used = _layout()

@@ -35,7 +35,7 @@ APPS = {"gateway", "keys", "metering", "billing", "console"}
 # The console has no /readyz: it depends on nothing of its own, so readiness is liveness.
 READY_PATH = {"console": "/healthz"}
 USAGE_CONSUMERS = {"keys", "metering", "billing"}  # groups on usage.events
-TOPIC_CREATORS = {"gateway", "metering", "billing"}  # call ensure_topics with .replication
+TOPIC_CREATORS = {"gateway", "keys", "metering", "billing"}  # ensure_topics with .replication
 REDIS_USERS = {"gateway", "keys"}
 
 

@@ -21,6 +21,8 @@ from shared.topics import USAGE_EVENTS
 from tests.polling import eventually
 from tests.private_servers import free_port
 
+pytestmark = pytest.mark.cluster
+
 PREFIX = "cluster-test."
 TOPIC = PREFIX + USAGE_EVENTS
 

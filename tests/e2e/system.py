@@ -4,7 +4,9 @@ The services and their wiring are ``deploy/system.py``'s, as for ``make up``; th
 adds what is the test's own: free ports, fresh tokens, a catalogue pointing at this upstream,
 this test's topic prefix, database schemas, consumer groups and Redis prefix, spools under its
 tmp folder, and the servers it is given (the session's, or a test's private ones). The gateway
-may run as several replicas: ``gateway``, ``gateway-1``, ... all reading the same topics.
+may run as several replicas: ``gateway``, ``gateway-1``, ... all reading the same topics;
+metering and billing too (``metering``, ``metering-1``, ...), the replicas of each one
+consumer group on one schema.
 """
 
 from __future__ import annotations
@@ -115,14 +117,15 @@ class System:
             process.stop()
 
 
-def _on_free_ports(gateways: int) -> list[Service]:
+def _on_free_ports(gateways: int, consumers: int) -> list[Service]:
     """The system's services but the console (these tests drive the APIs), each on a free
-    port, the gateway as that many replicas."""
+    port, the gateway as ``gateways`` replicas, metering and billing as ``consumers``."""
     out: list[Service] = []
     for service in SERVICES:
         if service.name == "console":
             continue
-        count = gateways if service.name == "gateway" else 1
+        counts = {"gateway": gateways, "metering": consumers, "billing": consumers}
+        count = counts.get(service.name, 1)
         for i in range(count):
             name = replica_name(i, service.name)
             out.append(replace(service, name=name, port=free_port(), replica=i))
@@ -136,14 +139,16 @@ def start_system(
     tmp: Path,
     *,
     gateways: int = 1,
+    consumers: int = 1,
     settings: dict[str, dict[str, str]] | None = None,
 ) -> System:
     """Start the processes and return them once each answers its health URL.
 
+    ``consumers`` replicas each of metering and billing share their service's group and schema.
     ``settings`` adds or overrides a service's variables by name, without its prefix (e.g.
     ``{"metering": {"SESSION_TIMEOUT_MS": "6000"}}``; ``gateway`` holds for every replica).
     """
-    services = _on_free_ports(gateways)
+    services = _on_free_ports(gateways, consumers)
     urls = {s.name: s.url for s in services}
     wiring = Wiring(
         endpoints,

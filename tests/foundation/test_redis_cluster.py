@@ -17,6 +17,8 @@ from shared.policy import RateLimits
 from shared.redis_client import connect, subscription_urls
 from tests.gateway.harness import new_key
 
+pytestmark = pytest.mark.cluster
+
 T0 = 1_800_000_000_000
 
 

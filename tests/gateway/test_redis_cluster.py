@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 
 import httpx
+import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from deploy.redis_cluster import RedisCluster
@@ -16,6 +17,8 @@ from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import CHAT, FakeKeyService, new_key
 from tests.polling import eventually
 from tests.served import Served
+
+pytestmark = pytest.mark.cluster
 
 
 async def test_a_gateway_on_the_cluster_keeps_keys_and_limits_through_a_failover(
@@ -76,3 +79,37 @@ async def test_a_gateway_on_the_cluster_keeps_keys_and_limits_through_a_failover
         after = await burst(10)
         assert after[200] <= 2, after
     redis_cluster.start_node(holder)
+
+
+async def test_a_gateway_serves_valid_keys_with_every_cluster_node_gone(
+    make_gateway: StartGateway,
+    keyservice: tuple[FakeKeyService, Served],
+    redis_cluster: RedisCluster,
+) -> None:
+    """With no node to rediscover the slots from (or nodes disagreeing on a slot's owner in a
+    failover) the cluster client raises its own RedisClusterException, which is no RedisError:
+    the gateway must take it for Redis being away (a key it confirmed keeps working, limits on
+    its share), not answer 500."""
+    gateway = await make_gateway(
+        redis=redis_cluster.url, redis_cluster=True, dependency_retry_s=0.2
+    )
+    secret, state = new_key(rate_limits=RateLimits(requests_per_minute=10_000))
+    keyservice[0].add(state)
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    headers = {"Authorization": f"Bearer {secret}"}
+    url = gateway.url + "/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await client.post(url, json=body, headers=headers)).status_code == 200
+        ports = list(redis_cluster.ports)
+        for port in ports:
+            redis_cluster.kill_node(port)
+        try:
+            answers: Counter[int] = Counter()
+            for _ in range(15):  # past several of the breaker's retries, each a rediscovery
+                answers[(await client.post(url, json=body, headers=headers)).status_code] += 1
+                await asyncio.sleep(0.1)  # paced, so calls reach Redis between breaker spells
+            assert answers == {200: 15}, answers
+        finally:
+            for port in ports:
+                redis_cluster.start_node(port)
+            await asyncio.to_thread(redis_cluster.wait_ok, 30)

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from services.gateway.policies.gate import REDIS_ERRORS
 from services.gateway.policies.headers import duration
 from services.gateway.policies.ledger import LedgerUnavailable
 from services.gateway.policies.plan import BudgetCheck, RateCheck, from_nano
 from shared.events import KeyState
 from shared.policy import Budget, RateLimits
+from shared.redis_client import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from services.gateway.policies.gate import PolicyGate

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from services.gateway.cache import Breaker
 from services.gateway.errors import EndpointNotAllowed, ModelNotAllowed
 from services.gateway.policies.counters import NEEDS_SEED, RedisCounters, Verdict
@@ -34,11 +32,10 @@ from services.gateway.usage import Usage
 from shared.catalogue import ModelEntry
 from shared.events import KeyState
 from shared.policy import Scope, allows_model, allows_scope
-from shared.redis_client import RedisClient
+from shared.redis_client import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _HEARTBEAT_S = 5.0
 _ALIVE_S = 15.0
 

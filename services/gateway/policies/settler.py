@@ -12,11 +12,10 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from services.gateway.policies.counters import RedisCounters
 from services.gateway.policies.local import LocalCounters
 from services.gateway.policies.plan import Plan
+from shared.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ BATCH = 500
 # request per round trip otherwise); a limit counts its real tokens that much later.
 LINGER_S = 0.01
 BACKLOG_MAX = 200_000
-_ERRORS = (RedisError, OSError, TimeoutError)
+_ERRORS = REDIS_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
