@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the APIs: request ids and constant-time bearer-token checks."""
+"""HTTP plumbing shared by the APIs: a pure ASGI middleware base, request ids,
+constant-time bearer-token checks and the liveness route."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import APIRouter, Header
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,8 +28,10 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
     return given if given and _SAFE_REQUEST_ID.fullmatch(given) else resource_id("req", 20)
 
 
-class RequestIdMiddleware:
-    """Give every request an id (the caller's ``X-Request-Id`` if sane), in logs and headers."""
+class HttpMiddleware:
+    """A pure ASGI middleware of HTTP requests: a subclass implements ``handle``; lifespan
+    and websocket scopes pass through untouched. Pure ASGI rather than Starlette's
+    ``BaseHTTPMiddleware``, which runs the app in a task of its own and wraps streams."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -37,6 +40,17 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One HTTP request: call ``self.app``, wrapping ``send`` to see the answer."""
+        raise NotImplementedError
+
+
+class RequestIdMiddleware(HttpMiddleware):
+    """Give every request an id (the caller's ``X-Request-Id`` if sane), in logs and headers."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
@@ -86,3 +100,16 @@ def require_bearer(
             )
 
     return guard
+
+
+def liveness_router() -> APIRouter:
+    """A router with ``/healthz`` (liveness: the process answers ``{"status": "ok"}``); each
+    service adds its own ``/readyz`` to it, since readiness is what differs between them."""
+    router = APIRouter()
+
+    @router.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """The process is up (liveness)."""
+        return {"status": "ok"}
+
+    return router

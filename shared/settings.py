@@ -6,7 +6,7 @@ own. Secrets are ``SecretStr`` and placeholder values are refused at start.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,3 +73,24 @@ class TokenGuardedSettings(ServiceSettings):
     @classmethod
     def _admin_token_is_real(cls, value: SecretStr) -> SecretStr:
         return require_real_secret(value, "ADMIN_TOKEN")
+
+
+class InternalTokenSettings(TokenGuardedSettings):
+    """A service the gateways call too, with a token of their own (``INTERNAL_TOKEN``): it must
+    be real and differ from the operator's, so that no one token opens both the operator's API
+    and the gateways' endpoints. A service redeclares ``internal_token`` to say what it opens."""
+
+    internal_token: SecretStr = Field(
+        SecretStr(""), description="bearer token of the gateways' calls (not the admin one)"
+    )
+
+    @field_validator("internal_token")
+    @classmethod
+    def _internal_token_is_real(cls, value: SecretStr) -> SecretStr:
+        return require_real_secret(value, "INTERNAL_TOKEN")
+
+    @model_validator(mode="after")
+    def _tokens_differ(self) -> Self:
+        if self.internal_token.get_secret_value() == self.admin_token.get_secret_value():
+            raise ValueError("INTERNAL_TOKEN and ADMIN_TOKEN must differ")
+        return self

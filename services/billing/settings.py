@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.ledger import LedgerServiceSettings
-from shared.settings import require_real_secret
+from shared.settings import InternalTokenSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class BillingSettings(LedgerServiceSettings):
-    """What the billing service reads from its environment."""
+class BillingSettings(LedgerServiceSettings, InternalTokenSettings):
+    """What the billing service reads from its environment (the gateways hold its internal
+    token: shared/settings.py checks that it is real and never the operator's)."""
 
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_BILLING_", extra="ignore", frozen=True)
 
@@ -28,15 +29,3 @@ class BillingSettings(LedgerServiceSettings):
         description="bearer token of the gateways' spend reads (the one they send the key "
         "service; not the admin one)",
     )
-
-    @field_validator("internal_token")
-    @classmethod
-    def _internal_token_is_real(cls, value: SecretStr) -> SecretStr:
-        return require_real_secret(value, "INTERNAL_TOKEN")
-
-    @model_validator(mode="after")
-    def _tokens_differ(self) -> BillingSettings:
-        # The gateways hold the internal token: it must never open the operator's Costs API.
-        if self.internal_token.get_secret_value() == self.admin_token.get_secret_value():
-            raise ValueError("INTERNAL_TOKEN and ADMIN_TOKEN must differ")
-        return self

@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Form, Request
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from services.console.budgets import PROJECT, read_budgets
-from services.console.clients import ApiProblem
+from services.console.clients import ApiProblem, ApiUnavailable
 from services.console.policies import (
     ENDPOINT_CHOICES,
     PERIOD_CHOICES,
@@ -23,7 +23,7 @@ from services.console.policies import (
 )
 from services.console.projects import project_context
 from services.console.session import Session
-from services.console.web import Console, render
+from services.console.web import CheckedSessionDep, Console, ConsoleDep, render
 
 GRACE_CHOICES: tuple[tuple[int, str], ...] = (
     (0, "None: the old secret stops working now"),
@@ -70,6 +70,9 @@ async def policy_form(
         models=models or [],
         endpoints=endpoints or [],
     )
+
+
+PolicyDep = Annotated[PolicyForm, Depends(policy_form)]
 
 
 def keys_list_url(project_id: str, show_revoked: bool) -> str:
@@ -141,3 +144,64 @@ async def error_page(
         view.forms[where] = form
         view.error_fields[where] = error_field(exc.param) or "form"
     return await keys_page_view(request, app, session, project_id, view, status_code=exc.status)
+
+
+@dataclass
+class KeysAction:
+    """A form post of the API keys page, and the three ways it is answered: the page again
+    with a refusal beside its form, a redirect to the list with a message, or a secret shown
+    once. Every action of the page (and of its limit dialogs) answers through these."""
+
+    request: Request
+    app: Console
+    session: Session
+    project_id: str
+    show_revoked: bool
+
+    async def refused(
+        self,
+        exc: ApiProblem,
+        where: str,
+        *,
+        value: str | None = None,
+        form: PolicyForm | None = None,
+    ) -> HTMLResponse:
+        """The page again with the refusal beside the form ``where``; a service that could not
+        be reached is not a refusal of the form, so it goes on to the error page (503)."""
+        if isinstance(exc, ApiUnavailable):
+            raise exc
+        return await error_page(
+            self.request,
+            self.app,
+            self.session,
+            self.project_id,
+            show_revoked=self.show_revoked,
+            exc=exc,
+            where=where,
+            value=value,
+            form=form,
+        )
+
+    def done(self, message: str) -> RedirectResponse:
+        """Back to the list (303), with ``message`` shown there once."""
+        self.session.flash(message)
+        return RedirectResponse(keys_list_url(self.project_id, self.show_revoked), status_code=303)
+
+    async def show_secret(self, secret: dict[str, Any]) -> HTMLResponse:
+        """The list with the secret's dialog open: the only answer that carries a full key."""
+        view = KeysView(show_revoked=self.show_revoked, open_dialog="secret", secret=secret)
+        return await keys_page_view(self.request, self.app, self.session, self.project_id, view)
+
+
+async def keys_action(
+    request: Request,
+    app: ConsoleDep,
+    session: CheckedSessionDep,
+    project_id: str,
+    revoked: Annotated[int, Form()] = 0,
+) -> KeysAction:
+    """The checked form post of a project's keys page (``revoked``: the list it came from)."""
+    return KeysAction(request, app, session, project_id, bool(revoked))
+
+
+KeysActionDep = Annotated[KeysAction, Depends(keys_action)]

@@ -7,75 +7,30 @@ publishes nothing then). A refusal is shown beside the field it names, what was 
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
+from fastapi.responses import Response
 
-from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import RedirectResponse, Response
-
-from services.console.clients import ApiProblem, ApiUnavailable
-from services.console.keys_view import error_page, keys_list_url, policy_form
-from services.console.policies import PolicyForm
-from services.console.web import CheckedSessionDep, ConsoleDep
+from services.console.clients import ApiProblem
+from services.console.keys_view import KeysActionDep, PolicyDep
 
 router = APIRouter()
 
 
 @router.post("/projects/{project_id}/keys/{key_id}/limits", response_model=None)
-async def edit_key_limits(
-    *,
-    request: Request,
-    app: ConsoleDep,
-    session: CheckedSessionDep,
-    project_id: str,
-    key_id: str,
-    revoked: Annotated[int, Form()] = 0,
-    policy: Annotated[PolicyForm, Depends(policy_form)],
-) -> Response:
+async def edit_key_limits(page: KeysActionDep, key_id: str, policy: PolicyDep) -> Response:
     """Replace a key's limits and scopes with the form's (empty: no limit)."""
     try:
-        key = await app.keys.update_key(project_id, key_id, policy.body(scopes=True))
-    except ApiUnavailable:
-        raise
+        key = await page.app.keys.update_key(page.project_id, key_id, policy.body(scopes=True))
     except ApiProblem as exc:
-        return await error_page(
-            request,
-            app,
-            session,
-            project_id,
-            show_revoked=bool(revoked),
-            exc=exc,
-            where=f"limits-{key_id}",
-            form=policy,
-        )
-    session.flash(f"Limits of {key.get('name', key_id)} saved.")
-    return RedirectResponse(keys_list_url(project_id, bool(revoked)), status_code=303)
+        return await page.refused(exc, f"limits-{key_id}", form=policy)
+    return page.done(f"Limits of {key.get('name', key_id)} saved.")
 
 
 @router.post("/projects/{project_id}/limits", response_model=None)
-async def edit_project_limits(
-    *,
-    request: Request,
-    app: ConsoleDep,
-    session: CheckedSessionDep,
-    project_id: str,
-    revoked: Annotated[int, Form()] = 0,
-    policy: Annotated[PolicyForm, Depends(policy_form)],
-) -> Response:
+async def edit_project_limits(page: KeysActionDep, policy: PolicyDep) -> Response:
     """Replace the project's rate limits and budget (for all its keys together)."""
     try:
-        project = await app.keys.update_project(project_id, policy.body(scopes=False))
-    except ApiUnavailable:
-        raise
+        project = await page.app.keys.update_project(page.project_id, policy.body(scopes=False))
     except ApiProblem as exc:
-        return await error_page(
-            request,
-            app,
-            session,
-            project_id,
-            show_revoked=bool(revoked),
-            exc=exc,
-            where="project-limits",
-            form=policy,
-        )
-    session.flash(f"Limits of project {project.get('name', project_id)} saved.")
-    return RedirectResponse(keys_list_url(project_id, bool(revoked)), status_code=303)
+        return await page.refused(exc, "project-limits", form=policy)
+    return page.done(f"Limits of project {project.get('name', page.project_id)} saved.")

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -14,20 +15,29 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from services.console import auth, keys_pages, limits_pages, projects, usage_pages
-from services.console.clients import ApiProblem, ApiUnavailable, CostsApi, KeysApi, UsageApi
+from services.console.clients import (
+    ApiClient,
+    ApiProblem,
+    ApiUnavailable,
+    CostsApi,
+    KeysApi,
+    UsageApi,
+)
 from services.console.formatting import install_filters
 from services.console.policies import summary
 from services.console.session import COOKIE_NAME, Session, SessionStore, SignInThrottle
 from services.console.settings import ConsoleSettings
 from services.console.web import TEMPLATES, Console, CsrfRefused, SignedOut, render
 from shared.catalogue import load_catalogue
-from shared.http import RequestIdMiddleware
+from shared.http import HttpMiddleware, RequestIdMiddleware
 from shared.logs import setup_logging
 
 log = logging.getLogger("services.console")
+
+_Api = TypeVar("_Api", bound=ApiClient)
 
 # Everything the pages use is served by the app itself: no inline script, no other origin.
 _CSP = (
@@ -44,16 +54,10 @@ _SECURITY_HEADERS = [
 ]
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(HttpMiddleware):
     """Security headers on every answer, and one log line per request (path, never query)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 
@@ -95,32 +99,24 @@ def create_app(
     install_filters(templates.env)
     templates.env.globals["zip"] = zip
     templates.env.globals["policy_summary"] = summary
-    token, timeout = settings.admin_token, settings.api_timeout_s
+
+    def client(kind: type[_Api], service: str, url: str, peer: str) -> _Api:
+        """One API's client: the operator token, the timeout, the test's transport if any."""
+        return kind(
+            service,
+            url,
+            settings.admin_token,
+            timeout_s=settings.api_timeout_s,
+            transport=transports.get(peer),
+        )
+
     state = Console(
         settings=settings,
         sessions=SessionStore(settings.session_idle_s, settings.session_max_s),
         throttle=SignInThrottle(settings.signin_attempts_per_minute),
-        keys=KeysApi(
-            "key service",
-            settings.keys_url,
-            token,
-            timeout_s=timeout,
-            transport=transports.get("keys"),
-        ),
-        usage=UsageApi(
-            "Usage API",
-            settings.metering_url,
-            token,
-            timeout_s=timeout,
-            transport=transports.get("metering"),
-        ),
-        costs=CostsApi(
-            "Costs API",
-            settings.billing_url,
-            token,
-            timeout_s=timeout,
-            transport=transports.get("billing"),
-        ),
+        keys=client(KeysApi, "key service", settings.keys_url, "keys"),
+        usage=client(UsageApi, "Usage API", settings.metering_url, "metering"),
+        costs=client(CostsApi, "Costs API", settings.billing_url, "billing"),
         templates=templates,
         models=_models(settings),
     )

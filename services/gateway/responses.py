@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.metrics import Metrics
+from shared.http import HttpMiddleware
 
 OVERHEAD_HEADER = b"x-tollgate-overhead-ms"
 
@@ -79,18 +80,15 @@ def _endpoint_label(path: str) -> str:
     return "other"
 
 
-class OverheadMiddleware:
+class OverheadMiddleware(HttpMiddleware):
     """Adds ``x-tollgate-overhead-ms`` (time in the gateway, upstream time excluded) to every
     response, and records requests by status and their latency."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()
         state = scope.setdefault("state", {})
         status = 500

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -29,7 +29,7 @@ from services.keys.service import KeyService, view_status
 from services.keys.settings import KeysSettings
 from shared.errors import NotFound
 from shared.events import KeyState, utc_now
-from shared.http import require_bearer
+from shared.http import liveness_router, require_bearer
 from shared.ledger.retry import READ_ERRORS
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
@@ -44,6 +44,7 @@ def _service(request: Request) -> KeyService:
 
 
 ServiceDep = Annotated[KeyService, Depends(_service)]
+_Page = TypeVar("_Page", ProjectList, KeyList)
 
 
 def project_view(row: Row) -> Project:
@@ -79,6 +80,17 @@ def key_view(row: Row) -> ApiKey:
     )
 
 
+def list_page(kind: type[_Page], data: list[Any], more: bool) -> _Page:
+    """A page of a list answer, as OpenAI's lists: the items, the first and last ids (the
+    cursors for ``after``; null on an empty page) and whether more follow."""
+    return kind(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=more,
+    )
+
+
 def management_router(settings: KeysSettings) -> APIRouter:
     """Projects and keys, guarded by the operator token."""
     router = APIRouter(
@@ -96,13 +108,7 @@ def management_router(settings: KeysSettings) -> APIRouter:
     ) -> ProjectList:
         """List projects, oldest first."""
         rows, more = await service.list_projects(limit, after)
-        data = [project_view(r) for r in rows]
-        return ProjectList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=more,
-        )
+        return list_page(ProjectList, [project_view(r) for r in rows], more)
 
     @router.get("/{project_id}", response_model=Project)
     async def get_project(project_id: ProjectId, service: ServiceDep) -> Project:
@@ -143,13 +149,7 @@ def management_router(settings: KeysSettings) -> APIRouter:
         rows, more = await service.list_keys(
             project_id, include_revoked=include_revoked, limit=limit, after=after
         )
-        data = [key_view(r) for r in rows]
-        return KeyList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=more,
-        )
+        return list_page(KeyList, [key_view(r) for r in rows], more)
 
     @router.get("/{project_id}/keys/{key_id}", response_model=ApiKey)
     async def get_key(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> ApiKey:
@@ -210,13 +210,7 @@ def internal_router(settings: KeysSettings) -> APIRouter:
     return router
 
 
-health_router = APIRouter()
-
-
-@health_router.get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    """The process is up (liveness)."""
-    return {"status": "ok"}
+health_router = liveness_router()
 
 
 @health_router.get("/readyz", include_in_schema=False)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import TokenGuardedSettings, require_real_secret
+from shared.settings import InternalTokenSettings
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic_name
 
 MAX_GRACE_S = 30 * 24 * 3600
 _REPO = Path(__file__).resolve().parents[2]
 
 
-class KeysSettings(TokenGuardedSettings):
-    """What the key service reads from its environment."""
+class KeysSettings(InternalTokenSettings):
+    """What the key service reads from its environment (its internal token opens verify only:
+    shared/settings.py checks that it is real and not the operator's)."""
 
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_KEYS_", extra="ignore", frozen=True)
 
@@ -46,18 +47,6 @@ class KeysSettings(TokenGuardedSettings):
     redis_timeout_s: float = Field(
         0.5, gt=0, description="the direct Redis write's bound; past it the outbox carries it"
     )
-
-    @field_validator("internal_token")
-    @classmethod
-    def _internal_token_is_real(cls, value: SecretStr) -> SecretStr:
-        return require_real_secret(value, "INTERNAL_TOKEN")
-
-    @model_validator(mode="after")
-    def _tokens_differ(self) -> KeysSettings:
-        # One token must never open both the management API and the verify endpoint.
-        if self.internal_token.get_secret_value() == self.admin_token.get_secret_value():
-            raise ValueError("INTERNAL_TOKEN and ADMIN_TOKEN must differ")
-        return self
 
     @property
     def keys_topic(self) -> str:

@@ -12,21 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.http import liveness_router
 from shared.ledger.retry import READ_ERRORS
 
-health_router = APIRouter()
-
-
-@health_router.get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    """The process is up (liveness)."""
-    return {"status": "ok"}
+health_router = liveness_router()
 
 
 @health_router.get("/readyz", include_in_schema=False)

@@ -147,28 +147,16 @@ class Planner:
     ) -> list[RateCheck]:
         if limits is None:
             return []
-        checks = []
-        if limits.requests_per_minute is not None:
-            checks.append(
-                RateCheck(
-                    self.rate_key(project_id, holder_id, "requests"),
-                    holder,
-                    "requests",
-                    limits.requests_per_minute,
-                    1,
-                )
-            )
-        if limits.tokens_per_minute is not None:
-            checks.append(
-                RateCheck(
-                    self.rate_key(project_id, holder_id, "tokens"),
-                    holder,
-                    "tokens",
-                    limits.tokens_per_minute,
-                    tokens,
-                )
-            )
-        return checks
+        # A request counts once against requests per minute, its tokens against tokens.
+        counted: tuple[tuple[Kind, int | None, int], ...] = (
+            ("requests", limits.requests_per_minute, 1),
+            ("tokens", limits.tokens_per_minute, tokens),
+        )
+        return [
+            RateCheck(self.rate_key(project_id, holder_id, kind), holder, kind, limit, amount)
+            for kind, limit, amount in counted
+            if limit is not None
+        ]
 
     @staticmethod
     def _worst_case(

@@ -24,6 +24,17 @@ tests may pass their own.
 
 from __future__ import annotations
 
+# The start of the scripts that read limits: the time (the caller's ARGV[1], else the
+# server's), its second, and how many rate and budget limits the KEYS hold (ARGV[2], ARGV[3]).
+_CLOCK_AND_COUNTS = """
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local sec = math.floor(now / 1000)
+local nr, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
+"""
+
 # KEYS: nr rate hashes, then nb (budget hash, reservation zset) pairs.
 # ARGV: now_ms|'', nr, nb, reservation id, lease_ms, then per rate (limit, amount),
 #       then per budget (limit, amount, ttl_ms).
@@ -31,14 +42,9 @@ from __future__ import annotations
 #          then per budget (limit, spent, reserved)}.
 # verdict: 0 admitted, 1 over a rate limit (which = its index), 2 over a budget (which),
 #          3 a budget needs seeding from the ledger (which), 4 larger than a whole limit.
-ADMIT = """
-local now
-if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local sec = math.floor(now / 1000)
-local nr, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
-local rid, lease = ARGV[4], tonumber(ARGV[5])
+ADMIT = (
+    _CLOCK_AND_COUNTS
+    + """local rid, lease = ARGV[4], tonumber(ARGV[5])
 local a = 6
 local verdict, which, retry = 0, 0, 0
 local rates = {}
@@ -127,6 +133,7 @@ for j = 1, nb do
 end
 return out
 """
+)
 
 # KEYS: nt token-rate hashes, then nb (budget hash, reservation zset) pairs.
 # ARGV: nt, nb, second of the admission, reservation id, then per token rate the correction
@@ -170,14 +177,9 @@ return spent
 
 # KEYS: nr rate hashes, then nb budget hashes. ARGV: now_ms|'', nr, nb.
 # Answer: per rate (used, reset_ms), then per budget (spent, reserved). Changes nothing.
-PEEK = """
-local now
-if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local sec = math.floor(now / 1000)
-local nr, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
+PEEK = (
+    _CLOCK_AND_COUNTS
+    + """local out = {}
 for i = 1, nr do
   local h = redis.call('HGETALL', KEYS[i])
   local used, newest = 0, -1
@@ -198,3 +200,4 @@ for j = 1, nb do
 end
 return out
 """
+)
