@@ -67,7 +67,7 @@ def _compose(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _docker(*args: str) -> list[str]:
-    engine_env = {**Engine(RUN_DIR).env()}
+    engine_env = Engine(RUN_DIR).env()
     done = subprocess.run(
         [docker_cli(), *args], env=engine_env, capture_output=True, text=True, check=True
     )
@@ -106,7 +106,8 @@ async def test_sdk_calls_are_counted_exactly_by_usage_and_costs(running: Running
     )
     embedded = await client.embeddings.create(model=EMBED, input=["a toll", "a gate"])
     await client.close()
-    assert chat.usage is not None and chat.choices[0].message.content
+    assert chat.usage is not None
+    assert chat.choices[0].message.content
     assert len(embedded.data) == 2
     told = {
         CHAT: (chat.usage.prompt_tokens, chat.usage.completion_tokens),
