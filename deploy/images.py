@@ -90,13 +90,13 @@ class Builder:
         self.docker = docker_cli()
 
     def label(self, tag: str) -> str | None:
-        done = self._docker(
+        done = self.docker_run(
             "image", "inspect", "-f", f'{{{{index .Config.Labels "{LABEL}"}}}}', tag
         )
         return done.stdout.strip() if done.returncode == 0 else None
 
     def image_id(self, tag: str) -> str:
-        done = self._docker("image", "inspect", "-f", "{{.Id}}", tag)
+        done = self.docker_run("image", "inspect", "-f", "{{.Id}}", tag)
         if done.returncode != 0:
             raise StackError(f"image {tag} is missing: {done.stderr.strip()}")
         return done.stdout.strip()
@@ -175,14 +175,14 @@ class Builder:
                 context = REPO
             argv = ["build", "--network", "host", "--build-arg", f"BASE={image.base}"]
             argv += ["--label", f"{LABEL}={inputs}", "-t", image.tag, str(context)]
-            done = self._docker(*argv)
+            done = self.docker_run(*argv)
             if done.returncode != 0:
                 raise StackError(
                     f"building {image.tag} failed:\n{(done.stdout + done.stderr)[-3000:]}"
                 )
         return True
 
-    def _docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def docker_run(self, *args: str) -> subprocess.CompletedProcess[str]:
         # The classic builder: dockerd 20.10 has no buildx, and it needs no build container.
         return subprocess.run(
             [self.docker, *args],
@@ -204,6 +204,8 @@ def build_all(engine: Engine) -> None:
         built = builder.build(image)
         state = f"built in {time.monotonic() - one:.1f}s" if built else "up to date"
         print(f"image {image.tag:34} {state}", flush=True)
+    # Images our rebuilds replaced (untagged now): only ours, whatever else the engine holds.
+    builder.docker_run("image", "prune", "-f", "--filter", f"label={LABEL}")
     print(f"images ready in {time.monotonic() - started:.1f}s", flush=True)
 
 

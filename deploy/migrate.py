@@ -12,12 +12,29 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
+
+import asyncpg
 
 from shared.db import apply_migrations, create_pool
 
 SERVICES = Path(__file__).resolve().parents[1] / "services"
 SCHEMAS = {"keys": "keys", "metering": "metering", "billing": "billing"}
+CONNECT_FOR_S = 60.0  # a database still starting is waited for, not failed on
+
+
+async def _pool(database_url: str, schema: str) -> asyncpg.Pool:
+    deadline = time.monotonic() + CONNECT_FOR_S
+    while True:
+        try:
+            return await create_pool(
+                database_url, schema, max_size=1, application="tollgate-migrate"
+            )
+        except (OSError, asyncpg.CannotConnectNowError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
 
 
 async def migrate(database_url: str) -> dict[str, list[int]]:
@@ -25,7 +42,7 @@ async def migrate(database_url: str) -> dict[str, list[int]]:
     applied: dict[str, list[int]] = {}
     for service, default in SCHEMAS.items():
         schema = os.environ.get(f"TOLLGATE_{service.upper()}_DB_SCHEMA", default)
-        pool = await create_pool(database_url, schema, max_size=1, application="tollgate-migrate")
+        pool = await _pool(database_url, schema)
         try:
             applied[service] = await apply_migrations(
                 pool, schema, SERVICES / service / "migrations"
