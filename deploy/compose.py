@@ -73,9 +73,11 @@ class Compose:
         return env
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        client = shutil.which("docker-compose")
+        # Debian's docker-compose 1.29 by default; TOLLGATE_COMPOSE_CLIENT names another
+        # (Compose v2 built from Go modules runs the same files; see the README).
+        client = shutil.which(os.environ.get("TOLLGATE_COMPOSE_CLIENT", "docker-compose"))
         if client is None:
-            raise StackError("no docker-compose: run `make bootstrap`")
+            raise StackError("no docker-compose: run `make compose-bootstrap`")
         files = ["-f", str(REPO / "docker-compose.yml")]
         if self.local_images:
             files += ["-f", str(REPO / "docker-compose.local.yml")]
