@@ -6,7 +6,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 
 .PHONY: help bootstrap up down status test lint fmt docs bench clean
-.PHONY: compose-bootstrap images compose-up compose-down compose-test
+.PHONY: compose-bootstrap images compose-up compose-down compose-test test-containers
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ compose-down: ## remove what compose-up started (containers, network; its docker
 
 compose-test: bootstrap compose-bootstrap ## the compose smoke test: up, openai SDK calls, ledgers, revocation, down
 	@$(RUN) pytest -m compose tests/compose
+
+test-containers: bootstrap compose-bootstrap ## the foundation and end-to-end tests on Kafka, PostgreSQL and Redis in containers (testcontainers)
+	@TOLLGATE_TEST_SERVERS=containers $(RUN) pytest tests/foundation tests/e2e
 
 clean: down ## stop everything and delete the run folder (data included)
 	rm -rf .run
