@@ -1,6 +1,6 @@
 """The operator's path for real: `make compose-up` on this machine's Docker engine, the stock
-openai SDK through 127.0.0.1:8080, the Usage and Costs APIs counting exactly, a revocation at
-the gateway within a second, and `compose-down` leaving nothing behind.
+openai SDK and Daft through 127.0.0.1:8080, the Usage and Costs APIs counting exactly, a
+revocation at the gateway within a second, and `compose-down` leaving nothing behind.
 
 Runs only with ``-m compose`` (``make compose-test``): it builds images and runs containers.
 Its compose project (``tollgate-smoke``) and secrets are its own; the engine is the one
@@ -30,6 +30,7 @@ from deploy.docker_engine import Engine, docker_cli
 from deploy.process import port_open
 from deploy.servers import REPO
 from shared.catalogue import load_catalogue
+from tests.e2e.system import run_client
 from tests.polling import eventually
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
@@ -119,7 +120,12 @@ async def test_sdk_calls_are_counted_exactly_by_usage_and_costs(running: Running
     async def usage() -> dict[str, tuple[int, int, int]]:
         got = await metering.get(
             f"/v1/projects/{running.project_id}/usage",
-            params={"start_time": since, "bucket_width": "1d", "group_by": "model"},
+            params={
+                "start_time": since,
+                "bucket_width": "1d",
+                "group_by": "model",
+                "api_key_ids": running.key_id,
+            },
         )
         assert got.status_code == 200, got.text
         rows = [r for b in got.json()["data"] for r in b["results"]]
@@ -179,6 +185,25 @@ async def test_a_revocation_reaches_the_gateway_within_a_second(running: Running
     print(f"revocation reached the gateway in {(time.monotonic() - started) * 1000:.0f} ms")
     await gateway.aclose()
     await keys.aclose()
+
+
+async def test_daft_prompt_and_embed_text_through_the_published_port(running: Running) -> None:
+    keys = running.admin(PORTS["keys"])
+    made = await keys.post(f"/v1/projects/{running.project_id}/keys", json={"name": "daft"})
+    assert made.status_code == 201, made.text
+    await keys.aclose()
+    rows = 3
+    line = await run_client(
+        "daft",
+        "run_daft.py",
+        ["http://127.0.0.1:8080/v1", CHAT, EMBED, str(rows)],
+        made.json()["key"],
+    )
+    assert json.loads(line) == {
+        "responses": [True] * rows,
+        "chat": [True] * rows,
+        "dimensions": [64],
+    }
 
 
 def test_down_leaves_no_container_network_volume_or_port(running: Running) -> None:
