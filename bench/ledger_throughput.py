@@ -41,7 +41,7 @@ from shared.catalogue import load_catalogue
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
 from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_consumer import LedgerConsumer
+from shared.ledger.consumer import LedgerConsumer
 from shared.topics import TOPICS, USAGE_EVENTS
 from shared.usage_query import parse_usage_query
 
@@ -114,8 +114,8 @@ async def query_latency(pool: asyncpg.Pool) -> None:
     month = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=30)
     await pool.execute(
         "INSERT INTO usage_minute (project_id, minute, key_id, model, requests, input_tokens,"
-        " cached_input_tokens, output_tokens, errors, last_used_at)"
-        " SELECT p, m, k, $2, 10, 1000, 100, 300, 0, m"
+        " cached_input_tokens, output_tokens, errors)"
+        " SELECT p, m, k, $2, 10, 1000, 100, 300, 0"
         " FROM generate_series($1::timestamptz, $1 + interval '30 days' - interval '1 minute',"
         "   interval '1 minute') AS m,"
         " (VALUES ('proj_busy', 'key_busy'), ('proj_busy', 'key_other'), ('proj_x', 'key_x'))"

@@ -3,23 +3,25 @@
 The key service, metering and billing each apply their schema's migrations at start too
 (under an advisory lock, so replicas never race), but a one-shot run before any of them
 starts means a schema change fails once, in one place, and no replica starts on a schema it
-has not seen. The database URL is ``TOLLGATE_MIGRATE_DATABASE_URL``; each schema is the one
-its service's settings name by default, or ``TOLLGATE_<SERVICE>_DB_SCHEMA``.
+has not seen. Each service's migrations are the ones its composition root declares
+(``services.<name>.main.MIGRATIONS``: a folder, or the ledger plumbing's set then its own),
+so this applies exactly what the service would. The database URL is
+``TOLLGATE_MIGRATE_DATABASE_URL``; each schema is the one its service's settings name by
+default, or ``TOLLGATE_<SERVICE>_DB_SCHEMA``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 
 from shared.db import apply_migrations, create_pool
 
-SERVICES = Path(__file__).resolve().parents[1] / "services"
 SCHEMAS = {"keys": "keys", "metering": "metering", "billing": "billing"}
 CONNECT_FOR_S = 60.0  # a database still starting is waited for, not failed on
 
@@ -38,15 +40,14 @@ async def _pool(database_url: str, schema: str) -> asyncpg.Pool:
 
 
 async def migrate(database_url: str) -> dict[str, list[int]]:
-    """Apply what is new in each service's migrations folder; the versions applied, by service."""
+    """Apply what is new in each service's declared migrations; the versions applied, by service."""
     applied: dict[str, list[int]] = {}
     for service, default in SCHEMAS.items():
         schema = os.environ.get(f"TOLLGATE_{service.upper()}_DB_SCHEMA", default)
         pool = await _pool(database_url, schema)
         try:
-            applied[service] = await apply_migrations(
-                pool, schema, SERVICES / service / "migrations"
-            )
+            declared = importlib.import_module(f"services.{service}.main").MIGRATIONS
+            applied[service] = await apply_migrations(pool, schema, declared)
         finally:
             await pool.close()
     return applied

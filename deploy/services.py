@@ -1,7 +1,9 @@
 """Tollgate's own processes in the local stack: each service, started detached, by PID.
 
-Each one gets the stack's endpoints as its own prefixed settings (``TOLLGATE_KEYS_...``),
-logs to ``<run>/services/<name>.log`` and is ready when its health URL answers 200.
+The services and their wiring are ``deploy/system.py``'s; this module runs them on this
+machine: each one gets the stack's endpoints, the run folder's tokens and its peers' URLs as
+its own prefixed settings (``TOLLGATE_KEYS_...``), logs to ``<run>/services/<name>.log``
+and is ready when its health URL answers 200.
 
 The gateway runs as ``TOLLGATE_GATEWAY_REPLICAS`` replicas (default 1): replica ``i``
 listens on 8080 + 100 i, is named ``gateway`` (i = 0) or ``gateway-<i>``, and spools to
@@ -19,68 +21,25 @@ import os
 import re
 import secrets
 import signal
-import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
+from deploy import system
+from deploy.endpoints import Endpoints
 from deploy.first_key import ensure_first_key
 from deploy.process import is_running, port_open, read_pid, spawn_detached, stop_pid, tail
 from deploy.servers import REPO, StackError
+from deploy.system import SERVICES, Service, replica_name
 
-if TYPE_CHECKING:
-    from deploy.stack import Endpoints
-
-GATEWAY_PORT = 8080
+GATEWAY_PORT = next(s.port for s in SERVICES if s.name == "gateway")
 REPLICA_PORT_STEP = 100
 MAX_REPLICAS = 20
 # The services that run as several replicas, and how many the cluster mode runs of each.
 SCALED = ("gateway", "metering", "billing")
 CLUSTER_REPLICAS = 2
-
-
-@dataclass(frozen=True)
-class Service:
-    """One Tollgate process: how to start it and how to know it is up."""
-
-    name: str
-    prefix: str
-    app: str
-    port: int
-    replica: int | None = None  # the replica index of a scaled service; None for the others
-
-    @property
-    def argv(self) -> tuple[str, ...]:
-        argv: tuple[str, ...] = (sys.executable, "-m", "uvicorn", self.app, "--factory")
-        argv += ("--host", "127.0.0.1")
-        argv += ("--port", str(self.port), "--no-access-log")
-        if self.prefix == "TOLLGATE_GATEWAY_":
-            # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused
-            # race.
-            argv += ("--timeout-keep-alive", "75")
-        return argv
-
-    @property
-    def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/healthz"
-
-
-SERVICES: tuple[Service, ...] = (
-    Service("upstream", "TOLLGATE_UPSTREAM_", "deploy.demo_upstream:create_app", 8090),
-    Service("keys", "TOLLGATE_KEYS_", "services.keys.main:create_app", 8081),
-    Service("metering", "TOLLGATE_METERING_", "services.metering.main:create_app", 8082, 0),
-    Service("billing", "TOLLGATE_BILLING_", "services.billing.main:create_app", 8083, 0),
-    Service("gateway", "TOLLGATE_GATEWAY_", "services.gateway.main:create_app", GATEWAY_PORT, 0),
-    Service("console", "TOLLGATE_CONSOLE_", "services.console.main:create_app", 8084),
-)
-
-
-def replica_name(index: int, base: str = "gateway") -> str:
-    """``gateway`` for the first replica (its pid file and log keep their old names)."""
-    return base if index == 0 else f"{base}-{index}"
 
 
 def replicas_from_env(base: str = "gateway", default: int = 1) -> int:
@@ -136,11 +95,6 @@ def _available(services: tuple[Service, ...]) -> tuple[Service, ...]:
     )
 
 
-def spool_dir(run_dir: Path, replica: int) -> Path:
-    """Replica 0 keeps the single gateway's folder; the others get one each beside it."""
-    return run_dir / "spool" if replica == 0 else run_dir / f"spool-{replica}"
-
-
 def token(run_dir: Path, name: str, env_var: str) -> str:
     """The operator or internal token: from the environment, else generated once into run_dir."""
     given = os.environ.get(env_var)
@@ -153,47 +107,28 @@ def token(run_dir: Path, name: str, env_var: str) -> str:
     return path.read_text().strip()
 
 
-def service_env(
-    service: Service, run_dir: Path, endpoints: Endpoints, port_offset: int = 0
-) -> dict[str, str]:
-    """Environment for one service: the stack's endpoints and tokens under its own prefix."""
-    p = service.prefix
+def wiring(run_dir: Path, endpoints: Endpoints, port_offset: int = 0) -> system.Wiring:
+    """The system on this machine: the services on their ports (moved by port_offset), the
+    tokens of the run folder, the demo catalogue, the spools in the run folder."""
+    return system.Wiring(
+        endpoints,
+        urls={s.name: f"http://127.0.0.1:{s.port + port_offset}" for s in SERVICES},
+        admin_token=token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN"),
+        internal_token=token(run_dir, "internal-token", "TOLLGATE_INTERNAL_TOKEN"),
+        spools=run_dir,
+    )
 
-    def url(port: int) -> str:
-        return f"http://127.0.0.1:{port + port_offset}"
 
+def service_env(service: Service, wired: system.Wiring) -> dict[str, str]:
+    """Environment for one service: its settings under its prefix, on top of this one's."""
     return {
         **os.environ,
-        f"{p}KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-        f"{p}DATABASE_URL": endpoints.database_url,
-        f"{p}REDIS_URL": endpoints.redis_url,
-        f"{p}ADMIN_TOKEN": token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN"),
-        f"{p}INTERNAL_TOKEN": token(run_dir, "internal-token", "TOLLGATE_INTERNAL_TOKEN"),
-        f"{p}KEYS_URL": url(8081),
-        f"{p}METERING_URL": url(8082),
-        f"{p}BILLING_URL": url(8083),
-        f"{p}GATEWAY_URL": url(GATEWAY_PORT),
-        f"{p}CATALOGUE_PATH": str(REPO / "deploy" / "models.yaml"),
-        f"{p}SPOOL_DIR": str(spool_dir(run_dir, _gateway_index(service))),
+        **system.environment(service, system.settings_of(service, wired)),
         # The demo catalogue reads its upstream from here; an operator's own value wins.
         "TOLLGATE_DEMO_UPSTREAM_URL": os.environ.get(
-            "TOLLGATE_DEMO_UPSTREAM_URL", url(8090) + "/v1"
+            "TOLLGATE_DEMO_UPSTREAM_URL", wired.urls["upstream"] + "/v1"
         ),
         "PYTHONPATH": str(REPO),
-        **(_cluster_env(p, endpoints) if endpoints.cluster else {}),
-    }
-
-
-def _gateway_index(service: Service) -> int:
-    return (service.replica or 0) if service.prefix == "TOLLGATE_GATEWAY_" else 0
-
-
-def _cluster_env(p: str, endpoints: Endpoints) -> dict[str, str]:
-    """On the cluster: topics replicated 3 with 2 in sync, and Redis as a Redis Cluster."""
-    return {
-        f"{p}TOPIC_REPLICATION_FACTOR": str(endpoints.replication_factor),
-        f"{p}TOPIC_MIN_INSYNC_REPLICAS": str(endpoints.min_insync_replicas),
-        f"{p}REDIS_CLUSTER": "true",
     }
 
 
@@ -213,6 +148,7 @@ def up(
     folder = run_dir / "services"
     folder.mkdir(parents=True, exist_ok=True)
     services = _available(layout(wanted, port_offset))
+    wired = wiring(run_dir, endpoints, port_offset)
     for service in services:
         pid_file = folder / f"{service.name}.pid"
         log = folder / f"{service.name}.log"
@@ -220,15 +156,14 @@ def up(
         if pid is None or not is_running(pid):
             if port_open(service.port):
                 raise StackError(f"{service.name}: port {service.port} is taken by another process")
-            env = service_env(service, run_dir, endpoints, port_offset)
+            env = service_env(service, wired)
             pid = spawn_detached(service.argv, log, env=env, cwd=REPO)
             pid_file.write_text(str(pid))
         _wait_healthy(service, log, deadline_s)
         print(f"{service.name:9} http://127.0.0.1:{service.port}   log {log}")
     print(f"admin token  in {run_dir / 'admin-token'}")
     if any(s.name == "keys" for s in services):
-        admin = token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN")
-        print(ensure_first_key(run_dir, admin, keys_url=f"http://127.0.0.1:{8081 + port_offset}"))
+        print(ensure_first_key(run_dir, wired.admin_token, keys_url=wired.urls["keys"]))
 
 
 def _replicas_running(run_dir: Path, base: str = "gateway") -> list[int]:

@@ -30,35 +30,17 @@ from typing import Any
 import asyncpg
 import redis
 
+from deploy import services
 from deploy.cluster import MIN_INSYNC_REPLICAS, REPLICATION_FACTOR, ClusterServers, cluster_from_env
+from deploy.endpoints import Endpoints
 from deploy.process import is_running, port_open, tail
 from deploy.servers import REPO, Kafka, Ports, Postgres, Redis, StackError
 
+# Endpoints lives in deploy/endpoints.py (deploy.system needs it too); callers keep finding it
+# here, where the stack makes it.
+__all__ = ["DEFAULT_RUN_DIR", "Endpoints", "Stack", "main", "start_one"]
+
 DEFAULT_RUN_DIR = Path(os.environ.get("TOLLGATE_RUN_DIR", REPO / ".run"))
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where the running servers answer."""
-
-    kafka_bootstrap: str
-    database_url: str
-    redis_url: str
-    cluster: bool = False  # Kafka and Redis are clusters: replicated topics, the cluster client
-    replication_factor: int = 1
-    min_insync_replicas: int = 1
-
-    def as_env(self) -> dict[str, str]:
-        env = {
-            "TOLLGATE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
-            "TOLLGATE_DATABASE_URL": self.database_url,
-            "TOLLGATE_REDIS_URL": self.redis_url,
-        }
-        if self.cluster:
-            env["TOLLGATE_REDIS_CLUSTER"] = "true"
-            env["TOLLGATE_TOPIC_REPLICATION_FACTOR"] = str(self.replication_factor)
-            env["TOLLGATE_TOPIC_MIN_INSYNC_REPLICAS"] = str(self.min_insync_replicas)
-        return env
 
 
 @dataclass
@@ -274,8 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "env", "infra"])
     args = parser.parse_args(argv)
     stack = Stack()
-    from deploy import services
-
     try:
         offset = services.port_offset_from_env()
         if args.command in ("up", "infra"):

@@ -1,14 +1,16 @@
 """Tollgate's bus as an AsyncAPI document: every topic, who publishes it, who subscribes.
 
-The publishers and subscribers below are *declarations for the document only*: nothing runs
-them, and no service imports this module. The services' real Kafka code is aiokafka
-(``services/keys/outbox.py``, ``services/keys/handlers.py``, ``services/gateway/feeder.py``,
-``services/gateway/publisher.py``, ``shared/ledger_consumer.py``, ``shared/ledger_dlq.py``)
-until they are ported to FastStream (issue 12, part 1); each declaration names the module it
-stands for. The payloads are the real event models of ``shared/events.py``, and partitions,
-retention and compaction come from ``shared/topics.py`` (the configuration ``ensure_topics``
-creates), so the document cannot drift from the code; the consumer groups are the services'
-settings defaults, which ``tests/foundation/test_bus_docs.py`` holds them to.
+Where a service runs FastStream, the document declares it with the very functions the
+service calls (``shared/bus.py``): the key service's outbox relay publisher and its
+last_used subscriber. The rest stays on aiokafka, each for a reason its module's docstring
+gives (the gateway's usage publisher ``services/gateway/publisher.py`` and its cache feeder
+``services/gateway/feeder.py``; the ledgers' consumer ``shared/ledger/consumer.py`` and their
+dead-letter sender ``shared/ledger/dlq.py``), and is declared below for the document alone,
+naming the module it stands for. The payloads are the event models of ``shared/events.py``
+(``MODELS``: a batch handler's signature would say a list), partitions, retention and
+compaction come from ``shared/topics.py`` (the configuration ``ensure_topics`` creates), so
+the document cannot drift from the code; the consumer groups are the services' settings
+defaults, which ``tests/foundation/test_bus_docs.py`` holds them to.
 
 FastStream (0.7.8) leaves out of the document what AsyncAPI's Kafka bindings can say but its
 declarations cannot: a topic's partitions and configuration, the message key, the consumer
@@ -21,13 +23,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from faststream import AckPolicy, FastStream
+from faststream import AckPolicy, FastStream, NoCast
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
+from shared.bus import (
+    KEYS_LAST_USED_TITLE,
+    KEYS_RELAY_TITLE,
+    Records,
+    dead_letter_publisher,
+    keys_events_publisher,
+    last_used_subscriber,
+)
 from shared.events import DeadLetter, KeyEvent, UsageRecorded
 from shared.ids import KEY_ID_CHARS
-from shared.ledger_dlq import MAX_KEY_BYTES
+from shared.ledger.dlq import MAX_KEY_BYTES
 from shared.settings import ServiceSettings
 from shared.topics import KEYS_EVENTS, TOPICS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
@@ -49,8 +59,12 @@ KEYS_LAST_USED_GROUP = "keys-last-used"
 GROUPS = {
     "usage.events.metering": METERING_GROUP,
     "usage.events.billing": BILLING_GROUP,
-    "usage.events.keys-last-used": KEYS_LAST_USED_GROUP,
+    KEYS_LAST_USED_TITLE: KEYS_LAST_USED_GROUP,
 }
+# Each topic's payload, whatever a handler's signature says (a batch handler's is a list).
+MODELS = {KEYS_EVENTS: KeyEvent, USAGE_EVENTS: UsageRecorded, USAGE_EVENTS_DLQ: DeadLetter}
+# Channels whose records FastStream publishes, with its correlation_id header.
+FASTSTREAM_PUBLISHED = {KEYS_RELAY_TITLE}
 
 _KEY_ID = {"type": "string", "pattern": f"^{KEY_ID_CHARS}$", "description": "the key id"}
 # What each topic's messages carry as their Kafka key.
@@ -78,14 +92,8 @@ broker = KafkaBroker(
     description="the local stack's broker (make up); set TOLLGATE_KAFKA_BOOTSTRAP elsewhere",
 )
 
-# keys.events: one publisher, the key service's outbox relay.
-broker.publisher(
-    KEYS_EVENTS,
-    title="keys.events.keys-outbox-relay",
-    description="key service (services/keys/outbox.py): the outbox relay publishes every "
-    "committed change of a key, in the order written, idempotent producer, acks=all",
-    schema=KeyEvent,
-)
+# keys.events: one publisher, the key service's outbox relay (the declaration that runs).
+keys_events_publisher(broker)
 
 
 @broker.subscriber(
@@ -118,11 +126,11 @@ broker.publisher(
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.metering",
-    description="metering (shared/ledger_consumer.py): usage ledgers, exactly once; offsets "
+    description="metering (shared/ledger/consumer.py): usage ledgers, exactly once; offsets "
     "kept in PostgreSQL in the ledger's own transaction",
 )
 async def metering(event: UsageRecorded) -> None:
-    """Declaration only: metering's consumer is aiokafka (shared/ledger_consumer.py)."""
+    """Declaration only: metering's consumer is aiokafka (shared/ledger/consumer.py)."""
 
 
 @broker.subscriber(
@@ -131,39 +139,26 @@ async def metering(event: UsageRecorded) -> None:
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.billing",
-    description="billing (shared/ledger_consumer.py): cost ledgers priced with the price "
+    description="billing (shared/ledger/consumer.py): cost ledgers priced with the price "
     "book, exactly once; offsets kept in PostgreSQL in the ledger's own transaction",
 )
 async def billing(event: UsageRecorded) -> None:
-    """Declaration only: billing's consumer is aiokafka (shared/ledger_consumer.py)."""
+    """Declaration only: billing's consumer is aiokafka (shared/ledger/consumer.py)."""
 
 
-@broker.subscriber(
-    USAGE_EVENTS,
-    group_id=GROUPS["usage.events.keys-last-used"],
-    auto_offset_reset="earliest",
-    ack_policy=AckPolicy.MANUAL,
-    title="usage.events.keys-last-used",
-    description="key service (services/keys/handlers.py): each key's last_used_at; offsets "
-    "committed after the batch's update committed",
-)
-async def keys_last_used(event: UsageRecorded) -> None:
-    """Declaration only: the key service's consumer is aiokafka (services/keys/handlers.py)."""
+# The key service's subscriber, as it runs (its handler is services/keys/handlers.py's).
+@last_used_subscriber(broker, KEYS_LAST_USED_GROUP, max_records=1)
+async def keys_last_used(batch: NoCast[Records]) -> None:
+    """Declaration only: the key service registers its own handler on the same subscriber."""
 
 
 # usage.events.dlq: each usage.events consumer dead-letters what it cannot parse or apply.
 for _group, _where in (
-    (METERING_GROUP, "metering (shared/ledger_dlq.py)"),
-    (BILLING_GROUP, "billing (shared/ledger_dlq.py)"),
-    (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger_dlq.py)"),
+    (METERING_GROUP, "metering (shared/ledger/dlq.py)"),
+    (BILLING_GROUP, "billing (shared/ledger/dlq.py)"),
+    (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger/dlq.py)"),
 ):
-    broker.publisher(
-        USAGE_EVENTS_DLQ,
-        title=f"usage.events.dlq.{_group}",
-        description=f"{_where}: each usage record that group {_group!r} cannot parse or "
-        "apply, with the reason; sent before the batch's offsets are committed",
-        schema=DeadLetter,
-    )
+    dead_letter_publisher(broker, _group, where=_where)
 
 app = FastStream(
     broker,
@@ -189,8 +184,10 @@ def document() -> dict[str, Any]:
         channel["x-kafka-topic-configs"] = dict(spec.configs)
         for ref in channel["messages"].values():
             message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
-            # FastStream's default; Tollgate's producers send no correlation_id header.
-            message.pop("correlationId", None)
+            message["payload"] = {"$ref": f"#/components/schemas/{MODELS[spec.name].__name__}"}
+            if message["title"].split(":")[0] not in FASTSTREAM_PUBLISHED:
+                # FastStream's default; the aiokafka producers send no correlation_id header.
+                message.pop("correlationId", None)
             message["bindings"] = {
                 "kafka": {"key": MESSAGE_KEYS[spec.name], "bindingVersion": BINDING_VERSION}
             }
@@ -203,6 +200,11 @@ def document() -> dict[str, Any]:
                     "bindingVersion": BINDING_VERSION,
                 }
             }
+    used = {model.__name__ for model in MODELS.values()}
+    schemas = doc["components"]["schemas"]
+    for name in [n for n in schemas if n.endswith(":Payload") or n == "EmptyPayload"]:
+        if name not in used:
+            del schemas[name]
     return _sorted(doc)
 
 

@@ -4,12 +4,23 @@ Migrations are SQL files named ``NNNN_what.sql`` in a service's ``migrations/`` 
 are applied at service start, in order, all in one transaction, under an advisory lock
 so that replicas starting together apply each one exactly once. Table names in them are
 unqualified: the schema comes from the search path, so tests can give each run its own.
+
+Several folders may share one schema (``MigrationSet``: a shared package's tables, then the
+service's own): each has its own versions, recorded in its own table, so a replica of an
+older release, which knows only ``schema_migrations``, still starts against the schema.
+
+An applied migration is compared with its file by checksum, and an edited one is refused. A
+migration may be *rewritten* without changing the schema it leaves (part of it moved into a
+set applied before it): it then says so on a line of its own, ``-- replaces sha256:<hex>``,
+naming the checksum of the text it replaces, and schemas where that text ran stay valid (their
+recorded checksum is kept, so the older release's replicas start too).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +28,7 @@ import asyncpg
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_REPLACES = re.compile(r"^-- replaces sha256:([0-9a-f]{64})\b", re.MULTILINE)
 
 
 class MigrationError(RuntimeError):
@@ -34,6 +46,19 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def accepted(self) -> frozenset[str]:
+        """Checksums an applied copy may carry: this text's, and those of the texts it replaces."""
+        return frozenset({self.checksum, *_REPLACES.findall(self.sql)})
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """A migrations folder, and the table of the schema that records which of its versions ran."""
+
+    folder: Path
+    table: str = "schema_migrations"
 
 
 def check_schema_name(schema: str) -> str:
@@ -71,36 +96,43 @@ async def create_pool(
     return pool
 
 
-async def apply_migrations(pool: asyncpg.Pool, schema: str, folder: Path) -> list[int]:
-    """Apply the migrations of folder not yet applied to schema; return the versions applied."""
+async def apply_migrations(
+    pool: asyncpg.Pool, schema: str, migrations: Path | MigrationSet | Sequence[MigrationSet]
+) -> list[int]:
+    """Apply the migrations not yet applied to schema, set by set; return the versions applied."""
     check_schema_name(schema)
-    migrations = load_migrations(folder)
+    if isinstance(migrations, Path):
+        migrations = MigrationSet(migrations)
+    sets = [migrations] if isinstance(migrations, MigrationSet) else list(migrations)
+    loaded = [(check_schema_name(s.table), load_migrations(s.folder)) for s in sets]
     applied_now: list[int] = []
     async with pool.acquire() as conn, conn.transaction():
         # One migrator at a time per schema, across every replica and process.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
-            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        rows = await conn.fetch(f'SELECT version, checksum FROM "{schema}".schema_migrations')
-        done = {r["version"]: r["checksum"] for r in rows}
         await conn.execute(f'SET LOCAL search_path TO "{schema}"')
-        for migration in migrations:
-            if migration.version in done:
-                if done[migration.version] != migration.checksum:
-                    raise MigrationError(
-                        f"migration {migration.name} was edited after it was applied to {schema}"
-                    )
-                continue
-            await conn.execute(migration.sql)
+        for table, found in loaded:
             await conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
+                f'CREATE TABLE IF NOT EXISTS "{schema}"."{table}" ('
+                " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            applied_now.append(migration.version)
+            rows = await conn.fetch(f'SELECT version, checksum FROM "{schema}"."{table}"')
+            done = {r["version"]: r["checksum"] for r in rows}
+            for migration in found:
+                if migration.version in done:
+                    if done[migration.version] not in migration.accepted:
+                        raise MigrationError(
+                            f"migration {migration.name} was edited after it was applied to"
+                            f" {schema}"
+                        )
+                    continue
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    f'INSERT INTO "{table}" (version, name, checksum) VALUES ($1, $2, $3)',
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+                applied_now.append(migration.version)
     return applied_now

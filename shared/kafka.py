@@ -136,6 +136,23 @@ async def _check(
         )
 
 
+async def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list[int]:
+    """The topic's partition ids, from the cluster's metadata; KafkaError while it has none
+    (it does not exist, or was created a moment ago and its partitions are not known yet)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        described = await asyncio.wait_for(admin.describe_topics([topic]), timeout)
+    finally:
+        await admin.close()
+    partitions = sorted(
+        p["partition"] for t in described if t["topic"] == topic for p in t["partitions"]
+    )
+    if not partitions:
+        raise KafkaError(f"topic {topic} has no partitions yet")
+    return partitions
+
+
 def idempotent_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOKafkaProducer:
     """A producer that neither loses nor duplicates what the broker acknowledged."""
     options: dict[str, object] = {

@@ -25,8 +25,9 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
 from deploy.docker_engine import API_VERSION, Engine
+from deploy.endpoints import Endpoints
 from deploy.servers import StackError
-from deploy.stack import DEFAULT_RUN_DIR, Endpoints, _kafka_ready, _redis_ping, _run
+from deploy.stack import DEFAULT_RUN_DIR, _kafka_ready, _redis_ping, _run
 
 LOCAL = {
     "kafka": "tollgate-local/kafka:4.1.1",

@@ -1,6 +1,6 @@
 """The benchmark's servers as real processes: the raw upstream and a gateway run as
-``deploy.services`` runs it, on the local stack's Kafka and Redis (or the TOLLGATE_TEST_*
-servers when set), with a topic prefix, a Redis prefix and a key of its own."""
+``make up`` runs it (``deploy/system.py``), on the local stack's Kafka and Redis (or the
+TOLLGATE_TEST_* servers when set), with a topic prefix, a Redis prefix and a key of its own."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from deploy.services import SERVICES
 from deploy.stack import Endpoints, Stack
+from deploy.system import SERVICES
 from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent
 from shared.policy import Budget, RateLimits

@@ -9,14 +9,13 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.billing import repository
-from services.billing.errors import LedgerUnavailable
 from services.billing.money import dumps_exact, to_cents
 from services.billing.service import GROUP_FIELDS, WIDTHS, costs_page, parse_since, spend_body
 from services.billing.settings import BillingSettings
 from shared.events import utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import RETRYABLE
-from shared.usage_query import COSTS_LIMITS, parse_usage_query
+from shared.ledger import unavailable_as_503
+from shared.usage_query import COSTS_LIMITS, UsageQuery, parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
 
@@ -26,6 +25,16 @@ def _exact_json(body: dict[str, Any]) -> Response:
     return Response(dumps_exact(body), media_type="application/json")
 
 
+def _query(request: Request) -> UsageQuery:
+    return parse_usage_query(
+        request.query_params,
+        widths=WIDTHS,
+        group_fields=GROUP_FIELDS,
+        now=utc_now(),
+        limits=COSTS_LIMITS,
+    )
+
+
 def costs_router(settings: BillingSettings) -> APIRouter:
     """The Costs API, guarded by the operator token and scoped to the project in the path."""
     router = APIRouter(dependencies=[Depends(require_bearer(settings.admin_token))])
@@ -33,33 +42,17 @@ def costs_router(settings: BillingSettings) -> APIRouter:
     @router.get("/v1/projects/{project_id}/costs")
     async def get_costs(project_id: ProjectId, request: Request) -> Response:
         """Exact costs per day bucket, optionally per key, model and line item."""
-        query = parse_usage_query(
-            request.query_params,
-            widths=WIDTHS,
-            group_fields=GROUP_FIELDS,
-            now=utc_now(),
-            limits=COSTS_LIMITS,
-        )
-        try:
+        query = _query(request)
+        with unavailable_as_503("cost ledger"):
             rows = await repository.sum_buckets(request.app.state.pool, project_id, query)
-        except RETRYABLE as exc:
-            raise LedgerUnavailable("The cost ledger is unavailable; retry shortly.") from exc
         return _exact_json(costs_page(project_id, query, rows))
 
     @router.get("/v1/projects/{project_id}/costs/total")
     async def get_total(project_id: ProjectId, request: Request) -> Response:
         """The total over the range as shown or invoiced: summed exactly, then cents half-up."""
-        query = parse_usage_query(
-            request.query_params,
-            widths=WIDTHS,
-            group_fields=GROUP_FIELDS,
-            now=utc_now(),
-            limits=COSTS_LIMITS,
-        )
-        try:
+        query = _query(request)
+        with unavailable_as_503("cost ledger"):
             exact = await repository.total(request.app.state.pool, project_id, query)
-        except RETRYABLE as exc:
-            raise LedgerUnavailable("The cost ledger is unavailable; retry shortly.") from exc
         return _exact_json(
             {
                 "object": "costs.total",
@@ -84,10 +77,8 @@ def internal_router(settings: BillingSettings) -> APIRouter:
         """The project's exact spend since a UTC day (or ever), in total and per key."""
         since = parse_since(request.query_params.get("since"))
         now = utc_now()
-        try:
+        with unavailable_as_503("cost ledger"):
             total, per_key = await repository.spend_since(request.app.state.pool, project_id, since)
-        except RETRYABLE as exc:
-            raise LedgerUnavailable("The cost ledger is unavailable; retry shortly.") from exc
         return JSONResponse(spend_body(project_id, since, total, per_key, now))
 
     return router

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.billing.service import CostKey
+from shared.ledger import bucket_params
+from shared.ledger.store import columns
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger import Conn
 
 _ADD = """
 INSERT INTO cost_day AS c (project_id, day, key_id, model, line_item, tokens, amount)
@@ -29,24 +31,13 @@ async def add_costs(conn: Conn, deltas: dict[CostKey, tuple[int, Decimal]]) -> N
     """Add each delta to its ledger row, in key order so concurrent writers never deadlock."""
     if not deltas:
         return
-    keys = sorted(deltas)
-    await conn.execute(
-        _ADD,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [k[3] for k in keys],
-        [k[4] for k in keys],
-        [deltas[k][0] for k in keys],
-        [deltas[k][1] for k in keys],
-    )
+    await conn.execute(_ADD, *columns([(*k, *deltas[k]) for k in sorted(deltas)]))
 
 
 async def sum_buckets(
     conn: Conn | asyncpg.Pool, project_id: str, query: UsageQuery
 ) -> Sequence[asyncpg.Record]:
     """The ledger summed per day bucket (and per key, model, line item when grouped)."""
-    start, until = query.window(86400)
     by_line = "line_item" in query.group_by
     key_col = "key_id" if "api_key_id" in query.group_by else "NULL::text"
     # A line item is named after its model ("m, input"), so grouping by it groups by model.
@@ -64,15 +55,7 @@ async def sum_buckets(
           AND ($6::text[] IS NULL OR model = ANY($6::text[]))
         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2 NULLS FIRST, 3 NULLS FIRST, 4 NULLS FIRST
     """
-    return await conn.fetch(
-        sql,
-        project_id,
-        start,
-        until,
-        query.width_interval,
-        list(query.api_key_ids) or None,
-        list(query.models) or None,
-    )
+    return await conn.fetch(sql, project_id, *bucket_params(query, 86400))
 
 
 async def total(conn: Conn | asyncpg.Pool, project_id: str, query: UsageQuery) -> Decimal:

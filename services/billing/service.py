@@ -8,13 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
-
 from services.billing.money import EXACT, cost, plain
 from shared.catalogue import Catalogue
 from shared.errors import BadRequest
 from shared.events import UsageRecorded
-from shared.ledger_consumer import Poison
+from shared.ledger import Poison, bucket_page, parse_usage
 from shared.pricing import CostLine, cost_lines
 from shared.usage_query import MAX_TIME, UsageQuery
 
@@ -47,13 +45,7 @@ class Pricer:
 
     def __call__(self, value: bytes | None) -> PricedUsage:
         """A priced event from a record's bytes, or Poison saying why it cannot be one."""
-        if value is None:
-            raise Poison("empty record (tombstone)")
-        try:
-            event = UsageRecorded.model_validate_json(value)
-        except ValidationError as exc:
-            raise Poison.invalid(exc) from None
-        return self.price(event)
+        return self.price(parse_usage(value))
 
     def price(self, event: UsageRecorded) -> PricedUsage:
         """The event's cost lines; Poison for an unknown model or a time before any price."""
@@ -108,34 +100,19 @@ def cost_deltas(events: Iterable[PricedUsage]) -> dict[CostKey, tuple[int, Decim
 
 def costs_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[str, Any]:
     """The Costs API's answer: every bucket of the page, exact amounts per result."""
-    by_bucket: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
+
+    def result(r: Any) -> dict[str, Any]:
         line = f"{r['model']}, {r['line_item']}" if r["line_item"] is not None else None
-        by_bucket.setdefault(int(r["bucket"].timestamp()), []).append(
-            {
-                "object": "organization.costs.result",
-                "amount": {"value": r["amount"], "currency": "usd"},
-                "line_item": line,
-                "project_id": project_id,
-                "api_key_id": r["key_id"],
-                "model": r["model"],
-            }
-        )
-    data = [
-        {
-            "object": "bucket",
-            "start_time": b.start,
-            "end_time": b.end,
-            "results": by_bucket.get(b.start, []),
+        return {
+            "object": "organization.costs.result",
+            "amount": {"value": r["amount"], "currency": "usd"},
+            "line_item": line,
+            "project_id": project_id,
+            "api_key_id": r["key_id"],
+            "model": r["model"],
         }
-        for b in query.buckets()
-    ]
-    return {
-        "object": "page",
-        "data": data,
-        "has_more": query.has_more,
-        "next_page": query.next_page,
-    }
+
+    return bucket_page(query, rows, result)
 
 
 DAY_S = 86400

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.ledger_settings import LedgerServiceSettings
+from shared.ledger import LedgerServiceSettings
 from shared.settings import require_real_secret
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,10 +12,13 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from shared.usage_query import LIMITS
+
 PERIODS = {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days", "custom": "Custom"}
 WIDTHS = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
-# The most buckets of each width the APIs answer in one page (OpenAI's limits).
-MAX_LIMIT = {"1m": 1440, "1h": 168, "1d": 31}
+# The most buckets of each width the APIs answer in one page (OpenAI's limits): the Usage
+# API's, the smaller of the two for days (the Costs API takes up to 180).
+MAX_LIMIT = {width: most for width, (_, most) in LIMITS.items()}
 MAX_CUSTOM_DAYS = 366
 
 

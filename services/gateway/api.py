@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.errors import ModelNotFound, UsageUnavailable
+from services.gateway.instance import Gateway
 from services.gateway.policies.describe import describe_key
 from shared.policy import allows_model
-
-if TYPE_CHECKING:
-    from services.gateway.main import Gateway
 
 
 def _gateway(request: Request) -> Gateway:
@@ -21,7 +19,7 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-GatewayDep = Annotated["Gateway", Depends(_gateway)]
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
 router = APIRouter()
 
 

@@ -14,7 +14,7 @@ then adds its own server spans and metrics, which this path would skip.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry import _logs, trace
@@ -25,14 +25,12 @@ from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway.errors import UsageUnavailable
+from services.gateway.instance import Gateway
 from services.gateway.metrics import Metrics
 from services.gateway.responses import OVERHEAD_HEADER
 from shared.errors import ApiError, UnexpectedErrors, error_body
 from shared.http import request_id_of
 from shared.logs import request_id_var
-
-if TYPE_CHECKING:
-    from services.gateway.main import Gateway
 
 PROXIED = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
 _SERVER_ERROR = "The server had an error while processing your request."

@@ -21,7 +21,8 @@ import logging
 from pathlib import Path
 
 from services.gateway.metrics import Metrics
-from services.gateway.publisher import Message, Publisher
+from services.gateway.produce_batches import Message
+from services.gateway.publisher import Publisher
 from services.gateway.quarantine import Refused
 from services.gateway.spool import Spool, SpoolFull
 from shared.events import UsageRecorded

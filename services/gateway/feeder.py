@@ -9,6 +9,12 @@ in Redis is also published to every replica's subscription (``subscriber.py``). 
 Redis holds no saved positions (it started empty, or lost its data) the feeder reads the
 compacted topic from the beginning and so rebuilds it. Events that could not be written to
 Redis while it was down are read again once it answers.
+
+It stays on aiokafka, not FastStream (``shared/bus.py``): it assigns every partition itself,
+seeks each to the position saved in Redis (or the beginning) before the first fetch, and is
+ready only once it reached the end offsets it read at the start. FastStream's subscriber
+starts fetching as soon as it starts, with no hook between the assignment and the first
+fetch, and gives no end offsets; the declaration in ``shared/bus_spec.py`` documents it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from redis.exceptions import RedisError
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.metrics import Metrics
 from shared.events import KeyEvent, KeyState
-from shared.kafka import Replication, ensure_topics
+from shared.kafka import Replication, ensure_topics, topic_partitions
 from shared.key_store import KeyStore
 from shared.topics import KEYS_EVENTS, topic_name
 
@@ -79,14 +85,10 @@ class Feeder:
             fetch_max_wait_ms=100,
             client_id="tollgate-gateway-feeder",
         )
+        partitions = await topic_partitions(self.bootstrap, self.topic)
         await asyncio.wait_for(consumer.start(), 15)
         try:
-            # The consumer's public topics() fetches metadata but keeps it to itself.
-            cluster = await consumer._client.fetch_all_metadata()
-            partitions = cluster.partitions_for_topic(self.topic)
-            if not partitions:
-                raise KafkaError(f"topic {self.topic} has no partitions yet")
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            tps = [TopicPartition(self.topic, p) for p in partitions]
             consumer.assign(tps)
             await self._position(consumer, tps)
             ends = await consumer.end_offsets(tps)

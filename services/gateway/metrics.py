@@ -6,15 +6,28 @@ key ids are on the traces and on every usage event instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-if TYPE_CHECKING:
-    from services.gateway.emitter import UsageEmitter
+from services.gateway.spool import Spool
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class UsageFigures(Protocol):
+    """What the gauges read from the usage emitter at each scrape. A protocol, not the
+    emitter's class: the emitter imports this module to count its events."""
+
+    @property
+    def spool(self) -> Spool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def accepting(self) -> bool: ...
 
 
 class Metrics:
@@ -81,7 +94,7 @@ class Metrics:
             "tollgate_gateway_key_events", "Key events applied by the feeder", registry=r
         )
 
-    def watch_usage(self, emitter: UsageEmitter) -> None:
+    def watch_usage(self, emitter: UsageFigures) -> None:
         """Read the spool's and the emitter's figures at each scrape."""
         spool = emitter.spool
         self.spool_depth.set_function(lambda: spool.depth)

@@ -7,12 +7,15 @@ streams event by event as they arrive.
 
 The usage event carries the catalogue id, or ``UNKNOWN_MODEL``; never the client's string,
 and building it cannot fail on anything the client sent (``usage_event``).
+
+Each model's route is built once at start (``route.py``); a stream is relayed, after this
+returned its response, by ``relay.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
@@ -35,17 +38,12 @@ from services.gateway.errors import (
     WrongModelKind,
 )
 from services.gateway.policies.gate import Admission, PolicyGate
+from services.gateway.relay import close_upstream, relay_events
 from services.gateway.responses import MeteredResponse, MeteredStream
-from services.gateway.usage import (
-    StreamMeter,
-    Usage,
-    estimate,
-    find_usage,
-    from_upstream,
-    response_text,
-)
+from services.gateway.route import ENDPOINT_KINDS, Route
+from services.gateway.usage import StreamMeter, Usage, answer_usage
 from services.gateway.usage_event import usage_event
-from shared.catalogue import Catalogue, ModelEntry
+from shared.catalogue import Catalogue
 from shared.errors import ApiError
 from shared.events import UNKNOWN_MODEL, Endpoint, KeyState
 from shared.policy import SCOPE_OF_PATH
@@ -57,12 +55,6 @@ Measure = Usage | Callable[[], Usage]
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tollgate.gateway")
 
-ENDPOINT_KINDS: dict[Endpoint, tuple[str, ...]] = {
-    "/v1/chat/completions": ("chat",),
-    "/v1/responses": ("chat",),
-    "/v1/completions": ("chat", "completion"),
-    "/v1/embeddings": ("embedding",),
-}
 _USAGE_OPTION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 # Client errors the upstream found in the request: the client should see them as they are.
 # Anything else (5xx, its 401/403/404) is the gateway's or upstream's problem: 502.
@@ -80,33 +72,6 @@ def _span(name: str, attributes: dict[str, str]) -> AbstractContextManager[trace
     if type(trace.get_tracer_provider()) is trace.ProxyTracerProvider:
         return nullcontext(trace.INVALID_SPAN)
     return tracer.start_as_current_span(name, attributes=attributes)
-
-
-@dataclass(frozen=True)
-class Route:
-    """How one catalogue model is reached (headers built once, credential read once)."""
-
-    entry: ModelEntry
-    urls: dict[Endpoint, URL]
-    headers: dict[str, str]
-    timeout: aiohttp.ClientTimeout
-
-    @classmethod
-    def of(cls, entry: ModelEntry) -> Route:
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        credential = entry.upstream.api_key()
-        if credential:
-            headers["authorization"] = f"Bearer {credential}"
-        seconds = entry.upstream.timeout_s
-        # No overall limit (a stream may last): waiting for a pooled connection and each read
-        # (between chunks too) bounded by the model's timeout, a connect by at most 10 s.
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=seconds, sock_connect=min(seconds, 10.0), sock_read=seconds
-        )
-        base_url = entry.upstream.base_url.rstrip("/")
-        # Parsed once: yarl's URL parsing is a noticeable share of a request otherwise.
-        urls = {e: URL(base_url + e.removeprefix("/v1"), encoded=True) for e in ENDPOINT_KINDS}
-        return cls(entry, urls, headers, timeout)
 
 
 @dataclass
@@ -234,7 +199,7 @@ class Proxy:
             status,
             upstream.headers.get("content-type", "application/json"),
             lambda: self._finish(
-                call, status, lambda: self._usage_of(call.endpoint, payload, content)
+                call, status, lambda: answer_usage(call.endpoint, payload, content)
             ),
         )
 
@@ -259,18 +224,6 @@ class Proxy:
             return await self.session.post(
                 url, data=body, headers=headers, timeout=timeout, auto_decompress=not stream
             )
-
-    @staticmethod
-    def _usage_of(endpoint: str, payload: dict[str, Any], content: bytes) -> Usage:
-        found = from_upstream(endpoint, find_usage(content))
-        if found is not None:
-            return found
-        try:
-            answer = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            answer = {}
-        text = response_text(endpoint, answer) if isinstance(answer, dict) else ""
-        return estimate(endpoint, payload, text)
 
     def _upstream_failure(
         self, call: Call, upstream: aiohttp.ClientResponse, content: bytes
@@ -305,32 +258,10 @@ class Proxy:
     ) -> Response:
         meter = StreamMeter(call.endpoint, wants_usage)
         outcome = {"status": upstream.status}
-
-        async def events() -> AsyncIterator[bytes]:
-            buffer = b""
-            try:
-                async for piece in upstream.content.iter_any():
-                    buffer += piece
-                    if b"\r" in buffer:
-                        buffer = buffer.replace(b"\r\n", b"\n")
-                    out = []
-                    while (end := buffer.find(b"\n\n")) >= 0:
-                        event, buffer = buffer[: end + 2], buffer[end + 2 :]
-                        if meter.feed(event):
-                            out.append(event)
-                    if out:
-                        yield b"".join(out)
-                if buffer.strip() and meter.feed(buffer):
-                    yield buffer
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # Headers are sent already: the client sees a cut stream; the event says 502.
-                log.warning("upstream stream of %s broke: %s", call.model, type(exc).__name__)
-                outcome["status"] = 502
-
         return MeteredStream(
-            events(),
+            relay_events(upstream, meter, outcome, call.model),
             lambda: self._finish(call, outcome["status"], lambda: meter.result(payload)),
-            lambda: _close(upstream),
+            lambda: close_upstream(upstream),
         )
 
     def _finish(self, call: Call, status: int, usage: Measure) -> None:
@@ -366,12 +297,3 @@ class Proxy:
                 stream=call.stream,
             )
         )
-
-
-async def _close(upstream: aiohttp.ClientResponse) -> None:
-    """A stream read to its end gives its connection back to the pool; one cut short (client
-    gone) closes the connection, which tells the upstream to stop generating."""
-    if upstream.content.at_eof():
-        upstream.release()
-    else:
-        upstream.close()

@@ -199,3 +199,17 @@ class StreamMeter:
         if self.usage is not None:
             return self.usage
         return estimate(self.endpoint, payload, "".join(self.output_text))
+
+
+def answer_usage(endpoint: str, payload: dict[str, Any], content: bytes) -> Usage:
+    """The usage of a whole answer: the upstream's own figures, else an estimate from the
+    request and the answer's text (an answer that is not JSON counts as no text)."""
+    found = from_upstream(endpoint, find_usage(content))
+    if found is not None:
+        return found
+    try:
+        answer = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        answer = {}
+    text = response_text(endpoint, answer) if isinstance(answer, dict) else ""
+    return estimate(endpoint, payload, text)

@@ -24,13 +24,13 @@ from services.keys.models import (
     unix,
 )
 from services.keys.policies import KEY_FIELDS, budget_of, rate_limits_of
-from services.keys.repository import Row
+from services.keys.rows import Row
 from services.keys.service import KeyService, view_status
 from services.keys.settings import KeysSettings
 from shared.errors import NotFound
 from shared.events import KeyState, utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import READ_ERRORS
+from shared.ledger.retry import READ_ERRORS
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
 KeyId = Annotated[str, Path(min_length=1, max_length=128)]

@@ -6,12 +6,17 @@ from the earliest retained record.
 
 It never stalls on a record. A record that is not a valid usage event, and a record whose
 update the database refuses for its values (a NUL or an over-long key id: SQLSTATE classes
-22, 23, 54, found by splitting the batch in savepoints, shared/ledger_split.py), go to
+22, 23, 54, found by splitting the batch in savepoints, shared/ledger/split.py), go to
 ``usage.events.dlq`` with the reason, in the same ``DeadLetter`` shape as metering's and
 billing's (consumer group ``keys-last-used``); the rest of the batch is applied, the dead
 letters are acknowledged, and only then are the offsets committed (a crash sends a letter
 twice, never loses one). Transient database errors, and errors no record causes (a missing
 table), restart the consumer from the committed offsets: retried, nothing skipped.
+
+The consumer is FastStream's (``shared/bus.py``: batches, ``AckPolicy.MANUAL``, headers never
+parsed): the handler acknowledges a batch, which commits, only after its update and its dead
+letters; a batch that fails is never acknowledged, and ends the session, so the worker
+(``shared/worker.py``) starts a new consumer from the committed offsets after its back-off.
 """
 
 from __future__ import annotations
@@ -24,23 +29,27 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
+from faststream import NoCast
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from pydantic import ValidationError
 
 from services.keys import repository as repo
 from services.keys.settings import KeysSettings
+from shared.bus import Records, last_used_subscriber, new_broker
 from shared.events import UsageRecorded
-from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_dlq import DeadLetterSender
-from shared.ledger_retry import READ_ERRORS
-from shared.ledger_split import CONTROL_SIZE, confirm, split_apply
-from shared.ledger_types import Poison
+from shared.kafka import ensure_topics
+from shared.ledger.dlq import DeadLetterSender
+from shared.ledger.retry import READ_ERRORS
+from shared.ledger.split import CONTROL_SIZE, confirm, split_apply
+from shared.ledger.types import Poison
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from shared.worker import Backoff, Worker
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger.types import Conn
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 15.0
@@ -92,7 +101,7 @@ class LastUsedConsumer:
         self.dead_letters = 0
         self.dead_letters_lost = 0
         self.refused = 0
-        self._control: list[Use] = []  # uses the database accepted (ledger_split)
+        self._control: list[Use] = []  # uses the database accepted (shared/ledger/split.py)
         self._positions: dict[TopicPartition, int] = {}
         self._ends: dict[TopicPartition, int] = {}
         # last_used_at must keep flowing whatever broke: started over with a new consumer.
@@ -129,23 +138,35 @@ class LastUsedConsumer:
         await self.worker.stop(grace_s=STOP_TIMEOUT_S)
 
     async def _session(self) -> None:
-        """One consumer (and its dead-letter producer), until stopped or it fails."""
-        consumer = AIOKafkaConsumer(
-            self.settings.usage_topic,
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.settings.consumer_group,
-            client_id=self.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # Bound how long a join (and so a stop during one) can wait for the group.
-            rebalance_timeout_ms=10_000,
-            session_timeout_ms=10_000,
+        """One broker with the subscriber (and a dead-letter producer), until stopped or
+        a batch fails: then the worker starts over from the committed offsets, after a pause."""
+        broker = new_broker(self.settings.kafka_bootstrap, self.client_id)
+        subscriber = last_used_subscriber(
+            broker,
+            self.settings.consumer_group,
+            self.settings.last_used_batch,
+            topic=self.settings.usage_topic,
         )
         dlq = DeadLetterSender(
-            lambda: idempotent_producer(self.settings.kafka_bootstrap, f"{self.client_id}-dlq"),
+            self.settings.kafka_bootstrap,
+            f"{self.client_id}-dlq",
             self.settings.dlq_topic,
             self.settings.consumer_group,
         )
+        failed: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+        async def on_batch(batch: NoCast[Records], message: KafkaMessage) -> None:
+            try:
+                await self._consume(batch, subscriber, dlq)
+                await message.ack()
+                self._note_positions(batch)
+            except Exception as exc:
+                # Never acknowledged: the session ends and the next one re-reads the batch.
+                if not failed.done():
+                    failed.set_result(exc)
+                raise
+
+        subscriber(on_batch)
         try:
             # Subscribing to a topic not created yet only logs errors until it exists.
             await ensure_topics(
@@ -155,39 +176,45 @@ class LastUsedConsumer:
                 replication=self.settings.replication,
                 checked=(USAGE_EVENTS, USAGE_EVENTS_DLQ),
             )
+            self._positions.clear()
+            self._ends.clear()
             await dlq.start()
-            await consumer.start()
+            await broker.start()
             self.worker.succeeded()
-            await self._consume(consumer, dlq)
+            stopping = asyncio.ensure_future(self.worker.stopping.wait())
+            try:
+                await asyncio.wait((stopping, failed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if failed.done():
+                raise failed.result()
         finally:
             with contextlib.suppress(KafkaError, TimeoutError):
-                await asyncio.wait_for(consumer.stop(), 10)
+                await asyncio.wait_for(broker.stop(), 10)
             await dlq.stop(10)
 
-    async def _consume(self, consumer: AIOKafkaConsumer, dlq: DeadLetterSender) -> None:
-        self._positions.clear()
-        self._ends.clear()
-        while not self.worker.stopping.is_set():
-            batches = await consumer.getmany(
-                timeout_ms=1000, max_records=self.settings.last_used_batch
-            )
+    async def _consume(
+        self, records: Records, subscriber: BatchSubscriber, dlq: DeadLetterSender
+    ) -> None:
+        """Apply one batch and dead-letter what it refuses (the partitions' ends for the lag)."""
+        consumer = subscriber.consumer
+        if consumer is not None:
             for tp in consumer.assignment():
                 end = consumer.highwater(tp)
                 if end is not None:
                     self._ends[tp] = end
-            records = [record for records in batches.values() for record in records]
-            if not records:
-                continue
-            uses, poison = parse_uses(records)
-            poison += await self._apply(uses)
-            if poison:
-                outcome = await dlq.send(poison)
-                self.dead_letters += outcome.sent
-                self.dead_letters_lost += outcome.lost
-            await consumer.commit()
-            for tp, batch in batches.items():
-                if batch:
-                    self._positions[tp] = batch[-1].offset + 1
+        uses, poison = parse_uses(list(records))
+        poison += await self._apply(uses)
+        if poison:
+            outcome = await dlq.send(poison)
+            self.dead_letters += outcome.sent
+            self.dead_letters_lost += outcome.lost
+
+    def _note_positions(self, records: Records) -> None:
+        """The committed position of each partition the batch came from (for the lag)."""
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            self._positions[tp] = max(self._positions.get(tp, 0), record.offset + 1)
 
     async def _apply(self, uses: list[Use]) -> list[tuple[Any, str]]:
         """Apply the uses in one transaction, split around those the database refuses."""
@@ -195,7 +222,7 @@ class LastUsedConsumer:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
             suspects = await split_apply(conn, uses, self._touch)
-            # Before any dead letter: is the database itself at fault (ledger_split)?
+            # Before any dead letter: is the database itself at fault (shared/ledger/split.py)?
             result = await confirm(conn, suspects, self._control, self._touch)
         self.updated += result.done
         self.refused += len(result.refused)

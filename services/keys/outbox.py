@@ -3,10 +3,11 @@
 One relay at a time per schema publishes (a session advisory lock on its listening
 connection), so replicas cannot interleave a key's versions. A transaction's NOTIFY wakes it
 at once; a poll catches anything a lost notification missed. A batch is deleted only after
-the broker acknowledged every message of it; when Kafka fails, the producer is replaced and
-the same batch is sent again from its oldest message, so nothing is lost and the newest
-version of a key is always the last one written (a duplicate of an older version is
-harmless: consumers ignore versions older than the one they hold).
+the broker acknowledged every message of it; when Kafka fails, the producer (a FastStream
+broker's, with the publisher of ``shared/bus.py``) is replaced and the same batch is sent
+again from its oldest message, so nothing is lost and the newest version of a key is always
+the last one written (a duplicate of an older version is harmless: consumers ignore versions
+older than the one they hold).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import time
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.keys import repository as repo
 from services.keys.settings import KeysSettings
-from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_retry import READ_ERRORS, backoff
+from shared.bus import keys_events_publisher, new_broker
+from shared.kafka import ensure_topics
+from shared.ledger.retry import READ_ERRORS, backoff
 from shared.topics import KEYS_EVENTS
 from shared.worker import Backoff, Worker
 
@@ -42,7 +45,10 @@ class OutboxRelay:
         self.last_error: str | None = None
         self.leader = False
         self._wake = asyncio.Event()
-        self._producer: AIOKafkaProducer | None = None
+        # One FastStream broker per connection to Kafka (shared/bus.py), replaced after a
+        # failure; its publisher is the one the AsyncAPI document declares.
+        self._broker: KafkaBroker | None = None
+        self._publisher: DefaultPublisher | None = None
         # Whatever breaks the relay (Kafka or the database away, a driver in a bad state after
         # an outage), it must outlive it: started over on a fresh connection, after a pause.
         self.worker = Worker(
@@ -72,7 +78,7 @@ class OutboxRelay:
         # then cancel: both bounded.
         self._wake.set()
         await self.worker.stop(grace_s=STOP_TIMEOUT_S)
-        await self._close_producer()
+        await self._close_broker()
 
     def _failed(self, exc: Exception) -> None:
         self.leader = False
@@ -115,7 +121,7 @@ class OutboxRelay:
                 # accepts: replace it, and send the same batch again from its start.
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("publish failed, retrying: %s", self.last_error)
-                await self._close_producer()
+                await self._close_broker()
                 attempt += 1
                 await self.worker.pause(backoff(attempt, base=0.2, cap=3.0))
                 continue
@@ -129,11 +135,14 @@ class OutboxRelay:
         rows = await repo.outbox_batch(conn, self.settings.relay_batch)
         if not rows:
             return 0
-        producer = await self._ensure_producer()
+        publisher = await self._ensure_publisher()
         started = time.monotonic()
         futures = [
-            await producer.send(
-                r["topic"], value=bytes(r["payload"]), key=r["message_key"].encode()
+            await publisher.publish(
+                bytes(r["payload"]),
+                topic=r["topic"],
+                key=r["message_key"].encode(),
+                no_confirm=True,
             )
             for r in rows
         ]
@@ -143,8 +152,8 @@ class OutboxRelay:
         log.debug("published %d key events in %.3fs", len(rows), time.monotonic() - started)
         return len(rows)
 
-    async def _ensure_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
+    async def _ensure_publisher(self) -> DefaultPublisher:
+        if self._publisher is None:
             await ensure_topics(
                 self.settings.kafka_bootstrap,
                 prefix=self.settings.topic_prefix,
@@ -152,19 +161,16 @@ class OutboxRelay:
                 replication=self.settings.replication,
                 checked=(KEYS_EVENTS,),
             )
-            producer = idempotent_producer(self.settings.kafka_bootstrap, self.client_id)
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(KafkaError):
-                    await producer.stop()
-                raise
-            self._producer = producer
-        return self._producer
+            broker = new_broker(self.settings.kafka_bootstrap, self.client_id)
+            publisher = keys_events_publisher(broker, self.settings.keys_topic)
+            self._broker = broker
+            await broker.start()
+            self._publisher = publisher
+        return self._publisher
 
-    async def _close_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
+    async def _close_broker(self) -> None:
+        broker, self._broker, self._publisher = self._broker, None, None
+        if broker is not None:
             # Unsent batches expire within the request timeout; do not wait longer than that.
             with contextlib.suppress(KafkaError, TimeoutError):
-                await asyncio.wait_for(producer.stop(), 15)
+                await asyncio.wait_for(broker.stop(), 15)

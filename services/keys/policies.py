@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from services.keys.errors import ModelNotInCatalogue
-from services.keys.repository import KeyPolicy, Row, json_value
+from services.keys.rows import KeyPolicy, Row, json_value
 from shared.policy import Budget, RateLimits
 
 KEY_FIELDS = ("rate_limits", "budget", "allowed_models", "allowed_endpoints")

@@ -1,38 +1,22 @@
-"""SQL of the key service. Every write that changes a key returns the whole new row.
+"""SQL of the key service's keys, outbox and last use. Every write that changes a key returns
+the whole new row. The projects table's own statements are ``project_repository.py``'s.
 
 Tables are unqualified: the pool's search path is the service's schema. Every key row comes
 with its project's policy (``project_rate_limits``, ``project_budget``), read in the same
 statement: each key state carries it (design: "Key policies"). Policies are jsonb objects in
-the shape of ``shared.policy`` (``json_text`` writes them); scopes are text arrays.
+the shape of ``shared.policy`` (``rows.json_text`` writes them); scopes are text arrays.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING
 
-import asyncpg
+from services.keys.rows import KeyPolicy, Row, json_text
 
 if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
-    Executor: TypeAlias = "Conn | asyncpg.Pool[asyncpg.Record]"
-
-Row: TypeAlias = asyncpg.Record
-
-
-@dataclass(frozen=True)
-class KeyPolicy:
-    """A key's own policy as stored: jsonb objects and text arrays, None for no limit."""
-
-    rate_limits: dict[str, Any] | None = None
-    budget: dict[str, Any] | None = None
-    allowed_models: list[str] | None = None
-    allowed_endpoints: list[str] | None = None
+    from services.keys.rows import Executor
 
 
 # Split at spaces, as one string: the list form takes a line per name.
@@ -41,7 +25,6 @@ _KEY_NAMES = (  # noqa: SIM905
     " is_default expires_at created_at updated_at rotated_at revoked_at last_used_at"
     " version rate_limits budget allowed_models allowed_endpoints"
 ).split()
-_PROJECT_COLUMNS = "id, name, created_at, updated_at, rate_limits, budget"
 # A key row with its project's policy, from "k" (api_keys or a CTE of changed rows) join "p".
 _KEY_SELECT = (
     ", ".join(f"k.{c}" for c in _KEY_NAMES)
@@ -58,71 +41,6 @@ def _key_rows(write: str) -> str:
 
 
 _KEY_FROM = f"SELECT {_KEY_SELECT} FROM api_keys AS k JOIN projects AS p ON p.id = k.project_id"
-
-
-def json_text(policy: dict[str, Any] | None) -> str | None:
-    """A policy as the jsonb text parameter the queries take (None stays NULL)."""
-    return None if policy is None else json.dumps(policy, separators=(",", ":"))
-
-
-def json_value(text: str | None) -> Any:
-    """A jsonb column as asyncpg returns it (text), decoded."""
-    return None if text is None else json.loads(text)
-
-
-async def insert_project(conn: Executor, project_id: str, name: str, now: datetime) -> Row:
-    """A new project."""
-    row = await conn.fetchrow(
-        "INSERT INTO projects (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3)"
-        f" RETURNING {_PROJECT_COLUMNS}",
-        project_id,
-        name,
-        now,
-    )
-    assert row is not None
-    return row
-
-
-async def get_project(conn: Executor, project_id: str, *, lock: bool = False) -> Row | None:
-    """The project, locked for the transaction when asked (serialises its default changes)."""
-    suffix = " FOR UPDATE" if lock else ""
-    return await conn.fetchrow(
-        f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = $1" + suffix, project_id
-    )
-
-
-async def list_projects(conn: Executor, limit: int, after: str | None) -> list[Row]:
-    """Up to limit projects in creation order, after the project ``after`` when given."""
-    return await conn.fetch(
-        f"SELECT {_PROJECT_COLUMNS} FROM projects"
-        " WHERE $2::text IS NULL OR seq > (SELECT seq FROM projects WHERE id = $2)"
-        " ORDER BY seq LIMIT $1",
-        limit,
-        after,
-    )
-
-
-async def update_project(
-    conn: Executor,
-    project_id: str,
-    *,
-    name: str,
-    rate_limits: dict[str, Any] | None,
-    budget: dict[str, Any] | None,
-    now: datetime,
-) -> Row:
-    """Set the project's name and policy (the caller holds its row lock)."""
-    row = await conn.fetchrow(
-        "UPDATE projects SET name = $2, rate_limits = $3::jsonb, budget = $4::jsonb,"
-        f" updated_at = $5 WHERE id = $1 RETURNING {_PROJECT_COLUMNS}",
-        project_id,
-        name,
-        json_text(rate_limits),
-        json_text(budget),
-        now,
-    )
-    assert row is not None
-    return row
 
 
 async def touch_project_keys(conn: Executor, project_id: str, now: datetime) -> list[Row]:

@@ -7,13 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 
 from services.metering import repository
-from services.metering.errors import LedgerUnavailable
-from services.metering.service import GROUP_FIELDS, WIDTHS, last_used_list, usage_page
+from services.metering.service import GROUP_FIELDS, WIDTHS, usage_page
 from services.metering.settings import MeteringSettings
-from shared.errors import BadRequest
 from shared.events import utc_now
 from shared.http import require_bearer
-from shared.ledger_retry import RETRYABLE
+from shared.ledger import unavailable_as_503
 from shared.usage_query import parse_usage_query
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
@@ -29,29 +27,8 @@ def usage_router(settings: MeteringSettings) -> APIRouter:
         query = parse_usage_query(
             request.query_params, widths=WIDTHS, group_fields=GROUP_FIELDS, now=utc_now()
         )
-        try:
+        with unavailable_as_503("usage ledger"):
             rows = await repository.sum_buckets(request.app.state.pool, project_id, query)
-        except RETRYABLE as exc:
-            raise LedgerUnavailable("The usage ledger is unavailable; retry shortly.") from exc
         return usage_page(project_id, query, rows)
-
-    @router.get("/v1/projects/{project_id}/usage/keys")
-    async def get_last_used(project_id: ProjectId, request: Request) -> dict[str, Any]:
-        """When each key of the project was last used (the latest request counted)."""
-        for name in request.query_params:
-            if name.removesuffix("[]") != "api_key_ids":
-                raise BadRequest(f"Unrecognized request argument supplied: {name}.", param=name)
-        key_ids = [
-            k.strip()
-            for v in request.query_params.getlist("api_key_ids")
-            + request.query_params.getlist("api_key_ids[]")
-            for k in v.split(",")
-            if k.strip()
-        ]
-        try:
-            rows = await repository.last_used(request.app.state.pool, project_id, key_ids)
-        except RETRYABLE as exc:
-            raise LedgerUnavailable("The usage ledger is unavailable; retry shortly.") from exc
-        return last_used_list(project_id, rows)
 
     return router

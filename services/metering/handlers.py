@@ -7,20 +7,18 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.metering import repository
-from services.metering.service import keys_last_used, minute_deltas, parse_usage
+from services.metering.service import minute_deltas
 from services.metering.settings import MeteringSettings
 from shared.events import UsageRecorded
-from shared.ledger_consumer import LedgerConsumer
+from shared.ledger import LedgerConsumer, parse_usage
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger import Conn
 
 
 async def apply_usage(conn: Conn, events: list[UsageRecorded]) -> None:
     """Add fresh (already deduplicated) events to the ledger, inside the batch transaction."""
-    deltas = minute_deltas(events)
-    await repository.add_minutes(conn, deltas)
-    await repository.touch_keys(conn, keys_last_used(deltas))
+    await repository.add_minutes(conn, minute_deltas(events))
 
 
 def usage_consumer(

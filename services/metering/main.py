@@ -1,11 +1,7 @@
-"""Metering's composition root: the app factory and the lifespan that runs the consumer."""
+"""Metering's composition root: the app factory (the ledger skeleton, shared/ledger/app.py)."""
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -13,56 +9,18 @@ from fastapi import FastAPI
 from services.metering.api import usage_router
 from services.metering.handlers import usage_consumer
 from services.metering.settings import MeteringSettings
-from shared.db import apply_migrations, create_pool
-from shared.errors import install_error_handlers
-from shared.http import RequestIdMiddleware
-from shared.kafka import ensure_topics
-from shared.ledger_health import health_router
-from shared.logs import setup_logging
-from shared.telemetry import setup_telemetry
-from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
+from shared.ledger import ledger_app, migrations
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = migrations(Path(__file__).parent / "migrations")
 
 
 def create_app(settings: MeteringSettings | None = None) -> FastAPI:
     """The metering service: Usage API on HTTP, usage.events consumer in the lifespan."""
     settings = settings or MeteringSettings()
-    setup_logging("metering", settings.log_level, settings.log_json)
-    setup_telemetry("metering", settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(
-            settings.database_url.get_secret_value(),
-            settings.db_schema,
-            max_size=settings.db_pool_size,
-            application="tollgate-metering",
-        )
-        consumer = None
-        try:
-            await apply_migrations(pool, settings.db_schema, MIGRATIONS)
-            if settings.consume:
-                await ensure_topics(
-                    settings.kafka_bootstrap,
-                    prefix=settings.topic_prefix,
-                    replication=settings.replication,
-                    checked=(USAGE_EVENTS, USAGE_EVENTS_DLQ),
-                )
-                client_id = f"metering-{socket.gethostname()}-{os.getpid()}"
-                consumer = usage_consumer(settings, pool, client_id)
-                await consumer.start()
-            app.state.pool = pool
-            app.state.consumer = consumer
-            yield
-        finally:
-            if consumer is not None:
-                await consumer.stop()
-            await pool.close()
-
-    app = FastAPI(title="Tollgate metering", version="0.1.0", lifespan=lifespan)
-    app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
-    app.include_router(health_router)
-    app.include_router(usage_router(settings))
-    return app
+    return ledger_app(
+        "metering",
+        settings,
+        migrations=MIGRATIONS,
+        consumer=lambda pool, client_id: usage_consumer(settings, pool, client_id),
+        routers=[usage_router(settings)],
+    )

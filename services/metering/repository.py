@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
 
 from services.metering.service import MinuteDelta, MinuteKey
+from shared.ledger import bucket_params
+from shared.ledger.store import columns
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger import Conn
 
 _ADD = """
 INSERT INTO usage_minute AS u (project_id, minute, key_id, model, requests, input_tokens,
-    cached_input_tokens, output_tokens, errors, last_used_at)
+    cached_input_tokens, output_tokens, errors)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[],
-    $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[])
+    $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
 ON CONFLICT (project_id, minute, key_id, model) DO UPDATE SET
     requests = u.requests + EXCLUDED.requests,
     input_tokens = u.input_tokens + EXCLUDED.input_tokens,
     cached_input_tokens = u.cached_input_tokens + EXCLUDED.cached_input_tokens,
     output_tokens = u.output_tokens + EXCLUDED.output_tokens,
-    errors = u.errors + EXCLUDED.errors,
-    last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)
+    errors = u.errors + EXCLUDED.errors
 """
 
 
@@ -33,59 +33,17 @@ async def add_minutes(conn: Conn, deltas: dict[MinuteKey, MinuteDelta]) -> None:
     """Add each delta to its ledger row, in key order so concurrent writers never deadlock."""
     if not deltas:
         return
-    keys = sorted(deltas)
-    rows = [deltas[k] for k in keys]
-    await conn.execute(
-        _ADD,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [k[3] for k in keys],
-        [d.requests for d in rows],
-        [d.input_tokens for d in rows],
-        [d.cached_input_tokens for d in rows],
-        [d.output_tokens for d in rows],
-        [d.errors for d in rows],
-        [d.last_used_at for d in rows],
-    )
-
-
-_LAST_USED = """
-INSERT INTO key_last_used AS k (project_id, key_id, last_used_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
-ON CONFLICT (project_id, key_id) DO UPDATE SET
-    last_used_at = GREATEST(k.last_used_at, EXCLUDED.last_used_at)
-"""
-
-
-async def touch_keys(conn: Conn, last_used: dict[tuple[str, str], datetime]) -> None:
-    """Move each key's last use forward (never back: late events are older)."""
-    if not last_used:
-        return
-    keys = sorted(last_used)
-    await conn.execute(
-        _LAST_USED, [k[0] for k in keys], [k[1] for k in keys], [last_used[k] for k in keys]
-    )
-
-
-async def last_used(
-    conn: Conn | asyncpg.Pool, project_id: str, key_ids: Sequence[str]
-) -> Sequence[asyncpg.Record]:
-    """When each key of the project (or each of key_ids) was last used, most recent first."""
-    return await conn.fetch(
-        "SELECT key_id, last_used_at FROM key_last_used WHERE project_id = $1"
-        " AND ($2::text[] IS NULL OR key_id = ANY($2::text[]))"
-        " ORDER BY last_used_at DESC, key_id",
-        project_id,
-        list(key_ids) or None,
-    )
+    rows = [
+        (*k, d.requests, d.input_tokens, d.cached_input_tokens, d.output_tokens, d.errors)
+        for k, d in sorted(deltas.items())
+    ]
+    await conn.execute(_ADD, *columns(rows))
 
 
 async def sum_buckets(
     conn: Conn | asyncpg.Pool, project_id: str, query: UsageQuery
 ) -> Sequence[asyncpg.Record]:
     """The ledger summed per bucket (and per key and model when grouped by them)."""
-    start, until = query.window(60)
     key_col = "key_id" if "api_key_id" in query.group_by else "NULL::text"
     model_col = "model" if "model" in query.group_by else "NULL::text"
     sql = f"""
@@ -100,12 +58,4 @@ async def sum_buckets(
           AND ($6::text[] IS NULL OR model = ANY($6::text[]))
         GROUP BY 1, 2, 3 ORDER BY 1, 2 NULLS FIRST, 3 NULLS FIRST
     """
-    return await conn.fetch(
-        sql,
-        project_id,
-        start,
-        until,
-        query.width_interval,
-        list(query.api_key_ids) or None,
-        list(query.models) or None,
-    )
+    return await conn.fetch(sql, project_id, *bucket_params(query, 60))

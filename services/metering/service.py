@@ -7,27 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from shared.events import UsageRecorded
-from shared.ledger_consumer import Poison
+from shared.ledger import bucket_page
 from shared.usage_query import UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "project_id")
 WIDTHS = ("1m", "1h", "1d")
-
-
-def parse_usage(value: bytes | None) -> UsageRecorded:
-    """A usage event from a record's bytes, or Poison saying why it cannot be one."""
-    if value is None:
-        raise Poison("empty record (tombstone)")
-    try:
-        event = UsageRecorded.model_validate_json(value)
-    except ValidationError as exc:
-        raise Poison.invalid(exc) from None
-    if event.cached_input_tokens > event.input_tokens:
-        raise Poison("invalid usage event: cached_input_tokens exceeds input_tokens")
-    return event
 
 
 @dataclass
@@ -39,7 +24,6 @@ class MinuteDelta:
     cached_input_tokens: int = 0
     output_tokens: int = 0
     errors: int = 0
-    last_used_at: datetime | None = None
 
 
 MinuteKey = tuple[str, datetime, str, str]  # project, minute, key, model
@@ -59,68 +43,23 @@ def minute_deltas(events: Iterable[UsageRecorded]) -> dict[MinuteKey, MinuteDelt
         d.cached_input_tokens += e.cached_input_tokens
         d.output_tokens += e.output_tokens
         d.errors += e.status_code >= 400
-        if d.last_used_at is None or e.occurred_at > d.last_used_at:
-            d.last_used_at = e.occurred_at
     return deltas
-
-
-def keys_last_used(deltas: dict[MinuteKey, MinuteDelta]) -> dict[tuple[str, str], datetime]:
-    """The latest use of each (project, key) in a batch's deltas."""
-    out: dict[tuple[str, str], datetime] = {}
-    for (project, _, key, _), d in deltas.items():
-        if d.last_used_at is not None:
-            before = out.get((project, key))
-            if before is None or d.last_used_at > before:
-                out[(project, key)] = d.last_used_at
-    return out
-
-
-def last_used_list(project_id: str, rows: Sequence[Any]) -> dict[str, Any]:
-    """The key list answer: when each key was last used (Unix seconds)."""
-    return {
-        "object": "list",
-        "data": [
-            {
-                "object": "organization.usage.api_key",
-                "project_id": project_id,
-                "api_key_id": r["key_id"],
-                "last_used_at": int(r["last_used_at"].timestamp()),
-            }
-            for r in rows
-        ],
-        "has_more": False,
-    }
 
 
 def usage_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[str, Any]:
     """The Usage API's answer: every bucket of the page, results from the summed rows."""
-    by_bucket: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_bucket.setdefault(int(r["bucket"].timestamp()), []).append(
-            {
-                "object": "organization.usage.completions.result",
-                "input_tokens": r["input_tokens"],
-                "output_tokens": r["output_tokens"],
-                "input_cached_tokens": r["cached_input_tokens"],
-                "num_model_requests": r["requests"],
-                "num_errors": r["errors"],
-                "project_id": project_id,
-                "api_key_id": r["key_id"],
-                "model": r["model"],
-            }
-        )
-    data = [
-        {
-            "object": "bucket",
-            "start_time": b.start,
-            "end_time": b.end,
-            "results": by_bucket.get(b.start, []),
+
+    def result(r: Any) -> dict[str, Any]:
+        return {
+            "object": "organization.usage.completions.result",
+            "input_tokens": r["input_tokens"],
+            "output_tokens": r["output_tokens"],
+            "input_cached_tokens": r["cached_input_tokens"],
+            "num_model_requests": r["requests"],
+            "num_errors": r["errors"],
+            "project_id": project_id,
+            "api_key_id": r["key_id"],
+            "model": r["model"],
         }
-        for b in query.buckets()
-    ]
-    return {
-        "object": "page",
-        "data": data,
-        "has_more": query.has_more,
-        "next_page": query.next_page,
-    }
+
+    return bucket_page(query, rows, result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.ledger_settings import LedgerServiceSettings
+from shared.ledger import LedgerServiceSettings
 
 
 class MeteringSettings(LedgerServiceSettings):

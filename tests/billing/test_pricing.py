@@ -12,7 +12,7 @@ import pytest
 from services.billing.money import cost, dumps_exact, plain, to_cents
 from services.billing.service import Pricer, cost_deltas
 from shared.catalogue import load_catalogue
-from shared.ledger_consumer import Poison
+from shared.ledger.consumer import Poison
 from tests.metering.harness import CHAT, EMBED, PRICE_CHANGE, UNPRICED, usage
 
 

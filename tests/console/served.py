@@ -1,65 +1,82 @@
-"""The whole system for the browser test: every service on a free port, in this event loop."""
+"""The whole system for the browser test: every service on a free port, in this event loop.
+
+The services and their wiring are ``deploy/system.py``'s, as for ``make up``; this harness
+adds what is the test's own: the apps built in this process, free ports, the console tests'
+tokens, this test's schemas, topic prefix, consumer groups and Redis prefix, quiet logs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from deploy.demo_upstream import create_app as create_upstream
-from deploy.stack import Endpoints
-from services.billing.main import create_app as create_billing
+from deploy import system as described
+from deploy.endpoints import Endpoints
 from services.billing.settings import BillingSettings
-from services.console.main import create_app as create_console
-from services.gateway.main import create_app as create_gateway
-from services.gateway.settings import GatewaySettings
-from services.keys.main import create_app as create_keys
 from services.keys.settings import KeysSettings
-from services.metering.main import create_app as create_metering
 from services.metering.settings import MeteringSettings
-from tests.console.helpers import INTERNAL_TOKEN, TOKEN, console_settings
+from tests.console.helpers import INTERNAL_TOKEN, TOKEN
+from tests.private_servers import free_port
 from tests.served import Served
 
-REPO = Path(__file__).resolve().parents[2]
+# What the console's tests need of each service's log: its warnings, as text.
+_QUIET = {"LOG_JSON": "false", "LOG_LEVEL": "WARNING"}
+
+
+def wiring(
+    endpoints: Endpoints,
+    schemas: tuple[str, str, str],
+    topic_prefix: str,
+    unique: str,
+    *,
+    urls: dict[str, str] | None = None,
+    folder: Path | None = None,
+    redis_prefix: str | None = None,
+) -> described.Wiring:
+    """The system on this test's schemas (keys, metering, billing), topics and Redis prefix,
+    with the console tests' tokens; with a folder, the gateway's spool and a demo catalogue
+    pointing at this system's upstream are in it."""
+    urls = urls or {}
+    catalogue = described.CATALOGUE
+    if folder is not None:
+        catalogue = described.demo_catalogue(folder, urls["upstream"])
+    return described.Wiring(
+        endpoints,
+        urls=urls,
+        admin_token=TOKEN,
+        internal_token=INTERNAL_TOKEN,
+        spools=folder,
+        catalogue=catalogue,
+        isolation=described.Isolation(
+            topic_prefix=topic_prefix,
+            schemas=dict(zip(("keys", "metering", "billing"), schemas, strict=True)),
+            unique=unique,
+            redis_prefix=redis_prefix or f"console:{unique}:",
+        ),
+    )
+
+
+def _settings(name: str, wired: described.Wiring) -> dict[str, object]:
+    (service,) = (s for s in described.SERVICES if s.name == name)
+    values = described.settings_of(service, wired) | _QUIET
+    return {k.lower(): v for k, v in values.items()}
 
 
 def service_settings(
     endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
 ) -> tuple[KeysSettings, MeteringSettings, BillingSettings]:
     """Settings of one key, metering and billing service on this test's schemas and topics."""
-    common: dict[str, object] = {
-        "kafka_bootstrap": endpoints.kafka_bootstrap,
-        "database_url": endpoints.database_url,
-        "admin_token": TOKEN,
-        "topic_prefix": topic_prefix,
-        "log_json": False,
-        "log_level": "WARNING",
-    }
-    keys = KeysSettings.model_validate(
-        {
-            **common,
-            "internal_token": INTERNAL_TOKEN,
-            "db_schema": schemas[0],
-            "consumer_group": f"keys-{unique}",
-        }
+    wired = wiring(endpoints, schemas, topic_prefix, unique)
+    return (
+        KeysSettings.model_validate(_settings("keys", wired)),
+        MeteringSettings.model_validate(_settings("metering", wired)),
+        BillingSettings.model_validate(_settings("billing", wired)),
     )
-    metering = MeteringSettings.model_validate(
-        {**common, "db_schema": schemas[1], "consumer_group": f"metering-{unique}"}
-    )
-    billing = BillingSettings.model_validate(
-        {
-            **common,
-            "internal_token": INTERNAL_TOKEN,
-            "db_schema": schemas[2],
-            "consumer_group": f"billing-{unique}",
-        }
-    )
-    return keys, metering, billing
 
 
 @dataclass(frozen=True)
@@ -72,14 +89,6 @@ class System:
     billing: str
     gateway: str
     console: str
-
-
-def demo_catalogue(folder: Path, upstream_url: str) -> Path:
-    """The demo catalogue (models and prices), its upstream moved to upstream_url."""
-    text = (REPO / "deploy" / "models.yaml").read_text()
-    path = folder / "models.yaml"
-    path.write_text(text.replace("http://127.0.0.1:8090/v1", upstream_url + "/v1"))
-    return path
 
 
 async def _ready(url: str, timeout: float = 60.0) -> None:
@@ -105,50 +114,24 @@ async def system(
     unique: str,
     folder: Path,
 ) -> AsyncIterator[System]:
-    """Upstream, keys, metering, billing, gateway and console, on this test's data."""
-    keys, metering, billing = service_settings(endpoints, schemas, topic_prefix, unique)
-    keys = keys.model_copy(update={"redis_url": endpoints.redis_url, "redis_prefix": redis_prefix})
+    """Upstream, keys, metering, billing, gateway and console, on this test's data, started
+    in the system's order; the console once the gateway is ready (its pages show models)."""
+    services = [replace(s, port=free_port()) for s in described.SERVICES]
+    urls = {s.name: s.url for s in services}
+    wired = wiring(
+        endpoints,
+        schemas,
+        topic_prefix,
+        unique,
+        urls=urls,
+        folder=folder,
+        redis_prefix=redis_prefix,
+    )
     async with AsyncExitStack() as stack:
-
-        async def serve(app: Any) -> str:
-            served = await Served(app).start()
+        for service in services:
+            if service.name == "console":
+                await _ready(urls["gateway"] + "/readyz")
+            values = described.settings_of(service, wired) | _QUIET
+            served = await Served(described.create_app(service, values), service.port).start()
             stack.push_async_callback(served.stop)
-            return served.url
-
-        upstream = await serve(create_upstream())
-        catalogue = demo_catalogue(folder, upstream)
-        keys_url = await serve(create_keys(keys))
-        metering_url = await serve(create_metering(metering))
-        billing_url = await serve(create_billing(billing))
-        gateway_url = await serve(
-            create_gateway(
-                GatewaySettings.model_validate(
-                    {
-                        "kafka_bootstrap": endpoints.kafka_bootstrap,
-                        "redis_url": endpoints.redis_url,
-                        "topic_prefix": topic_prefix,
-                        "redis_prefix": redis_prefix,
-                        "keys_url": keys_url,
-                        "catalogue_path": catalogue,
-                        "spool_dir": folder / "spool",
-                        "internal_token": INTERNAL_TOKEN,
-                        "log_json": False,
-                        "log_level": "WARNING",
-                    }
-                )
-            )
-        )
-        await _ready(gateway_url + "/readyz")
-        console = create_console(
-            console_settings(
-                keys_url=keys_url,
-                metering_url=metering_url,
-                billing_url=billing_url,
-                gateway_url=gateway_url,
-                catalogue_path=catalogue,
-                log_json=False,
-                log_level="WARNING",
-            )
-        )
-        console_url = await serve(console)
-        yield System(upstream, keys_url, metering_url, billing_url, gateway_url, console_url)
+        yield System(**{name: urls[name] for name in System.__dataclass_fields__})

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings
 
-from deploy.services import SERVICES
+from deploy.system import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ import yaml
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-from deploy.services import SERVICES
+from deploy.system import SERVICES
 from shared.settings import require_real_secret
 from shared.topics import TOPICS, USAGE_EVENTS
 from tests.deploy.kustomize import Obj, containers, image_name, read_env_file, render

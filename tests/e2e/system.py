@@ -1,9 +1,10 @@
 """The whole system as real processes: demo upstream, key service, gateway, metering, billing.
 
-Each runs under uvicorn on a free port with this test's own topic prefix, database schemas,
-consumer groups and Redis prefix, against the given Kafka, PostgreSQL and Redis (the
-session's, or a test's private ones). The gateway may run as several replicas: ``gateway``,
-``gateway-1``, ... each with its own spool folder, all reading the same topics.
+The services and their wiring are ``deploy/system.py``'s, as for ``make up``; this harness
+adds what is the test's own: free ports, fresh tokens, a catalogue pointing at this upstream,
+this test's topic prefix, database schemas, consumer groups and Redis prefix, spools under its
+tmp folder, and the servers it is given (the session's, or a test's private ones). The gateway
+may run as several replicas: ``gateway``, ``gateway-1``, ... all reading the same topics.
 """
 
 from __future__ import annotations
@@ -12,14 +13,23 @@ import asyncio
 import os
 import secrets
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
 
-from deploy.stack import Endpoints
+from deploy.endpoints import Endpoints
+from deploy.system import (
+    SERVICES,
+    Isolation,
+    Service,
+    Wiring,
+    demo_catalogue,
+    environment,
+    replica_name,
+    settings_of,
+)
 from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,18 +41,19 @@ EMBED = "Qwen/Qwen3-Embedding-0.6B"
 class Process:
     """One service under uvicorn, a child of the test."""
 
-    name: str
-    app: str
-    port: int
-    env: dict[str, str]
+    service: Service
+    env: dict[str, str]  # its own settings, under its prefix
     log: Path
-    extra_args: tuple[str, ...] = ()
     child: subprocess.Popen[bytes] | None = None
     spawned_at: float = 0.0
 
     @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.service.url
 
     def start(self) -> None:
         """Spawn the process and wait until it answers its health URL."""
@@ -50,11 +61,9 @@ class Process:
         self.wait_healthy()
 
     def spawn(self) -> None:
-        argv = [sys.executable, "-m", "uvicorn", self.app, "--factory", "--host", "127.0.0.1",
-                "--port", str(self.port), "--no-access-log", *self.extra_args]  # fmt: skip
         with self.log.open("ab") as out:
             self.child = subprocess.Popen(
-                argv, cwd=REPO, env={**os.environ, **self.env}, stdout=out, stderr=out
+                self.service.argv, cwd=REPO, env={**os.environ, **self.env}, stdout=out, stderr=out
             )
         self.spawned_at = time.monotonic()
 
@@ -66,7 +75,7 @@ class Process:
             if self.child.poll() is not None:
                 break
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.service.health_url, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -106,9 +115,18 @@ class System:
             process.stop()
 
 
-def gateway_name(replica: int) -> str:
-    """``gateway`` for the first replica, so callers of one gateway need not know of replicas."""
-    return "gateway" if replica == 0 else f"gateway-{replica}"
+def _on_free_ports(gateways: int) -> list[Service]:
+    """The system's services but the console (these tests drive the APIs), each on a free
+    port, the gateway as that many replicas."""
+    out: list[Service] = []
+    for service in SERVICES:
+        if service.name == "console":
+            continue
+        count = gateways if service.name == "gateway" else 1
+        for i in range(count):
+            name = replica_name(i, service.name)
+            out.append(replace(service, name=name, port=free_port(), replica=i))
+    return out
 
 
 def start_system(
@@ -125,60 +143,30 @@ def start_system(
     ``settings`` adds or overrides a service's variables by name, without its prefix (e.g.
     ``{"metering": {"SESSION_TIMEOUT_MS": "6000"}}``; ``gateway`` holds for every replica).
     """
-    admin, internal = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    replicas = [gateway_name(i) for i in range(gateways)]
-    names = ("upstream", "keys", *replicas, "metering", "billing")
-    ports = {name: free_port() for name in names}
-    catalogue = tmp / "models.yaml"
-    catalogue.write_text(
-        (REPO / "deploy" / "models.yaml")
-        .read_text()
-        .replace("http://127.0.0.1:8090/v1", f"http://127.0.0.1:{ports['upstream']}/v1")
+    services = _on_free_ports(gateways)
+    urls = {s.name: s.url for s in services}
+    wiring = Wiring(
+        endpoints,
+        urls=urls,
+        admin_token=secrets.token_urlsafe(32),
+        internal_token=secrets.token_urlsafe(32),
+        spools=tmp,
+        catalogue=demo_catalogue(tmp, urls["upstream"]),
+        isolation=Isolation(
+            topic_prefix=topic_prefix,
+            schemas={name: f"e2e_{unique}_{name}" for name in ("keys", "metering", "billing")},
+            unique=unique,
+            redis_prefix=f"e2e:{unique}:",
+        ),
     )
-    common = {
-        "KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-        "DATABASE_URL": endpoints.database_url,
-        "REDIS_URL": endpoints.redis_url,
-        "TOPIC_PREFIX": topic_prefix,
-        "LOG_JSON": "true",
-    }
-    specific = {
-        "upstream": {},
-        "keys": {"ADMIN_TOKEN": admin, "INTERNAL_TOKEN": internal,
-                 "DB_SCHEMA": f"e2e_{unique}_keys", "CONSUMER_GROUP": f"keys-{unique}",
-                 "REDIS_PREFIX": f"e2e:{unique}:", "CATALOGUE_PATH": str(catalogue)},
-        "gateway": {"INTERNAL_TOKEN": internal, "KEYS_URL": f"http://127.0.0.1:{ports['keys']}",
-                    "BILLING_URL": f"http://127.0.0.1:{ports['billing']}",
-                    "CATALOGUE_PATH": str(catalogue), "REDIS_PREFIX": f"e2e:{unique}:"},
-        "metering": {"ADMIN_TOKEN": admin, "DB_SCHEMA": f"e2e_{unique}_metering",
-                     "CONSUMER_GROUP": f"metering-{unique}"},
-        "billing": {"ADMIN_TOKEN": admin, "INTERNAL_TOKEN": internal,
-                    "DB_SCHEMA": f"e2e_{unique}_billing",
-                    "CONSUMER_GROUP": f"billing-{unique}", "CATALOGUE_PATH": str(catalogue)},
-    }  # fmt: skip
-    apps = {
-        "upstream": "deploy.demo_upstream:create_app",
-        "keys": "services.keys.main:create_app",
-        "gateway": "services.gateway.main:create_app",
-        "metering": "services.metering.main:create_app",
-        "billing": "services.billing.main:create_app",
-    }
     overrides = settings or {}
-    system = System(admin_token=admin)
+    system = System(admin_token=wiring.admin_token)
     try:
-        for name in names:
-            service = "gateway" if name in replicas else name
-            own = {**common, **specific[service], **overrides.get(service, {})}
-            extra: tuple[str, ...] = ()
-            if service == "gateway":
-                spool = tmp / ("spool" if name == "gateway" else f"spool-{name}")
-                own.setdefault("SPOOL_DIR", str(spool))
-                # Outlive the clients' idle connections, as `make up` does.
-                extra = ("--timeout-keep-alive", "75")
-            prefix = f"TOLLGATE_{service.upper()}_"
-            env = {prefix + k: v for k, v in own.items()}
-            process = Process(name, apps[service], ports[name], env, tmp / f"{name}.log", extra)
-            system.processes[name] = process
+        for service in services:
+            own = {"LOG_JSON": "true", **overrides.get(service.kind, {})}
+            env = environment(service, settings_of(service, wiring) | own)
+            process = Process(service, env, tmp / f"{service.name}.log")
+            system.processes[service.name] = process
             # All start at once (none needs another to answer its health URL): on a small
             # machine their imports overlap with the waits.
             process.spawn()

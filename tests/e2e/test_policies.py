@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from deploy.stack import Endpoints
-from tests.e2e.system import CHAT, EMBED, System, gateway_name, start_system
+from deploy.system import replica_name
+from tests.e2e.system import CHAT, EMBED, System, start_system
 from tests.polling import eventually
 
 
@@ -39,7 +40,7 @@ def _admin(system: System) -> httpx.AsyncClient:
 def _clients(system: System, secret: str) -> list[openai.AsyncOpenAI]:
     return [
         openai.AsyncOpenAI(
-            base_url=system.url(gateway_name(i)) + "/v1", api_key=secret, max_retries=0
+            base_url=system.url(replica_name(i)) + "/v1", api_key=secret, max_retries=0
         )
         for i in range(2)
     ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy import services
+from deploy import services, system
 from deploy.process import is_running, port_open
 from deploy.servers import REPO, Ports, StackError
 from deploy.stack import Endpoints, Stack
@@ -105,8 +105,8 @@ def test_replica_layout_ports_and_names() -> None:
     assert [layout[n].port for n in ("gateway", "gateway-1", "gateway-2")] == [8080, 8180, 8280]
     assert layout["keys"].port == 8081
     assert "gateway-3" not in layout
-    assert services.spool_dir(Path("/r"), 0) == Path("/r/spool")
-    assert services.spool_dir(Path("/r"), 2) == Path("/r/spool-2")
+    assert system.spool_dir(Path("/r"), 0) == Path("/r/spool")
+    assert system.spool_dir(Path("/r"), 2) == Path("/r/spool-2")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "x", str(services.MAX_REPLICAS + 1)])

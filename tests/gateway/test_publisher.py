@@ -22,7 +22,8 @@ from aiokafka.errors import (
     UnknownError,
 )
 
-from services.gateway.publisher import Message, Publisher
+from services.gateway.produce_batches import Message
+from services.gateway.publisher import Publisher
 
 _REFUSALS: dict[bytes, type[KafkaError]] = {
     b"corrupt": CorruptRecordException,

@@ -49,8 +49,10 @@ async def small_prefix(endpoints: Endpoints, unique: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+# 20 go record by record; 200 as batches built per partition (services/gateway/produce_batches.py)
+@pytest.mark.parametrize("count", [20, 200])
 async def test_a_record_kafka_refuses_is_quarantined_and_the_rest_delivered(
-    endpoints: Endpoints, small_prefix: str, tmp_path: Path
+    endpoints: Endpoints, small_prefix: str, tmp_path: Path, count: int
 ) -> None:
     spool = Spool(tmp_path / "spool")
     emitter = UsageEmitter(
@@ -61,7 +63,7 @@ async def test_a_record_kafka_refuses_is_quarantined_and_the_rest_delivered(
         queue_size=1000,
         delivery_timeout_s=5.0,
     )
-    good = [usage(key_id=f"key_{i % 4}") for i in range(20)]
+    good = [usage(key_id=f"key_{i % 4}") for i in range(count)]
     broker_refuses = usage(key_id="key_1", model="m" * (2 * SMALL)).to_bytes()
     client_refuses = usage(key_id="key_2", model="m" * 1_100_000).to_bytes()  # > 1 MiB
     batch = [(e.key_id.encode(), e.to_bytes()) for e in good]
@@ -92,7 +94,7 @@ async def test_a_record_kafka_refuses_is_quarantined_and_the_rest_delivered(
     rendered = emitter.metrics.render().decode()
     assert "tollgate_gateway_usage_quarantined 2.0" in rendered
     assert 'tollgate_gateway_usage_events_total{outcome="quarantined"} 2.0' in rendered
-    assert 'tollgate_gateway_usage_events_total{outcome="published"} 20.0' in rendered
+    assert f'tollgate_gateway_usage_events_total{{outcome="published"}} {count}.0' in rendered
 
 
 async def _figures(client: httpx.AsyncClient, url: str) -> tuple[int, dict[str, Any]]:

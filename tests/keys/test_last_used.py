@@ -81,3 +81,46 @@ async def _last_used_at_follows_usage_events(keys: Running) -> None:
         await producer.stop()
     other = (await keys.client.get(f"/v1/projects/{project}/keys/{unused['id']}")).json()
     assert other["last_used_at"] is None
+
+
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+S0 = int(T0.timestamp())
+
+
+async def test_last_use_of_each_key_ignores_late_older_events(keys_settings: KeysSettings) -> None:
+    """Moved from metering's ``/usage/keys`` (metering derived "last used" too, and no longer
+    does): the same events, read where users read it, on the key list."""
+    async with running(keys_settings.model_copy(update={"consume_usage": True})) as keys:
+        project, other = await keys.project(), await keys.project("other")
+        one, two, three = [(await keys.key(project, n))["id"] for n in ("one", "two", "three")]
+        nine = (await keys.key(other, "nine"))["id"]
+        sends = [
+            (one, project, T0 + timedelta(seconds=5)),
+            (one, project, T0 + timedelta(seconds=50)),
+            (two, project, T0 + timedelta(minutes=1, seconds=10)),
+            (one, project, T0 + timedelta(minutes=90)),
+            (two, project, T0 + timedelta(hours=14)),
+            (nine, other, T0 + timedelta(seconds=1)),
+            # Produced last, stamped early: it must not move key two's last use back.
+            (two, project, T0 + timedelta(seconds=30)),
+        ]
+        producer = AIOKafkaProducer(bootstrap_servers=keys.settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            topic = keys.settings.usage_topic
+            for key_id, project_id, at in sends:
+                await producer.send(topic, usage(key_id, project_id, at), key=two.encode())
+            # Behind the late event on its partition: once it shows, the late one was applied.
+            at = T0 + timedelta(hours=1)
+            await producer.send_and_wait(topic, usage(three, project, at), key=two.encode())
+        finally:
+            await producer.stop()
+
+        async def listed() -> dict[str, int | None]:
+            answer = await keys.client.get(f"/v1/projects/{project}/keys")
+            return {k["id"]: k["last_used_at"] for k in answer.json()["data"]}
+
+        got = await eventually(listed, until=lambda v: v[three] is not None, timeout=30)
+        assert got == {one: S0 + 90 * 60, two: S0 + 14 * 3600, three: S0 + 3600}
+        answer = await keys.client.get(f"/v1/projects/{other}/keys/{nine}")
+        assert answer.json()["last_used_at"] == S0 + 1

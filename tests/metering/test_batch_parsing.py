@@ -14,10 +14,10 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from services.metering.handlers import apply_usage
-from services.metering.service import parse_usage
 from shared.events import utc_now
-from shared.ledger_consumer import LedgerConsumer
-from shared.ledger_types import ConsumerConfig
+from shared.ledger import parse_usage
+from shared.ledger.consumer import LedgerConsumer
+from shared.ledger.types import ConsumerConfig
 from tests.metering.harness import usage
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from services.metering.handlers import apply_usage
 from services.metering.main import MIGRATIONS
-from services.metering.service import parse_usage
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
-from shared.ledger_consumer import LedgerConsumer
+from shared.ledger import parse_usage
+from shared.ledger.consumer import LedgerConsumer
 from tests.metering.harness import stream_of
 from tests.metering.ledgers import Case
 from tests.polling import eventually

@@ -13,8 +13,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger_dlq import MAX_REASON, DeadLetterSender, dead_letter
+from shared.kafka import ensure_topics
+from shared.ledger.dlq import MAX_REASON, DeadLetterSender, dead_letter
 from shared.topics import USAGE_EVENTS_DLQ
 from tests.metering.harness import both, stats, stream_of, usage
 from tests.metering.ledgers import Case
@@ -92,7 +92,8 @@ async def test_a_letter_the_broker_refuses_is_retried_smaller_then_given_up(
 ) -> None:
     def sender(fallback: int) -> DeadLetterSender:
         return DeadLetterSender(
-            lambda: idempotent_producer(case.bootstrap, "test-dlq"),
+            case.bootstrap,
+            "test-dlq",
             small_dlq,
             "g",
             fallback_bytes=fallback,
@@ -136,9 +137,7 @@ async def test_dead_letters_wait_for_a_broker_that_is_down(private_kafka: Privat
     """Broker away: retriable, so the letter is retried until it is back, never dropped."""
     bootstrap = private_kafka.kafka_bootstrap
     await ensure_topics(bootstrap)
-    sender = DeadLetterSender(
-        lambda: idempotent_producer(bootstrap, "test-dlq-outage"), USAGE_EVENTS_DLQ, "g"
-    )
+    sender = DeadLetterSender(bootstrap, "test-dlq-outage", USAGE_EVENTS_DLQ, "g")
     await sender.start()
     try:
         await private_kafka.astop()

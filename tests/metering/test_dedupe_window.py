@@ -11,8 +11,8 @@ from services.metering.handlers import usage_consumer
 from services.metering.main import MIGRATIONS
 from services.metering.settings import MeteringSettings
 from shared.db import apply_migrations, create_pool
-from shared.ledger_settings import RETENTION_S
-from shared.ledger_store import claim
+from shared.ledger.settings import RETENTION_S
+from shared.ledger.store import claim
 from tests.metering.harness import ADMIN_TOKEN, usage
 from tests.metering.ledgers import Case
 

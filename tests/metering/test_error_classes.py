@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from asyncpg.exceptions import _base as pg_base
 
-from shared.ledger_retry import RETRYABLE, describe, record_error
+from shared.ledger.retry import RETRYABLE, describe, record_error
 
 
 def test_data_integrity_and_limit_errors_are_dead_letter_candidates() -> None:

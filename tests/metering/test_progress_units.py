@@ -6,7 +6,7 @@ import time
 
 from aiokafka import TopicPartition
 
-from shared.ledger_progress import Progress
+from shared.ledger.progress import Progress
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -1,20 +1,8 @@
--- Exactly-once plumbing (shared/ledger_consumer.py): event ids seen, and where each
--- partition stands. Both are written in the same transaction as the ledger.
-CREATE TABLE processed_events (
-    event_id uuid PRIMARY KEY,
-    seen_at timestamptz NOT NULL DEFAULT now()
-);
--- Rows arrive in seen_at order: a BRIN index makes the window cleanup cheap to maintain.
-CREATE INDEX processed_events_seen_at ON processed_events USING brin (seen_at);
-
-CREATE TABLE consumer_offsets (
-    consumer_group text NOT NULL,
-    topic text NOT NULL,
-    partition integer NOT NULL,
-    next_offset bigint NOT NULL CHECK (next_offset >= 0),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer_group, topic, partition)
-);
+-- replaces sha256:88f92ded9cd99a2a11eeb0d4e361900d01302c07b311da5591605ad99e11f082
+-- That first text also created the exactly-once tables (processed_events, consumer_offsets);
+-- they are in shared/ledger/migrations/0001_exactly_once.sql now, applied before this one
+-- (shared/db.py: MigrationSet), so the schema is the same. Schemas where the first text ran
+-- stay valid.
 
 -- The cost ledger: USD per project, UTC day, key, model and line item ("input",
 -- "cached input", "output"). Amounts are exact: each event's cost is tokens times the

@@ -4,7 +4,8 @@ A request of a key whose key and project have no limits and no budget costs noth
 Otherwise it is admitted by the admit script (all or nothing, in one round trip), and settled
 after its answer with its real tokens and cost: settlements are queued and sent in pipelines,
 off the request path. With Redis away the replica checks on its own (``local.py``) and hands
-its spend to Redis once it answers again, so no spend is forgotten.
+its spend to Redis once it answers again, so no spend is forgotten. A refusal's words are
+``refusals.py``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,25 +22,13 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from services.gateway.cache import Breaker
-from services.gateway.errors import (
-    EndpointNotAllowed,
-    ModelNotAllowed,
-    QuotaExceeded,
-    RateLimited,
-)
-from services.gateway.policies.counters import (
-    ADMITTED,
-    NEEDS_SEED,
-    OVER_BUDGET,
-    OVER_RATE,
-    TOO_LARGE,
-    RedisCounters,
-    Verdict,
-)
-from services.gateway.policies.headers import duration, rate_headers
+from services.gateway.errors import EndpointNotAllowed, ModelNotAllowed
+from services.gateway.policies.counters import NEEDS_SEED, RedisCounters, Verdict
+from services.gateway.policies.headers import rate_headers
 from services.gateway.policies.ledger import LedgerUnavailable, SpendLedger, reconcile_once
 from services.gateway.policies.local import LocalCounters
-from services.gateway.policies.plan import BudgetCheck, Plan, Planner, from_nano, settled_cost
+from services.gateway.policies.plan import BudgetCheck, Plan, Planner, settled_cost
+from services.gateway.policies.refusals import refuse_unless_admitted
 from services.gateway.policies.settler import Settlement, Settler
 from services.gateway.usage import Usage
 from shared.catalogue import ModelEntry
@@ -65,10 +53,6 @@ class Admission:
     entry: ModelEntry | None
     in_redis: bool
     headers: list[tuple[bytes, bytes]]
-
-
-def _who(holder: str) -> str:
-    return "this API key" if holder == "key" else "this project"
 
 
 class PolicyGate:
@@ -142,7 +126,7 @@ class PolicyGate:
             state.ratelimit_headers = headers
         if plan.budgets and (new := self.ledger.watch(plan.budgets)) and in_redis:
             self._reconcile_soon(new)
-        self._refuse_unless_admitted(verdict, plan)
+        refuse_unless_admitted(verdict, plan)
         return Admission(plan, reservation, verdict.second, entry, in_redis, headers)
 
     async def _shared_admit(self, plan: Plan, reservation: str) -> Verdict | None:
@@ -181,39 +165,6 @@ class PolicyGate:
             await asyncio.wait_for(
                 self.counters.seed(budget, known, from_ledger=from_ledger), self.timeout_s
             )
-
-    def _refuse_unless_admitted(self, verdict: Verdict, plan: Plan) -> None:
-        if verdict.outcome == ADMITTED:
-            return
-        if verdict.outcome in (OVER_RATE, TOO_LARGE):
-            rate = plan.rates[verdict.which]
-            unit = "requests per min (RPM)" if rate.kind == "requests" else "tokens per min (TPM)"
-            if verdict.outcome == TOO_LARGE:
-                raise RateLimited(
-                    f"Request too large for {unit} of {_who(rate.holder)}: limit {rate.limit},"
-                    f" requested {rate.amount}.",
-                    rate.kind,
-                    60,
-                )
-            used = rate.limit - verdict.rates[verdict.which].remaining
-            raise RateLimited(
-                f"Rate limit reached for {unit} of {_who(rate.holder)}: limit {rate.limit},"
-                f" used {used}, requested {rate.amount}. Please try again in"
-                f" {duration(verdict.retry_ms)}.",
-                rate.kind,
-                max(1, math.ceil(verdict.retry_ms / 1000)),
-            )
-        if verdict.outcome == OVER_BUDGET:
-            budget = plan.budgets[verdict.which]
-            held = verdict.budgets[verdict.which]
-            period = "total" if budget.budget.period == "total" else f"{budget.budget.period}ly"
-            raise QuotaExceeded(
-                f"You exceeded your current quota: the {period} budget of {_who(budget.holder)}"
-                f" is ${budget.budget.limit_usd}; ${from_nano(held.spent):.6f} is spent and"
-                f" ${from_nano(held.reserved):.6f} held by requests in flight, and this request"
-                f" may cost up to ${from_nano(budget.amount):.6f}."
-            )
-        raise RuntimeError(f"unexpected admit outcome {verdict.outcome}")
 
     def settle(self, admission: Admission, usage: Usage) -> None:
         """Queue the real usage of an admitted request (sent in the background)."""

@@ -1,20 +1,8 @@
--- Exactly-once plumbing (shared/ledger_consumer.py): event ids seen, and where each
--- partition stands. Both are written in the same transaction as the ledger.
-CREATE TABLE processed_events (
-    event_id uuid PRIMARY KEY,
-    seen_at timestamptz NOT NULL DEFAULT now()
-);
--- Rows arrive in seen_at order: a BRIN index makes the window cleanup cheap to maintain.
-CREATE INDEX processed_events_seen_at ON processed_events USING brin (seen_at);
-
-CREATE TABLE consumer_offsets (
-    consumer_group text NOT NULL,
-    topic text NOT NULL,
-    partition integer NOT NULL,
-    next_offset bigint NOT NULL CHECK (next_offset >= 0),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer_group, topic, partition)
-);
+-- replaces sha256:46d118f0b21f9c9ed8e7af957d6dacb092e1cee1df45cde2550eaa378ab79d2e
+-- That first text also created the exactly-once tables (processed_events, consumer_offsets);
+-- they are in shared/ledger/migrations/0001_exactly_once.sql now, applied before this one
+-- (shared/db.py: MigrationSet), so the schema is the same. Schemas where the first text ran
+-- stay valid.
 
 -- The usage ledger: one row per project, minute, key and model. Hours and days are
 -- summed from these rows at query time. The primary key leads with the project and the

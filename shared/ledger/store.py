@@ -1,23 +1,38 @@
 """The SQL of the exactly-once plumbing: event-id dedupe and offsets stored in PostgreSQL.
 
-Tables (created by each service's 0001 migration): ``processed_events(event_id uuid
-primary key, seen_at timestamptz)`` and ``consumer_offsets(consumer_group, topic,
-partition, next_offset)``.
+Tables (``migrations/0001_exactly_once.sql``, applied to each ledger service's schema before
+the service's own migrations: ``migrations()``): ``processed_events(event_id uuid primary key,
+seen_at timestamptz)`` and ``consumer_offsets(consumer_group, topic, partition, next_offset)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import TopicPartition
 
-from shared.ledger_types import ConsumerConfig, Identified
+from shared.db import MigrationSet
+from shared.ledger.types import ConsumerConfig, Identified
 
 if TYPE_CHECKING:
-    from shared.ledger_types import Conn
+    from shared.ledger.types import Conn
+
+# The plumbing's own versions, recorded apart from the service's (shared/db.py).
+TABLES = MigrationSet(Path(__file__).parent / "migrations", table="ledger_schema_migrations")
+
+
+def migrations(service_folder: Path) -> tuple[MigrationSet, MigrationSet]:
+    """A ledger service's migrations: the plumbing's tables first, then its own ledgers'."""
+    return (TABLES, MigrationSet(service_folder))
+
+
+def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """The rows' columns, one list each: the arrays a ledger's ``unnest`` upsert takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def claim(conn: Conn, items: Sequence[Identified]) -> list[Any]:

@@ -20,15 +20,17 @@ import base64
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.publisher.usecase import DefaultPublisher
 
+from shared.bus import dead_letter_publisher, new_broker
 from shared.events import DeadLetter, utc_now
-from shared.ledger_retry import backoff
+from shared.ledger.retry import backoff
 
 log = logging.getLogger(__name__)
 
@@ -94,37 +96,45 @@ class Outcome:
 
 
 class DeadLetterSender:
-    """Sends bounded dead letters to one DLQ topic with a producer of its own.
+    """Sends bounded dead letters to one DLQ topic with a producer of its own: a FastStream
+    broker's, with the group's publisher of ``shared/bus.py`` (the one the AsyncAPI document
+    declares).
 
     A batch the broker refused for good leaves the idempotent producer's sequence numbers
     with a gap (aiokafka then answers OutOfOrderSequenceNumber to every later send on that
-    partition), so after any non-retriable error the producer is replaced by a new one.
+    partition), so after any non-retriable error the broker, and its producer, is replaced.
     """
 
     def __init__(
         self,
-        make_producer: Callable[[], AIOKafkaProducer],
+        bootstrap: str,
+        client_id: str,
         topic: str,
         group: str,
         *,
         max_bytes: int = MAX_BYTES,
         fallback_bytes: int = FALLBACK_BYTES,
     ) -> None:
-        self.make_producer = make_producer
+        self.bootstrap = bootstrap
+        self.client_id = client_id
         self.topic = topic
         self.group = group
         self.max_bytes = max_bytes
         self.fallback_bytes = fallback_bytes
-        self.producer: AIOKafkaProducer | None = None
+        self._broker: KafkaBroker | None = None
+        self._publisher: DefaultPublisher | None = None
 
     async def start(self) -> None:
-        self.producer = self.make_producer()
-        await self.producer.start()
+        broker = self._broker = new_broker(self.bootstrap, self.client_id)
+        publisher = dead_letter_publisher(broker, self.group, self.topic)
+        await broker.start()
+        self._publisher = publisher
 
     async def stop(self, timeout: float = 15.0) -> None:
-        if self.producer is not None:
+        broker, self._broker, self._publisher = self._broker, None, None
+        if broker is not None:
             with contextlib.suppress(TimeoutError, KafkaError):
-                await asyncio.wait_for(self.producer.stop(), timeout)
+                await asyncio.wait_for(broker.stop(), timeout)
 
     async def _replace_producer(self) -> None:
         """A fresh producer (new producer id, no sequence gap); waits while Kafka is away."""
@@ -183,13 +193,15 @@ class DeadLetterSender:
 
     async def _send_round(self, pending: list[_Pending]) -> list[KafkaError | None]:
         """Send each pending letter once; its error, or None once acknowledged."""
-        assert self.producer is not None, "start() the sender first"
+        assert self._publisher is not None, "start() the sender first"
         outcomes: list[Any] = []
         for p in pending:
             letter = dead_letter(self.group, p.record, p.reason, p.max_bytes)
             key = p.record.key if p.record.key and len(p.record.key) <= MAX_KEY_BYTES else None
             try:
-                outcomes.append(await self.producer.send(self.topic, letter.to_bytes(), key=key))
+                outcomes.append(
+                    await self._publisher.publish(letter.to_bytes(), key=key, no_confirm=True)
+                )
             except KafkaError as exc:  # refused before sending (too large, closed, no metadata)
                 outcomes.append(exc)
         futures = [o for o in outcomes if not isinstance(o, BaseException)]

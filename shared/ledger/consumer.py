@@ -11,30 +11,23 @@ assignment the consumer seeks to the offsets stored in PostgreSQL, which are the
 
 A consumer never stalls on a record: an event the database refuses for its values is
 found by splitting the batch and dead-lettered with the reason (SQLSTATE and message), and
-the rest of the batch commits exactly once (shared/ledger_batch.py). A record's fault is
-told from the database's in two steps:
-
-1. by SQLSTATE class (shared/ledger_retry.py): only 22 (data exception), 23 (integrity
-   violation) and 54 (program limit), and asyncpg's client-side DataError, can be a
-   record's; anything else (42P01 missing table, 42501 permission denied, ...) is never
-   split, and transient classes (08, 40, 53, 57) are retried as they always were;
-2. by a control (shared/ledger_split.py): a record refused on its own is dead-lettered
-   only if records this consumer applied before are still accepted (tried in a savepoint,
-   rolled back) and it is refused once more after that. When the control is refused too
-   (a schema that refuses every record, or was broken while the batch was split), nothing
-   is dead-lettered; a schema fixed while the batch was split accepts the record again.
+the rest of the batch commits exactly once (batch.py). Only SQLSTATE classes 22, 23 and 54
+can be a record's fault (retry.py), and only once records applied before are still accepted
+(split.py); anything else is the database's fault.
 
 The database's faults stall the consumer: it retries with backoff, logs each failure, and
-after ``stall_after_s`` with records waiting /readyz answers 503 (shared/ledger_progress.py).
+after ``stall_after_s`` with records waiting /readyz answers 503 (shared/ledger/progress.py).
 
-aiokafka is used directly rather than through FastStream: FastStream (0.7.8) hands a
-rebalance listener no consumer to seek with, acknowledges per message instead of
-committing an offset map we computed, and has no DLQ; we would bypass all of it. The
-settings FastStream gets wrong by default are set here explicitly: no auto-commit,
-``auto_offset_reset="earliest"``, raw records parsed one by one (one bad record never
-fails a batch), and no nack: a failed transaction is retried, never skipped.
+It stays on aiokafka rather than FastStream's subscriber (``shared/bus.py``), for what that
+subscriber's fetch-then-handle loop (0.7.8) leaves no room for: the next batch is fetched
+and parsed while the one before it commits; a newly assigned partition is paused in the
+rebalance listener and sought to its PostgreSQL offset in this loop, between fetches (a
+database outage must not hold the group's rebalance, and FastStream calls no handler while
+every partition is paused, so a handler could not do it); a batch fetched before a
+rebalance is dropped by its epoch; and Kafka's offsets are committed as an offset map
+computed here, in the background. ``shared/bus_spec.py`` declares it for the document.
 
-The SQL (and the tables each service's 0001 migration creates) is in shared/ledger_store.py.
+The SQL, and the migrations of the tables it needs, are in store.py.
 """
 
 from __future__ import annotations
@@ -51,14 +44,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
-from shared import ledger_store
 from shared.events import utc_now
-from shared.kafka import idempotent_producer
-from shared.ledger_batch import BatchWriter, Prepared, prepare
-from shared.ledger_dlq import DeadLetterSender
-from shared.ledger_progress import Progress, watch_ends
-from shared.ledger_retry import RETRYABLE
-from shared.ledger_types import (
+from shared.ledger import store as ledger_store
+from shared.ledger.batch import BatchWriter, Prepared, prepare
+from shared.ledger.dlq import DeadLetterSender
+from shared.ledger.progress import Progress, watch_ends
+from shared.ledger.retry import RETRYABLE
+from shared.ledger.types import (
     Apply,
     ConsumerConfig,
     ConsumerStats,
@@ -115,7 +107,8 @@ class LedgerConsumer(Generic[T]):
         # Kafka clients are made in start(): an unstarted client must not linger.
         self.consumer: AIOKafkaConsumer
         self.dlq = DeadLetterSender(
-            lambda: idempotent_producer(config.bootstrap, f"{config.client_id}-dlq"),
+            config.bootstrap,
+            f"{config.client_id}-dlq",
             config.dlq_topic,
             config.group_id,
             max_bytes=config.max_dead_letter_bytes,

@@ -1,0 +1,187 @@
+"""Every long-lived part of one gateway instance, wired together: the composition root.
+
+Apart from the app factory (``main.py``) so that the routes (``api.py``, ``asgi.py``) can name
+the ``Gateway`` they are handed without importing the module that imports them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import httpx
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ConnectionKey
+
+from services.gateway.auth import Authenticator, Verifier
+from services.gateway.cache import Breaker, LocalCache
+from services.gateway.emitter import UsageEmitter
+from services.gateway.feeder import KAFKA_ERRORS, Feeder
+from services.gateway.metrics import Metrics
+from services.gateway.policies.gate import PolicyGate
+from services.gateway.policies.ledger import SpendLedger
+from services.gateway.proxy import Proxy
+from services.gateway.settings import GatewaySettings
+from services.gateway.spool import Spool
+from services.gateway.subscriber import REDIS_ERRORS, Subscriber
+from shared.catalogue import Catalogue
+from shared.key_store import KeyStore
+from shared.redis_client import connect, subscription_urls
+from shared.worker import Backoff, Worker, Workers
+
+
+class _UpstreamConnector(aiohttp.TCPConnector):
+    """aiohttp keeps every idle connection until its keep-alive expiry; this one keeps at
+    most ``keep_idle`` per upstream host (``upstream_keepalive``), as httpx's pool did."""
+
+    def __init__(self, *, keep_idle: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.keep_idle = keep_idle
+
+    def _release(
+        self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
+    ) -> None:
+        idle = self._conns.get(key)
+        crowded = len(idle) >= self.keep_idle if idle is not None else self.keep_idle == 0
+        super()._release(key, protocol, should_close=should_close or crowded)
+
+
+def _upstream_session(s: GatewaySettings) -> aiohttp.ClientSession:
+    """The shared upstream HTTP session: aiohttp's C parser and cheap pool cost a fraction
+    of httpx's CPU per request. Created in the running loop (the lifespan); per-model
+    timeouts are given per request; idle connections are dropped after the keep-alive expiry."""
+    connector = _UpstreamConnector(
+        keep_idle=s.upstream_keepalive,
+        limit=s.upstream_max_connections,
+        limit_per_host=0,
+        keepalive_timeout=s.upstream_keepalive_expiry_s,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # an upstream's cookies are not the gateway's
+    )
+
+
+class Gateway:
+    """Every long-lived part of one gateway instance; started and stopped by the lifespan."""
+
+    def __init__(self, settings: GatewaySettings, catalogue: Catalogue, metrics: Metrics) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+        self.metrics = metrics
+        s = settings
+        # No client-side retries: a Redis that does not answer at once is skipped (breaker).
+        self.redis = connect(s.redis_url, cluster=s.redis_cluster, timeout_s=s.redis_timeout_s)
+        self.redis_breaker = Breaker(s.dependency_retry_s)
+        self.local = LocalCache(
+            s.local_cache_size,
+            s.local_cache_ttl_s,
+            s.negative_cache_ttl_s,
+            unsubscribed_ttl_s=s.unsubscribed_cache_ttl_s,
+            stale_max_s=s.stale_key_max_s,
+        )
+        self.store = KeyStore(self.redis, s.redis_prefix)
+        self.subscriber = Subscriber(
+            redis_url=s.redis_url,
+            redis_urls=lambda: subscription_urls(s.redis_url, self.redis),
+            channel=self.store.channel,
+            local=self.local,
+            timeout_s=max(s.redis_timeout_s, 1.0),
+        )
+        self.keys_client = httpx.AsyncClient(timeout=s.verify_timeout_s)
+        self.upstream_session = _upstream_session(s)
+        self.auth = Authenticator(
+            local=self.local,
+            store=self.store,
+            verifier=Verifier(self.keys_client, s.keys_url, s.internal_token),
+            metrics=metrics,
+            redis_breaker=self.redis_breaker,
+            verify_breaker=Breaker(s.dependency_retry_s),
+            redis_timeout_s=s.redis_timeout_s,
+        )
+        self.emitter = UsageEmitter(
+            bootstrap=s.kafka_bootstrap,
+            topic_prefix=s.topic_prefix,
+            spool=Spool(s.spool_dir, max_bytes=s.spool_max_bytes, warn_ratio=s.spool_warn_ratio),
+            metrics=metrics,
+            queue_size=s.usage_queue_size,
+            delivery_timeout_s=s.kafka_delivery_timeout_s,
+        )
+        self.feeder = Feeder(
+            bootstrap=s.kafka_bootstrap,
+            topic_prefix=s.topic_prefix,
+            local=self.local,
+            store=self.store,
+            redis_breaker=self.redis_breaker,
+            metrics=metrics,
+            replication=s.replication,
+        )
+        self.policies = PolicyGate(
+            self.redis,
+            prefix=s.redis_prefix,
+            breaker=Breaker(s.dependency_retry_s),
+            ledger=SpendLedger(self.keys_client, s.billing_url, s.internal_token),
+            timeout_s=s.redis_timeout_s,
+            lease_s=s.reservation_lease_s,
+            reconcile_s=s.budget_reconcile_s,
+        )
+        self.proxy = Proxy(
+            catalogue,
+            auth=self.auth,
+            policies=self.policies,
+            session=self.upstream_session,
+            emitter=self.emitter,
+            max_body_bytes=s.max_body_bytes,
+        )
+        # Background work: key events in, usage events out, settlements and upkeep. A bug
+        # in one event must not stop key or usage events: each restarts after a failure.
+        loops = Backoff(0.5, 5.0)
+        self.workers = Workers(
+            Worker(
+                "keys-feeder", self.feeder.run, expected=KAFKA_ERRORS, backoff=Backoff(0.5, 2.0)
+            ),
+            Worker(
+                "key-states", self.subscriber.run, expected=REDIS_ERRORS, backoff=Backoff(0.25, 1.0)
+            ),
+            Worker("usage-publisher", self.emitter.run_publisher, backoff=loops),
+            Worker("spool-replayer", self.emitter.run_replayer, backoff=loops),
+            Worker("policy-settler", self.policies.run_settler, backoff=loops),
+            Worker("policy-upkeep", self.policies.run_upkeep, backoff=loops),
+        )
+
+    def start(self) -> None:
+        """Start the background workers; none of them blocks start-up."""
+        self.workers.start()
+
+    async def stop(self) -> None:
+        # Cancelled at once and bounded (shared/worker.py): a worker that lost its cancel is
+        # left behind rather than holding up the shutdown; usage events are flushed below.
+        await self.workers.stop()
+        await self.policies.flush()
+        await self.policies.leave()
+        await self.emitter.close()
+        await self.upstream_session.close()
+        await self.keys_client.aclose()
+        await self.redis.aclose()
+
+    def readiness(self) -> dict[str, Any]:
+        """What /readyz reports; ``usage_accepting`` false means metered requests get 503."""
+        spool = self.emitter.spool
+        return {
+            "keys_feeder_caught_up": self.feeder.caught_up.is_set(),
+            "redis_available": self.redis_breaker.available(),
+            "kafka_available": self.emitter.kafka.available(),
+            "usage_accepting": self.emitter.accepting,
+            "usage_pending": self.emitter.pending,
+            "spool_depth": spool.depth,
+            "spool_bytes": spool.used_bytes,
+            "spool_max_bytes": spool.max_bytes,
+            "quarantined": spool.quarantine.count,
+            "keys_cached": len(self.local),
+            "key_states_subscribed": self.subscriber.up,
+            "key_states_received": self.subscriber.received,
+            **self.policies.stats(),
+            "workers": self.workers.health(),
+        }

@@ -1,0 +1,87 @@
+"""A ledger service's skeleton: its app factory's common part, and the lifespan that runs the
+consumer.
+
+At start: the pool on the service's schema, the migrations (the plumbing's tables, then the
+service's ledgers), the topics checked, and when ``consume`` is set the consumer joined; at
+stop, the consumer leaves its group (bounded) before the pool closes. The app has the request
+id middleware, OpenAI's error shape and ``/healthz``, ``/readyz``, ``/metrics`` (health.py); the
+service adds its routers, and whatever it keeps on ``app.state`` besides ``pool`` and
+``consumer``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, FastAPI
+
+from shared.db import MigrationSet, apply_migrations, create_pool
+from shared.errors import install_error_handlers
+from shared.http import RequestIdMiddleware
+from shared.kafka import ensure_topics
+from shared.ledger.consumer import LedgerConsumer
+from shared.ledger.health import health_router
+from shared.ledger.settings import LedgerServiceSettings
+from shared.logs import setup_logging
+from shared.telemetry import setup_telemetry
+from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
+
+# The service's consumer, given the pool and this process's Kafka client id.
+ConsumerFactory = Callable[[asyncpg.Pool, str], LedgerConsumer[Any]]
+
+
+def ledger_app(
+    name: str,
+    settings: LedgerServiceSettings,
+    *,
+    migrations: Sequence[MigrationSet],
+    consumer: ConsumerFactory,
+    routers: Sequence[APIRouter],
+    state: Mapping[str, Any] | None = None,
+) -> FastAPI:
+    """The service ``name`` (logs, telemetry, client ids): its routers, consumer in the lifespan."""
+    setup_logging(name, settings.log_level, settings.log_json)
+    setup_telemetry(name, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(
+            settings.database_url.get_secret_value(),
+            settings.db_schema,
+            max_size=settings.db_pool_size,
+            application=f"tollgate-{name}",
+        )
+        running = None
+        try:
+            await apply_migrations(pool, settings.db_schema, migrations)
+            if settings.consume:
+                await ensure_topics(
+                    settings.kafka_bootstrap,
+                    prefix=settings.topic_prefix,
+                    replication=settings.replication,
+                    checked=(USAGE_EVENTS, USAGE_EVENTS_DLQ),
+                )
+                running = consumer(pool, f"{name}-{socket.gethostname()}-{os.getpid()}")
+                await running.start()
+            app.state.pool = pool
+            app.state.consumer = running
+            for key, value in (state or {}).items():
+                setattr(app.state, key, value)
+            yield
+        finally:
+            if running is not None:
+                await running.stop()
+            await pool.close()
+
+    app = FastAPI(title=f"Tollgate {name}", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(health_router)
+    for router in routers:
+        app.include_router(router)
+    return app

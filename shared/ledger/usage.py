@@ -1,0 +1,26 @@
+"""A ``usage.events`` record into a usage event, or ``Poison`` saying why it cannot be one.
+
+What every ledger refuses: a tombstone, a record that is not a valid ``UsageRecorded`` (the
+event model's own bounds), and cached input tokens above the input tokens (they are a part
+of them). A service adds its own refusals on top (billing: a model without a price).
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from shared.events import UsageRecorded
+from shared.ledger.types import Poison
+
+
+def parse_usage(value: bytes | None) -> UsageRecorded:
+    """A usage event from a record's bytes, or Poison saying why it cannot be one."""
+    if value is None:
+        raise Poison("empty record (tombstone)")
+    try:
+        event = UsageRecorded.model_validate_json(value)
+    except ValidationError as exc:
+        raise Poison.invalid(exc) from None
+    if event.cached_input_tokens > event.input_tokens:
+        raise Poison("invalid usage event: cached_input_tokens exceeds input_tokens")
+    return event
