@@ -175,7 +175,10 @@ class Compose:
         return done.stdout + done.stderr
 
     def down(self, volumes: bool = False) -> None:
-        """Containers and network gone, ports free; the engine stopped if we started it."""
+        """Containers and network gone, ports free; the engine stopped if we started it.
+        With volumes, an engine that is not running is started to delete them, then stopped."""
+        if volumes and not self.engine.answers():
+            self.engine.ensure()
         if self.engine.answers():
             args = ["down", "--remove-orphans", "--timeout", "20"]
             self.compose(*([*args, "--volumes"] if volumes else args))
