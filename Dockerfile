@@ -1,5 +1,7 @@
 # One image for every Tollgate service; docker-compose.yml picks the app with `command`.
-FROM python:3.11-slim
+# BASE: the official python image, or `make images`' local stand-in built from Debian's packages.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 UV_PROJECT_ENVIRONMENT=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir uv==0.13.8
 WORKDIR /app

@@ -3,6 +3,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `--compose`: only what `make compose-up` needs on top: Debian's Docker engine (20.10) and
+# client, docker-compose (1.29) and debootstrap for the local images' base.
+if [[ ${1:-} == --compose ]]; then
+  need=()
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v docker-compose >/dev/null || need+=(docker-compose)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "missing system packages: ${need[*]}; install them (apt-get install ${need[*]})" >&2
+      exit 1
+    fi
+    echo "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  exit 0
+fi
+
 need_apt=()
 command -v java >/dev/null || need_apt+=(default-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)

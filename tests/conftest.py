@@ -1,6 +1,7 @@
 """Session fixtures on the real servers, and per-test isolation on top of them.
 
-The servers are the ones the ``TOLLGATE_TEST_*`` variables point at, or else the local stack
+The servers are containers when ``TOLLGATE_TEST_SERVERS=containers`` (``tests/containers.py``),
+else the ones the ``TOLLGATE_TEST_*`` variables point at, or else the local stack
 (``deploy.stack``), started here when it is not running. A server that cannot be reached
 fails the suite with its name and log; nothing is ever skipped for a missing server.
 Each test gets its own topic prefix, consumer groups, database schema and Redis prefix.
@@ -24,6 +25,15 @@ from shared.kafka import ensure_topics
 @pytest.fixture(scope="session")
 def endpoints() -> Iterator[Endpoints]:
     """Kafka, PostgreSQL and Redis for the whole session."""
+    if os.environ.get("TOLLGATE_TEST_SERVERS") == "containers":
+        from tests.containers import ContainerServers
+
+        servers = ContainerServers()
+        try:
+            yield servers.start()
+        finally:
+            servers.stop()
+        return
     given = {
         "kafka": os.environ.get("TOLLGATE_TEST_KAFKA_BOOTSTRAP"),
         "postgres": os.environ.get("TOLLGATE_TEST_DATABASE_URL"),

@@ -1,5 +1,7 @@
-"""docker-compose.yml cannot run here (no Docker engine), so check what can be checked:
-it parses, and every app, port and variable it names exists in the code."""
+"""docker-compose.yml without an engine: it parses, every app, port and variable it names
+exists in the code, and the shape the operator relies on holds (every service health-checked,
+dependencies on health, migrations once, volumes, 127.0.0.1 only). `make compose-test`
+(tests/compose/) runs it for real."""
 
 from __future__ import annotations
 
@@ -44,16 +46,53 @@ def test_every_app_port_and_variable_exists_in_the_code() -> None:
     ports = {s.name: s.port for s in SERVICES}
     catalogue = (REPO / "deploy" / "models.yaml").read_text()
     for name, spec in services.items():
-        if "build" not in spec:
+        if "build" not in spec or name == "migrate":
             continue
         app, _, port = spec["command"][0], spec["command"][1], int(spec["command"][2])
         module, _, factory = app.partition(":")
         assert callable(getattr(importlib.import_module(module), factory)), app
         assert port == ports[name], f"{name} listens on {ports[name]} in make up"
-        assert spec["ports"] == [f"{port}:{port}"]
+        if name != "upstream":
+            assert spec["ports"] == [f"127.0.0.1:{port}:{port}"]
         for variable in spec.get("environment", {}):
             if variable.startswith("TOLLGATE_DEMO_"):
                 assert "${" + variable in catalogue, variable
                 continue
             prefix = "TOLLGATE_" + variable.split("_")[1] + "_"
             assert variable in _settings_fields(prefix), f"{name}: {variable} is read by nothing"
+
+
+def test_every_service_waits_for_health_and_migrations_run_once() -> None:
+    services = _compose()["services"]
+    for name, spec in services.items():
+        if name != "migrate":
+            assert "healthcheck" in spec, name
+        for port in spec.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond 127.0.0.1"
+    assert services["migrate"]["entrypoint"] == ["python", "-m", "deploy.migrate"]
+    assert services["migrate"]["restart"] == "no"
+    for name in ("keys", "metering", "billing"):
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }, name
+    for name in ("gateway", "console"):
+        assert services[name]["depends_on"]["keys"] == {"condition": "service_healthy"}, name
+    assert services["upstream"]["profiles"] == ["demo"]
+    assert "ports" not in services["upstream"]
+    for name, path in (
+        ("kafka", "/var/lib/kafka/data"),
+        ("postgres", "/var/lib/postgresql/data"),
+        ("redis", "/data"),
+        ("gateway", "/var/lib/tollgate"),
+    ):
+        assert any(v.endswith(":" + path) for v in services[name]["volumes"]), name
+    assert services["kafka"]["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+
+
+def test_the_local_override_swaps_only_image_names() -> None:
+    override = yaml.safe_load((REPO / "docker-compose.local.yml").read_text())
+    services = _compose()["services"]
+    assert set(override["services"]) == set(services)
+    for name, spec in override["services"].items():
+        assert list(spec) == ["image"], name
+        assert spec["image"].startswith("tollgate-local/"), name
