@@ -59,7 +59,8 @@ async def react(event: KeyEvent) -> None:
 def create_app(settings: Settings | None = None, on_revoked: OnRevoked = react) -> FastStream:
     """The app: one subscriber on keys.events that hands each revoked key to on_revoked."""
     settings = settings or Settings()
-    broker = KafkaBroker(settings.kafka_bootstrap)
+    # FastStream takes a string as one server: give it the list of a comma-separated setting.
+    broker = KafkaBroker(settings.kafka_bootstrap.split(","))
 
     @broker.subscriber(
         topic_name(KEYS_EVENTS, settings.topic_prefix),

@@ -52,9 +52,12 @@ Records = tuple[ConsumerRecord, ...]
 
 
 def new_broker(bootstrap: str, client_id: str, **options: Any) -> KafkaBroker:
-    """A broker with Tollgate's producer settings; FastStream's per-message logs at DEBUG."""
+    """A broker with Tollgate's producer settings; FastStream's per-message logs at DEBUG.
+
+    ``bootstrap`` is Tollgate's setting, servers separated by commas: FastStream takes a
+    string as one server (aiokafka would split it), so it gets the list."""
     return KafkaBroker(
-        bootstrap,
+        [server.strip() for server in bootstrap.split(",") if server.strip()],
         client_id=client_id,
         logger=log,
         log_level=logging.DEBUG,
