@@ -17,12 +17,18 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from deploy.process import is_running, port_open, read_pid, spawn_detached, stop_pid, tail
+from deploy.process import (
+    is_running,
+    port_open,
+    read_pid,
+    run_to_end,
+    spawn_detached,
+    stop_pid,
+    tail,
+)
 from deploy.servers import StackError, fetch_kafka, kafka_java
 
 HEAP = "512m"  # three JVMs share the machine with everything else
@@ -188,7 +194,7 @@ class KafkaCluster:
 
     def brokers(self) -> set[int]:
         """Node ids of the brokers the cluster's metadata lists now (empty when unreachable)."""
-        return _run(_brokers(self.bootstrap))
+        return run_to_end(_brokers(self.bootstrap))
 
     def wait_brokers(self, timeout: float = 120.0) -> None:
         """Until every node runs and is a broker in the metadata."""
@@ -260,13 +266,3 @@ async def _brokers(bootstrap: str) -> set[int]:
     finally:
         await admin.close()
     return {int(b["node_id"]) for b in described.get("brokers", [])}
-
-
-def _run(coro: Coroutine[Any, Any, set[int]]) -> set[int]:
-    """Run the coroutine to its end, also when called from inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()

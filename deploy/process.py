@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -126,3 +132,14 @@ def kill_tree(pid: int, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"processes {family} outlived SIGKILL for {timeout:.0f}s")
         time.sleep(0.05)
+
+
+def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the coroutine to its end, also when called from inside a running event loop (a
+    test or a service that checks the stack): then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from deploy.process import is_running, read_pid, spawn_detached, stop_pid
-from deploy.servers import StackError
+from deploy.servers import REDIS_OPTIONS, StackError
 
 NODE_TIMEOUT_MS = 2000
 
@@ -92,14 +92,7 @@ class RedisCluster:
                 str(NODE_TIMEOUT_MS),
                 "--cluster-port",
                 str(self.bus_ports[port]),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
+                *REDIS_OPTIONS,
             ],
             folder / "redis.log",
         )

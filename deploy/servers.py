@@ -19,6 +19,19 @@ from pathlib import Path
 
 from deploy.process import read_pid, spawn_detached, stop_pid, tail
 
+# Every Redis server the stack starts: durable (append-only file, no RDB snapshots), in the
+# foreground (the stack keeps its pid), and refusing clients from other addresses.
+REDIS_OPTIONS = (
+    "--appendonly",
+    "yes",
+    "--save",
+    "",
+    "--daemonize",
+    "no",
+    "--protected-mode",
+    "yes",
+)
+
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_VERSION = "4.1.1"
 KAFKA_POM = REPO / "deploy" / "kafka" / "pom.xml"
@@ -347,14 +360,7 @@ class Redis:
                 "127.0.0.1",
                 "--dir",
                 str(self.home),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
+                *REDIS_OPTIONS,
             ],
             self.log,
         )

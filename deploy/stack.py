@@ -14,18 +14,15 @@ are free again.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import concurrent.futures
 import contextlib
 import fcntl
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import redis
@@ -33,7 +30,7 @@ import redis
 from deploy import services
 from deploy.cluster import MIN_INSYNC_REPLICAS, REPLICATION_FACTOR, ClusterServers, cluster_from_env
 from deploy.endpoints import Endpoints
-from deploy.process import is_running, port_open, tail
+from deploy.process import is_running, port_open, run_to_end, tail
 from deploy.servers import REPO, Kafka, Ports, Postgres, Redis, StackError
 
 # Endpoints lives in deploy/endpoints.py (deploy.system needs it too); callers keep finding it
@@ -159,13 +156,13 @@ class Stack:
         return out + [n for n in nodes if self.cluster or n[1] is not None]
 
     def _postgres_ready(self) -> bool:
-        return _run(_postgres_ready(self.postgres))
+        return run_to_end(_postgres_ready(self.postgres))
 
     def _redis_ready(self) -> bool:
         return _redis_ping(self.redis.url)
 
     def _kafka_ready(self) -> bool:
-        return _run(_kafka_ready(self.kafka.bootstrap))
+        return run_to_end(_kafka_ready(self.kafka.bootstrap))
 
 
 async def _postgres_ready(pg: Postgres) -> bool:
@@ -211,22 +208,14 @@ def start_one(server: Kafka | Postgres | Redis, deadline_s: float = 120.0) -> No
     server.start()
     if isinstance(server, Kafka):
         bootstrap = server.bootstrap
-        _wait_ready(server.name, lambda: _run(_kafka_ready(bootstrap)), deadline_s, server.log)
+        _wait_ready(
+            server.name, lambda: run_to_end(_kafka_ready(bootstrap)), deadline_s, server.log
+        )
     elif isinstance(server, Postgres):
         pg = server
-        _wait_ready(server.name, lambda: _run(_postgres_ready(pg)), deadline_s, server.log)
+        _wait_ready(server.name, lambda: run_to_end(_postgres_ready(pg)), deadline_s, server.log)
     else:
         _wait_ready(server.name, lambda: _redis_ping(server.url), deadline_s, server.log)
-
-
-def _run(coro: Coroutine[Any, Any, bool]) -> bool:
-    """Run a readiness coroutine to its end, also from code that runs inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def _redis_ping(url: str) -> bool:
