@@ -26,8 +26,9 @@ from testcontainers.core.network import Network
 
 from deploy.docker_engine import API_VERSION, Engine
 from deploy.endpoints import Endpoints
+from deploy.process import run_to_end
 from deploy.servers import StackError
-from deploy.stack import DEFAULT_RUN_DIR, _kafka_ready, _redis_ping, _run
+from deploy.stack import DEFAULT_RUN_DIR, _kafka_ready, _redis_ping
 
 LOCAL = {
     "kafka": "tollgate-local/kafka:4.1.1",
@@ -109,9 +110,9 @@ class ContainerServers:
             f"postgresql://tollgate:{password}@127.0.0.1:{pg_port}/tollgate",
             f"redis://127.0.0.1:{redis_port}/0",
         )
-        _wait("postgres", lambda: _run(_postgres_answers(endpoints.database_url)), postgres)
+        _wait("postgres", lambda: run_to_end(_postgres_answers(endpoints.database_url)), postgres)
         _wait("redis", lambda: _redis_ping(endpoints.redis_url), redis)
-        _wait("kafka", lambda: _run(_kafka_ready(endpoints.kafka_bootstrap)), kafka, 120.0)
+        _wait("kafka", lambda: run_to_end(_kafka_ready(endpoints.kafka_bootstrap)), kafka, 120.0)
         return endpoints
 
     def stop(self) -> None:
