@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import string
+import threading
 import uuid
 
 import uuid_utils
@@ -24,13 +25,43 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(bytes=uuid_utils.uuid7().bytes)
 
 
+class _RandomBytes:
+    """The system's random bytes, drawn 4 KiB at a time: one ``getrandom`` call per id made
+    the gateway release and take back the GIL on every request. Emptied in a forked child,
+    which must not hand out its parent's ids."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._position = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._buffer, self._position = b"", 0
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            if self._position + count > len(self._buffer):
+                self._buffer, self._position = os.urandom(max(self.SIZE, count)), 0
+            start = self._position
+            self._position += count
+            return self._buffer[start : self._position]
+
+
+_RANDOM = _RandomBytes()
+# Bytes 0-247 map to base62 digits (each digit four times: uniform), 248-255 are dropped.
+_ACCEPTED = 4 * len(_ALPHABET)
+_TO_BASE62 = bytes(ord(_ALPHABET[b % len(_ALPHABET)]) if b < _ACCEPTED else 0 for b in range(256))
+_REJECTED = bytes(range(_ACCEPTED, 256))
+
+
 def resource_id(prefix: str, length: int = 24) -> str:
-    """An opaque id such as ``key_Xy3...`` or ``proj_...`` (OpenAI's style): the base62 digits
-    of one uniform random number below 62**length (one call to the system's random source
-    instead of one per character: the gateway makes one per request)."""
-    number = secrets.randbelow(len(_ALPHABET) ** length)
-    digits = []
-    for _ in range(length):
-        number, digit = divmod(number, len(_ALPHABET))
-        digits.append(_ALPHABET[digit])
-    return f"{prefix}_" + "".join(digits)
+    """An opaque id such as ``key_Xy3...`` or ``proj_...`` (OpenAI's style): ``length``
+    uniform base62 digits from the system's random source, one byte each (bytes above the
+    last whole multiple of 62 are dropped, so no digit is likelier than another)."""
+    digits = b""
+    while len(digits) < length:
+        digits += _RANDOM.take(length - len(digits) + 2).translate(_TO_BASE62, _REJECTED)
+    return f"{prefix}_{digits[:length].decode()}"

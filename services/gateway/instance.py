@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import httpx
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.client_reqrep import ConnectionKey
 
 from services.gateway.auth import Authenticator, Verifier
 from services.gateway.cache import Breaker, LocalCache
@@ -24,44 +21,11 @@ from services.gateway.proxy import Proxy
 from services.gateway.settings import GatewaySettings
 from services.gateway.spool import Spool
 from services.gateway.subscriber import Subscriber
+from services.gateway.upstream_pool import UpstreamPool
 from shared.catalogue import Catalogue
 from shared.key_store import KeyStore
 from shared.redis_client import REDIS_ERRORS, connect, subscription_urls
 from shared.worker import Backoff, Worker, Workers
-
-
-class _UpstreamConnector(aiohttp.TCPConnector):
-    """aiohttp keeps every idle connection until its keep-alive expiry; this one keeps at
-    most ``keep_idle`` per upstream host (``upstream_keepalive``), as httpx's pool did."""
-
-    def __init__(self, *, keep_idle: int, **options: Any) -> None:
-        super().__init__(**options)
-        self.keep_idle = keep_idle
-
-    def _release(
-        self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False
-    ) -> None:
-        idle = self._conns.get(key)
-        crowded = len(idle) >= self.keep_idle if idle is not None else self.keep_idle == 0
-        super()._release(key, protocol, should_close=should_close or crowded)
-
-
-def _upstream_session(s: GatewaySettings) -> aiohttp.ClientSession:
-    """The shared upstream HTTP session: aiohttp's C parser and cheap pool cost a fraction
-    of httpx's CPU per request. Created in the running loop (the lifespan); per-model
-    timeouts are given per request; idle connections are dropped after the keep-alive expiry."""
-    connector = _UpstreamConnector(
-        keep_idle=s.upstream_keepalive,
-        limit=s.upstream_max_connections,
-        limit_per_host=0,
-        keepalive_timeout=s.upstream_keepalive_expiry_s,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        raise_for_status=False,
-        cookie_jar=aiohttp.DummyCookieJar(),  # an upstream's cookies are not the gateway's
-    )
 
 
 class Gateway:
@@ -91,7 +55,12 @@ class Gateway:
             timeout_s=max(s.redis_timeout_s, 1.0),
         )
         self.keys_client = httpx.AsyncClient(timeout=s.verify_timeout_s)
-        self.upstream_session = _upstream_session(s)
+        # The models' servers: aiohttp's client was a third of the gateway's CPU per request.
+        self.upstream = UpstreamPool(
+            max_connections=s.upstream_max_connections,
+            keep_idle=s.upstream_keepalive,
+            expiry_s=s.upstream_keepalive_expiry_s,
+        )
         self.auth = Authenticator(
             local=self.local,
             store=self.store,
@@ -131,7 +100,7 @@ class Gateway:
             catalogue,
             auth=self.auth,
             policies=self.policies,
-            session=self.upstream_session,
+            pool=self.upstream,
             emitter=self.emitter,
             max_body_bytes=s.max_body_bytes,
         )
@@ -162,7 +131,7 @@ class Gateway:
         await self.policies.flush()
         await self.policies.leave()
         await self.emitter.close()
-        await self.upstream_session.close()
+        await self.upstream.close()
         await self.keys_client.aclose()
         await self.redis.aclose()
 

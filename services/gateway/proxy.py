@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, cast
 
-import aiohttp
 import orjson
 from fastapi import Request
 from opentelemetry import trace
 from starlette.responses import Response
-from yarl import URL
 
 from services.gateway.auth import Authenticator
 from services.gateway.body import read_body, requested_model, serialise
@@ -41,6 +39,8 @@ from services.gateway.policies.gate import Admission, PolicyGate
 from services.gateway.relay import close_upstream, relay_events
 from services.gateway.responses import MeteredResponse, MeteredStream
 from services.gateway.route import ENDPOINT_KINDS, Route
+from services.gateway.upstream_http import UpstreamConnectionError
+from services.gateway.upstream_pool import UpstreamPool, UpstreamResponse
 from services.gateway.usage import StreamMeter, Usage, answer_usage
 from services.gateway.usage_event import usage_event
 from shared.catalogue import Catalogue
@@ -89,7 +89,7 @@ class Call:
 
 
 class Proxy:
-    """Routes by the catalogue, forwards over a shared HTTP session, meters every answer."""
+    """Routes by the catalogue, forwards over a shared connection pool, meters every answer."""
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class Proxy:
         *,
         auth: Authenticator,
         policies: PolicyGate,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         emitter: UsageEmitter,
         max_body_bytes: int,
     ) -> None:
@@ -105,7 +105,7 @@ class Proxy:
         self.routes = {entry.id: Route.of(entry) for entry in catalogue.models}
         self.auth = auth
         self.policies = policies
-        self.session = session
+        self.pool = pool
         self.emitter = emitter
         self.max_body_bytes = max_body_bytes
 
@@ -171,25 +171,8 @@ class Proxy:
             # upstream whose parser takes the first must never see the other.
             upstream_payload = dict(payload)
         body = raw if upstream_payload is payload else serialise(upstream_payload)
-        url = route.urls[call.endpoint]
-        headers = {**route.headers, "x-request-id": call.request_id}
-        sent = perf_counter()
-        try:
-            upstream = await self._send(url, body, headers, route.timeout, stream=call.stream)
-            # A whole answer is read here, so that its timeouts and breaks are 504 and 502.
-            content = b"" if call.stream and upstream.status < 400 else await upstream.read()
-        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors (some ClientErrors too)
-            raise UpstreamTimeout(
-                f"The model's server did not answer within {route.entry.upstream.timeout_s:g} s."
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"The model's server could not be reached ({type(exc).__name__})."
-            ) from None
-        finally:
-            request.state.upstream_s = perf_counter() - sent
+        upstream, content = await self._exchange(request, call, route, body)
         if upstream.status >= 400:
-            upstream.release()
             return self._upstream_failure(call, upstream, content)
         if call.stream:
             return self._stream(call, upstream, payload, wants_usage_chunk)
@@ -203,31 +186,44 @@ class Proxy:
             ),
         )
 
-    async def _send(
-        self,
-        url: URL,
-        body: bytes,
-        headers: dict[str, str],
-        timeout: aiohttp.ClientTimeout,
-        *,
-        stream: bool,
-    ) -> aiohttp.ClientResponse:
-        """Send, retrying once when a pooled connection turned out closed by the upstream
-        (its keep-alive ran out as we reused it) or a connect failed: the request never got
-        an answer. A whole answer is decoded as httpx did; a stream is passed on raw."""
+    async def _exchange(
+        self, request: Request, call: Call, route: Route, body: bytes
+    ) -> tuple[UpstreamResponse, bytes]:
+        """The upstream's answer and, unless it is a stream, its whole body (read here, so
+        that its timeouts and breaks are 504 and 502). A connection not read to its end
+        (a failure, or the client gone) is closed, never reused."""
+        request_id = b"x-request-id: %s\r\n" % call.request_id.encode()
+        sent = perf_counter()
+        upstream: UpstreamResponse | None = None
         try:
-            return await self.session.post(
-                url, data=body, headers=headers, timeout=timeout, auto_decompress=not stream
+            upstream = await self.pool.post(
+                route.targets[call.endpoint], body, request_id, route.timeouts
             )
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            log.info("upstream connection closed under us; retrying once")
-            return await self.session.post(
-                url, data=body, headers=headers, timeout=timeout, auto_decompress=not stream
-            )
+            content = b""
+            if not call.stream or upstream.status >= 400:
+                content = await upstream.read()
+                upstream.release()
+        except TimeoutError:
+            if upstream is not None:
+                upstream.close()
+            raise UpstreamTimeout(
+                f"The model's server did not answer within {route.entry.upstream.timeout_s:g} s."
+            ) from None
+        except UpstreamConnectionError as exc:
+            if upstream is not None:
+                upstream.close()
+            raise UpstreamError(
+                f"The model's server could not be reached ({type(exc).__name__})."
+            ) from None
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
+            raise
+        finally:
+            request.state.upstream_s = perf_counter() - sent
+        return upstream, content
 
-    def _upstream_failure(
-        self, call: Call, upstream: aiohttp.ClientResponse, content: bytes
-    ) -> Response:
+    def _upstream_failure(self, call: Call, upstream: UpstreamResponse, content: bytes) -> Response:
         status = upstream.status
         if status in _PASS_THROUGH:
             passed = MeteredResponse(
@@ -252,7 +248,7 @@ class Proxy:
     def _stream(
         self,
         call: Call,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         payload: dict[str, Any],
         wants_usage: bool,
     ) -> Response:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
-
+from services.gateway.upstream_http import UpstreamConnectionError
+from services.gateway.upstream_pool import UpstreamResponse
 from services.gateway.usage import StreamMeter
 
 # Every log line of a proxied request comes from the proxy's logger: one name to filter on.
@@ -20,13 +20,13 @@ log = logging.getLogger("services.gateway.proxy")
 
 
 async def relay_events(
-    upstream: aiohttp.ClientResponse, meter: StreamMeter, outcome: dict[str, int], model: str
+    upstream: UpstreamResponse, meter: StreamMeter, outcome: dict[str, int], model: str
 ) -> AsyncIterator[bytes]:
     """The upstream's events that the meter lets through, joined per read; a break of the
     upstream sets ``outcome["status"]`` to 502 (the client sees a cut stream)."""
     buffer = b""
     try:
-        async for piece in upstream.content.iter_any():
+        async for piece in upstream.iter_chunks():
             buffer += piece
             if b"\r" in buffer:
                 buffer = buffer.replace(b"\r\n", b"\n")
@@ -39,16 +39,16 @@ async def relay_events(
                 yield b"".join(out)
         if buffer.strip() and meter.feed(buffer):
             yield buffer
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (UpstreamConnectionError, TimeoutError) as exc:
         # Headers are sent already: the client sees a cut stream; the event says 502.
         log.warning("upstream stream of %s broke: %s", model, type(exc).__name__)
         outcome["status"] = 502
 
 
-async def close_upstream(upstream: aiohttp.ClientResponse) -> None:
+async def close_upstream(upstream: UpstreamResponse) -> None:
     """A stream read to its end gives its connection back to the pool; one cut short (client
     gone) closes the connection, which tells the upstream to stop generating."""
-    if upstream.content.at_eof():
+    if upstream.at_eof():
         upstream.release()
     else:
         upstream.close()

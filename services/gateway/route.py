@@ -1,16 +1,14 @@
 """How each catalogue model's upstream is reached, built once at start.
 
 Apart from the proxy because it is made once per model, not per request: the headers with
-the upstream's credential, the parsed URL of each endpoint, the timeouts.
+the upstream's credential, each endpoint's request head, the timeouts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
-from yarl import URL
-
+from services.gateway.upstream_pool import Target, Timeouts
 from shared.catalogue import ModelEntry
 from shared.events import Endpoint
 
@@ -28,9 +26,8 @@ class Route:
     """How one catalogue model is reached (headers built once, credential read once)."""
 
     entry: ModelEntry
-    urls: dict[Endpoint, URL]
-    headers: dict[str, str]
-    timeout: aiohttp.ClientTimeout
+    targets: dict[Endpoint, Target]
+    timeouts: Timeouts
 
     @classmethod
     def of(cls, entry: ModelEntry) -> Route:
@@ -41,10 +38,8 @@ class Route:
         seconds = entry.upstream.timeout_s
         # No overall limit (a stream may last): waiting for a pooled connection and each read
         # (between chunks too) bounded by the model's timeout, a connect by at most 10 s.
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=seconds, sock_connect=min(seconds, 10.0), sock_read=seconds
-        )
+        timeouts = Timeouts(pool_s=seconds, connect_s=min(seconds, 10.0), read_s=seconds)
         base_url = entry.upstream.base_url.rstrip("/")
-        # Parsed once: yarl's URL parsing is a noticeable share of a request otherwise.
-        urls = {e: URL(base_url + e.removeprefix("/v1"), encoded=True) for e in ENDPOINT_KINDS}
-        return cls(entry, urls, headers, timeout)
+        # Each request head built once: per request only its length and id are added.
+        targets = {e: Target.of(base_url + e.removeprefix("/v1"), headers) for e in ENDPOINT_KINDS}
+        return cls(entry, targets, timeouts)

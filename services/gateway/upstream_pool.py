@@ -1,0 +1,248 @@
+"""The gateway's connections to the models' servers: a pool of ``UpstreamConnection`` per
+server, bounded in all, a few kept idle per server, each idle one dropped after its expiry.
+
+``UpstreamPool.post`` sends one request and returns once the answer's headers are in; the
+``UpstreamResponse`` then gives the body whole or as it streams, and gives the connection
+back (or closes it) when done with. A pooled connection found closed under us, or a connect
+that fails, is retried once on a new connection: that request never got an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from time import monotonic
+from urllib.parse import urlsplit
+
+from services.gateway.upstream_http import (
+    UpstreamConnectFailed,
+    UpstreamConnection,
+    UpstreamDisconnected,
+)
+
+log = logging.getLogger("services.gateway.proxy")
+
+_UNSAFE_IN_HEADERS = ("\r", "\n", "\x00")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """``pool_s`` bounds the wait for a free connection and the connect together,
+    ``connect_s`` one connect (TLS included), ``read_s`` each read (between chunks too)."""
+
+    pool_s: float
+    connect_s: float
+    read_s: float
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint of one server, its request head built once (the request line, host,
+    and the route's fixed headers); ``headers`` must not hold a line break."""
+
+    scheme: str
+    host: str
+    port: int
+    head: bytes
+
+    @classmethod
+    def of(cls, url: str, headers: dict[str, str]) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        default = (parts.scheme, port) in (("http", 80), ("https", 443))
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        lines = [
+            f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+            f"host: {host if default else f'{host}:{port}'}",
+            "user-agent: tollgate-gateway",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        if any(c in line for line in lines for c in _UNSAFE_IN_HEADERS):
+            raise ValueError("an upstream header or URL holds a line break")
+        return cls(parts.scheme, parts.hostname, port, ("\r\n".join(lines) + "\r\n").encode())
+
+    @property
+    def server(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+
+class UpstreamResponse:
+    """An answer whose headers are in; its body is read whole (``read``) or as it comes
+    (``iter_chunks``), then ``release`` or ``close`` hands the connection back or closes it."""
+
+    def __init__(self, pool: UpstreamPool, connection: UpstreamConnection, read_s: float) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._read_s = read_s
+        self._done = False
+        self.status = connection.status
+        self.headers = connection.headers
+
+    async def read(self) -> bytes:
+        return await self._connection.read(self._read_s)
+
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        return self._connection.iter_chunks(self._read_s)
+
+    def at_eof(self) -> bool:
+        return self._connection.complete
+
+    def release(self) -> None:
+        """Back to the pool when read to its end and kept alive; else closed."""
+        if not self._done:
+            self._done = True
+            self._pool.give_back(self._connection)
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._connection.close()
+            self._pool.give_back(self._connection)
+
+
+class UpstreamPool:
+    """At most ``max_connections`` open in all (a request waits for one, within its pool
+    timeout), at most ``keep_idle`` idle per server, none idle past ``expiry_s``."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        keep_idle: int,
+        expiry_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.max_connections = max_connections
+        self.keep_idle = keep_idle
+        self.expiry_s = expiry_s
+        self._ssl = ssl_context
+        self._idle: dict[tuple[str, str, int], deque[UpstreamConnection]] = {}
+        self._open = 0  # connections open or being opened
+        self._slots: deque[asyncio.Future[None]] = deque()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def post(
+        self, target: Target, body: bytes, headers: bytes, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        """Send ``target``'s head, ``headers`` (whole ``name: value\\r\\n`` lines) and
+        ``body``; return once the answer's status and headers are in."""
+        request = b"%scontent-length: %d\r\n%s\r\n%s" % (target.head, len(body), headers, body)
+        try:
+            return await self._attempt(target, request, timeouts)
+        except (UpstreamDisconnected, UpstreamConnectFailed):
+            log.info("upstream connection closed under us; retrying once")
+            return await self._attempt(target, request, timeouts)
+
+    async def _attempt(
+        self, target: Target, request: bytes, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        connection = await self._connection(target, timeouts)
+        try:
+            connection.send(request)
+            await connection.answer(timeouts.read_s)
+        except BaseException:
+            connection.close()
+            self.give_back(connection)
+            raise
+        return UpstreamResponse(self, connection, timeouts.read_s)
+
+    async def _connection(self, target: Target, timeouts: Timeouts) -> UpstreamConnection:
+        idle = self._idle.get(target.server)
+        while idle:
+            connection = idle.pop()  # the most recently used: the likeliest still open
+            if not connection.closed and monotonic() - connection.idle_since < self.expiry_s:
+                return connection
+            connection.close()
+            self._forget()
+        async with asyncio.timeout(timeouts.pool_s):
+            while self._open >= self.max_connections:
+                slot = asyncio.get_running_loop().create_future()
+                self._slots.append(slot)
+                try:
+                    await slot
+                except BaseException:
+                    if slot.done() and not slot.cancelled():
+                        self._free_slot()  # it was handed to us as we left: pass it on
+                    raise
+            self._open += 1
+            try:
+                return await self._connect(target, timeouts.connect_s)
+            except BaseException:
+                self._forget()
+                raise
+
+    async def _connect(self, target: Target, timeout_s: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        context = None
+        if target.scheme == "https":
+            context = self._ssl = self._ssl or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, connection = await loop.create_connection(
+                    lambda: UpstreamConnection(loop),
+                    target.host,
+                    target.port,
+                    ssl=context,
+                    server_hostname=target.host if context else None,
+                )
+        except OSError as exc:  # refused, unreachable, a name not found, TLS (SSLError)
+            raise UpstreamConnectFailed(f"{type(exc).__name__}: {exc}") from exc
+        connection.server = target.server
+        return connection
+
+    def give_back(self, connection: UpstreamConnection) -> None:
+        """Called once per request when its answer is done with."""
+        if not connection.in_flight:
+            return  # already given back
+        connection.finish()
+        if connection.closed:
+            self._forget()
+            return
+        idle = self._idle.setdefault(connection.server, deque())
+        if self._closed or len(idle) >= self.keep_idle:
+            connection.close()
+            self._forget()
+            return
+        connection.idle_since = monotonic()
+        idle.append(connection)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(self.expiry_s, self._expire)
+
+    def _forget(self) -> None:
+        self._open -= 1
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        while self._slots:
+            slot = self._slots.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+
+    def _expire(self) -> None:
+        self._sweep = None
+        now = monotonic()
+        for idle in self._idle.values():
+            while idle and (idle[0].closed or now - idle[0].idle_since >= self.expiry_s):
+                idle.popleft().close()
+                self._forget()
+        if any(self._idle.values()):
+            self._sweep = asyncio.get_running_loop().call_later(self.expiry_s / 2, self._expire)
+
+    async def close(self) -> None:
+        """Closes every idle connection; those in use close as their answers end."""
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for idle in self._idle.values():
+            while idle:
+                idle.popleft().close()
+                self._forget()
