@@ -45,7 +45,7 @@ async def relay_events(
         outcome["status"] = 502
 
 
-async def close_upstream(upstream: UpstreamResponse) -> None:
+def close_upstream(upstream: UpstreamResponse) -> None:
     """A stream read to its end gives its connection back to the pool; one cut short (client
     gone) closes the connection, which tells the upstream to stop generating."""
     if upstream.at_eof():
