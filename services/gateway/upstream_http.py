@@ -51,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.reused = False  # taken from the pool's idle connections at least once
         self.server: tuple[str, str, int] = ("", "", 0)  # the pool's key: scheme, host, port
         self._reset()
 
@@ -187,6 +188,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_flight = False
         if not self.reusable:
             self.close()
+        elif self.paused and self.transport is not None:
+            self.paused = False  # a stream released at its end while reading was held
+            self.transport.resume_reading()
 
     def close(self) -> None:
         self.closed = True

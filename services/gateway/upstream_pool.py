@@ -4,7 +4,11 @@ server, bounded in all, a few kept idle per server, each idle one dropped after 
 ``UpstreamPool.post`` sends one request and returns once the answer's headers are in; the
 ``UpstreamResponse`` then gives the body whole or as it streams, and gives the connection
 back (or closes it) when done with. A pooled connection found closed under us, or a connect
-that fails, is retried once on a new connection: that request never got an answer.
+that fails, is retried once on a new connection: that request never got an answer. A new
+connection closed before its answer is not: the server may have acted on the request.
+
+At the limit, a request takes a connection given back to its server's idle ones, or closes
+an idle connection to another server to open its own, before it waits for one.
 """
 
 from __future__ import annotations
@@ -72,6 +76,14 @@ class Target:
         return (self.scheme, self.host, self.port)
 
 
+class _Retry(Exception):
+    """The request never reached a server that could answer it: sent again, once."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class UpstreamResponse:
     """An answer whose headers are in; its body is read whole (``read``) or as it comes
     (``iter_chunks``), then ``release`` or ``close`` hands the connection back or closes it."""
@@ -131,22 +143,34 @@ class UpstreamPool:
     async def post(
         self, target: Target, body: bytes, headers: bytes, timeouts: Timeouts
     ) -> UpstreamResponse:
-        """Send ``target``'s head, ``headers`` (whole ``name: value\\r\\n`` lines) and
+        """Send ``target``'s head, ``headers`` (whole ``name: value\r\n`` lines) and
         ``body``; return once the answer's status and headers are in."""
         request = b"%scontent-length: %d\r\n%s\r\n%s" % (target.head, len(body), headers, body)
         try:
             return await self._attempt(target, request, timeouts)
-        except (UpstreamDisconnected, UpstreamConnectFailed):
-            log.info("upstream connection closed under us; retrying once")
+        except _Retry as retry:
+            log.info("upstream connection failed (%s); retrying once", type(retry.error).__name__)
+        try:
             return await self._attempt(target, request, timeouts)
+        except _Retry as again:
+            raise again.error from None
 
     async def _attempt(
         self, target: Target, request: bytes, timeouts: Timeouts
     ) -> UpstreamResponse:
-        connection = await self._connection(target, timeouts)
+        try:
+            connection = await self._connection(target, timeouts)
+        except UpstreamConnectFailed as exc:
+            raise _Retry(exc) from exc  # nothing was sent
         try:
             connection.send(request)
             await connection.answer(timeouts.read_s)
+        except UpstreamDisconnected as exc:
+            connection.close()
+            self.give_back(connection)
+            if connection.reused:  # its keep-alive ended as we reused it: never answered
+                raise _Retry(exc) from exc
+            raise
         except BaseException:
             connection.close()
             self.give_back(connection)
@@ -154,15 +178,13 @@ class UpstreamPool:
         return UpstreamResponse(self, connection, timeouts.read_s)
 
     async def _connection(self, target: Target, timeouts: Timeouts) -> UpstreamConnection:
-        idle = self._idle.get(target.server)
-        while idle:
-            connection = idle.pop()  # the most recently used: the likeliest still open
-            if not connection.closed and monotonic() - connection.idle_since < self.expiry_s:
-                return connection
-            connection.close()
-            self._forget()
+        connection = self._idle_connection(target.server)
+        if connection is not None:
+            return connection
         async with asyncio.timeout(timeouts.pool_s):
             while self._open >= self.max_connections:
+                if self._drop_an_idle_connection():
+                    break  # its place is ours
                 slot = asyncio.get_running_loop().create_future()
                 self._slots.append(slot)
                 try:
@@ -171,12 +193,37 @@ class UpstreamPool:
                     if slot.done() and not slot.cancelled():
                         self._free_slot()  # it was handed to us as we left: pass it on
                     raise
+                connection = self._idle_connection(target.server)
+                if connection is not None:  # one was given back to the pool
+                    return connection
             self._open += 1
             try:
                 return await self._connect(target, timeouts.connect_s)
             except BaseException:
                 self._forget()
                 raise
+
+    def _idle_connection(self, server: tuple[str, str, int]) -> UpstreamConnection | None:
+        """The most recently used idle connection to the server (the likeliest still open)."""
+        idle = self._idle.get(server)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and monotonic() - connection.idle_since < self.expiry_s:
+                connection.reused = True
+                return connection
+            connection.close()
+            self._forget()
+        return None
+
+    def _drop_an_idle_connection(self) -> bool:
+        """At the limit, an idle connection (to any server: the oldest of the first found)
+        is closed to make room; True when one was."""
+        for idle in self._idle.values():
+            if idle:
+                idle.popleft().close()
+                self._open -= 1
+                return True
+        return False
 
     async def _connect(self, target: Target, timeout_s: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -212,6 +259,7 @@ class UpstreamPool:
             return
         connection.idle_since = monotonic()
         idle.append(connection)
+        self._free_slot()  # a request waiting for a connection to this server may take it
         if self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(self.expiry_s, self._expire)
 
