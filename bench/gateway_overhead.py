@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--levels", default="1,50,500", help="concurrent clients, comma-separated")
     parser.add_argument("--modes", default=",".join(MODES), help="chat, stream, embed")
     parser.add_argument("--rounds", type=int, default=3, help="direct/gateway pairs per level")
-    parser.add_argument("--requests", default="1=400,50=800,500=1000", help="per round")
+    parser.add_argument("--requests", default="1=400,50=3000,500=3000", help="per round")
     parser.add_argument("--duration", type=float, help="seconds per round instead of requests")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway here")
