@@ -17,8 +17,6 @@ from time import perf_counter
 from typing import Any
 
 from fastapi import FastAPI
-from opentelemetry import _logs, trace
-from opentelemetry import metrics as otel_metrics
 from prometheus_client.metrics import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -28,23 +26,13 @@ from services.gateway.errors import UsageUnavailable
 from services.gateway.instance import Gateway
 from services.gateway.metrics import Metrics
 from services.gateway.responses import OVERHEAD_HEADER
+from services.gateway.telemetry_probe import configured, load_from_environment
 from shared.errors import ApiError, UnexpectedErrors, error_body
 from shared.http import request_id_of
 from shared.logs import request_id_var
 
 PROXIED = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
 _SERVER_ERROR = "The server had an error while processing your request."
-# OpenTelemetry's API providers until an SDK one is installed: FastAPI's own test of whether
-# to add its server spans, metrics and logs (fastapi.telemetry._api._unconfigured).
-_UNCONFIGURED = frozenset({"ProxyTracerProvider", "_ProxyMeterProvider", "ProxyLoggerProvider"})
-
-
-def _telemetry_configured() -> bool:
-    return not (
-        type(trace.get_tracer_provider()).__name__ in _UNCONFIGURED
-        and type(otel_metrics.get_meter_provider()).__name__ in _UNCONFIGURED
-        and type(_logs.get_logger_provider()).__name__ in _UNCONFIGURED
-    )
 
 
 class ProxiedRoutes:
@@ -53,6 +41,7 @@ class ProxiedRoutes:
     def __init__(self, app: FastAPI, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        load_from_environment()
         self.errors = UnexpectedErrors()
         # Metric children looked up once per label set (labels() takes a lock each time).
         self._requests: dict[tuple[str, int], Counter] = {}
@@ -67,7 +56,7 @@ class ProxiedRoutes:
             scope["type"] != "http"
             or scope["method"] != "POST"
             or scope["path"] not in PROXIED
-            or _telemetry_configured()
+            or configured()
         ):
             await self.app(scope, receive, send)
             return

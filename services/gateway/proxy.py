@@ -39,6 +39,7 @@ from services.gateway.policies.gate import Admission, PolicyGate
 from services.gateway.relay import close_upstream, relay_events
 from services.gateway.responses import MeteredResponse, MeteredStream
 from services.gateway.route import ENDPOINT_KINDS, Route
+from services.gateway.telemetry_probe import tracing
 from services.gateway.upstream_http import UpstreamConnectionError
 from services.gateway.upstream_pool import UpstreamPool, UpstreamResponse
 from services.gateway.usage import StreamMeter, Usage, answer_usage
@@ -69,7 +70,7 @@ def _has_repeated_routing_key(raw: bytes) -> bool:
 def _span(name: str, attributes: dict[str, str]) -> AbstractContextManager[trace.Span]:
     """The request's span; with telemetry off (no SDK provider installed, so every span would
     be a non-recording one) a no-op without the cost of making one and making it current."""
-    if type(trace.get_tracer_provider()) is trace.ProxyTracerProvider:
+    if not tracing():
         return nullcontext(trace.INVALID_SPAN)
     return tracer.start_as_current_span(name, attributes=attributes)
 

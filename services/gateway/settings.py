@@ -76,7 +76,12 @@ class GatewaySettings(ServiceSettings):
         1.0, gt=0, description="after a failure, skip that dependency for this long"
     )
     upstream_max_connections: int = Field(1000, gt=0)
-    upstream_keepalive: int = Field(200, ge=0)
+    upstream_keepalive: int = Field(
+        1000,
+        ge=0,
+        description="idle connections kept per upstream host; fewer than the clients in flight"
+        " and every burst closes and opens connections again",
+    )
     upstream_keepalive_expiry_s: float = Field(
         2.0,
         gt=0,
