@@ -56,7 +56,8 @@ class MeteredStream(Response):
         self.close_upstream = close_upstream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        relaying = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        relaying = asyncio.current_task(loop)
         assert relaying is not None
         gone = False
 
@@ -68,7 +69,7 @@ class MeteredStream(Response):
             relaying.cancel()
 
         # Runs only while the relay waits: it is cancelled below before the relay's next wait.
-        watcher = asyncio.get_running_loop().create_task(watch())
+        watcher = loop.create_task(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.content:

@@ -161,9 +161,13 @@ class StreamMeter:
 
     def feed(self, event: bytes) -> bool:
         """Account for one SSE event; True when it goes on to the client."""
-        data = b"".join(
-            line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")
-        )
+        end = event.find(b"\n")
+        if end == len(event) - 2 and event.startswith(b"data:"):
+            data = event[5:end].strip()  # one data line, as every OpenAI-style upstream sends
+        else:
+            data = b"".join(
+                line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")
+            )
         if not data or data == b"[DONE]":
             return True
         chunk = _loads(data)
@@ -178,7 +182,8 @@ class StreamMeter:
                 piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
                 if isinstance(piece, str):
                     self.output_text.append(piece)
-        found = from_upstream(self.endpoint, chunk.get("usage"))
+        usage = chunk.get("usage")
+        found = None if usage is None else from_upstream(self.endpoint, usage)
         if found is not None:
             self.usage = found
             return self.forward_usage_chunk or bool(choices)

@@ -61,3 +61,28 @@ def test_stream_meter_estimates_what_was_produced_when_cut_short() -> None:
     payload = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "a b c"}]}]}
     assert meter.result(payload) == Usage(3, 2, 0, "estimated")
     assert estimate("/v1/embeddings", {"input": ["x y", "z"]}, "") == Usage(3, 0, 0, "estimated")
+
+
+def test_stream_meter_reads_an_event_however_its_lines_are_laid_out() -> None:
+    # One "data: ..." line is read without splitting the event into lines (the common case);
+    # no space after the colon, other fields first, or the data split over lines read alike.
+    content = json.dumps({"choices": [{"index": 0, "delta": {"content": "four five six"}}]})
+    usage = json.dumps({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}})
+    layouts = {
+        "one line": "data: {}\n\n",
+        "no space": "data:{}\n\n",
+        "spaces around": "data:   {}  \n\n",
+        "after an id": "id: 7\ndata: {}\n\n",
+    }
+    for name, layout in layouts.items():
+        meter = StreamMeter("/v1/chat/completions", forward_usage_chunk=False)
+        assert meter.feed(layout.format(content).encode()), name
+        assert not meter.feed(layout.format(usage).encode()), name  # the usage chunk, held back
+        assert meter.output_text == ["four five six"], name
+        assert meter.result({}) == Usage(9, 3), name
+    split = StreamMeter("/v1/chat/completions", forward_usage_chunk=True)
+    assert split.feed(f"data: {content[:10]}\ndata: {content[10:]}\n\n".encode())
+    assert split.output_text == ["four five six"]
+    cut = StreamMeter("/v1/chat/completions", forward_usage_chunk=True)
+    assert cut.feed(f"data: {content}\n".encode())  # the stream's last bytes, no blank line
+    assert cut.result({}) == Usage(0, 3, 0, "estimated")
