@@ -92,7 +92,10 @@ class UsageEmitter:
 
     def record(self, event: UsageRecorded) -> None:
         """Hand an event over; never blocks, never fails the request, never drops it."""
-        message = (event.key_id.encode(), event.to_bytes())
+        self.put((event.key_id.encode(), event.to_bytes()))
+
+    def put(self, message: Message) -> None:
+        """Hand an event over as it goes on the topic (``usage_event.usage_message``)."""
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:

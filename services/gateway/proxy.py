@@ -43,7 +43,7 @@ from services.gateway.telemetry_probe import tracing
 from services.gateway.upstream_http import UpstreamConnectionError
 from services.gateway.upstream_pool import UpstreamPool, UpstreamResponse
 from services.gateway.usage import StreamMeter, Usage, answer_usage
-from services.gateway.usage_event import usage_event
+from services.gateway.usage_event import usage_message
 from shared.catalogue import Catalogue
 from shared.errors import ApiError
 from shared.events import UNKNOWN_MODEL, Endpoint, KeyState
@@ -282,8 +282,8 @@ class Proxy:
                 self.policies.settle(call.admission, usage)
             except Exception:  # the usage event below must be written whatever happens here
                 log.exception("could not settle a request's rate limits and budget")
-        self.emitter.record(
-            usage_event(
+        self.emitter.put(
+            usage_message(
                 request_id=call.request_id,
                 key=call.key,
                 model=call.model,

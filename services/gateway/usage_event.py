@@ -5,30 +5,124 @@ Every field is bounded before the model sees it: the model is a catalogue id or
 (an upstream may report anything), cached input never exceeds input (metering refuses that),
 and the status is a real HTTP status. Should the event still refuse a field, the request is
 counted all the same, under the unknown-model marker and a fresh request id.
+
+``usage_message`` is what the proxy writes for every request: the event as it goes on the
+topic, written by orjson from the bounded fields when its two strings are known to be valid
+(a sane request id, a model name checked once), which is every request through the proxy;
+else the validated event of ``usage_event``. Pydantic's validation and serialisation of each
+event were a tenth of a proxied request's CPU; the bytes are the same (a test compares them).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 
-from pydantic import ValidationError
+import orjson
+import uuid_utils
+from pydantic import TypeAdapter, ValidationError
 
+from services.gateway.produce_batches import Message
 from services.gateway.usage import Usage
 from shared.events import (
+    SCHEMA_VERSION,
     TOKEN_COUNT_MAX,
     UNKNOWN_MODEL,
     Endpoint,
     KeyState,
+    ModelName,
     UsageRecorded,
     utc_now,
 )
-from shared.ids import resource_id
+from shared.ids import REQUEST_ID_CHARS, resource_id
 
 log = logging.getLogger(__name__)
 
+_SANE_REQUEST_ID = re.compile(REQUEST_ID_CHARS)
+_MODEL_NAME: TypeAdapter[str] = TypeAdapter(ModelName)
+_VALID_MODELS_MAX = 4096  # catalogue ids and the marker: far fewer
+_valid_models: set[str] = set()
+
 
 def _tokens(count: int) -> int:
-    return min(max(count, 0), TOKEN_COUNT_MAX)
+    return int(min(max(count, 0), TOKEN_COUNT_MAX))  # int(): an upstream's true is 1
+
+
+def _bounded(
+    key: KeyState, usage: Usage, *, endpoint: Endpoint, status: int, latency_s: float, stream: bool
+) -> dict[str, Any]:
+    """The event's fields but its id, request id and model, each within the event's bounds."""
+    input_tokens = _tokens(usage.input_tokens)
+    return {
+        "occurred_at": utc_now(),
+        "project_id": key.project_id,
+        "key_id": key.key_id,
+        "endpoint": endpoint,
+        "input_tokens": input_tokens,
+        "output_tokens": _tokens(usage.output_tokens),
+        "cached_input_tokens": min(_tokens(usage.cached_input_tokens), input_tokens),
+        "status_code": status if 100 <= status <= 599 else 502,
+        "latency_ms": max(0, int(latency_s * 1000)),
+        "stream": stream,
+        "usage_source": usage.source,
+    }
+
+
+def _valid_model(model: str) -> bool:
+    if model in _valid_models:
+        return True
+    try:
+        _MODEL_NAME.validate_python(model)
+    except ValidationError:
+        return False
+    if len(_valid_models) < _VALID_MODELS_MAX:
+        _valid_models.add(model)
+    return True
+
+
+def usage_message(
+    *,
+    request_id: str,
+    key: KeyState,
+    model: str,
+    endpoint: Endpoint,
+    status: int,
+    usage: Usage,
+    latency_s: float,
+    stream: bool,
+) -> Message:
+    """The usage event of one request as it goes on the topic: keyed by its key id."""
+    if not (_SANE_REQUEST_ID.fullmatch(request_id) and _valid_model(model)):
+        event = usage_event(
+            request_id=request_id,
+            key=key,
+            model=model,
+            endpoint=endpoint,
+            status=status,
+            usage=usage,
+            latency_s=latency_s,
+            stream=stream,
+        )
+        return event.key_id.encode(), event.to_bytes()
+    # The key's ids were validated when its state was read; the rest is bounded above.
+    fields = _bounded(
+        key, usage, endpoint=endpoint, status=status, latency_s=latency_s, stream=stream
+    )
+    value = orjson.dumps(
+        {  # the model's order of fields, and its timestamps (UTC as Z)
+            "schema_version": SCHEMA_VERSION,
+            "event_id": str(uuid_utils.uuid7()),
+            "occurred_at": fields.pop("occurred_at"),
+            "request_id": request_id,
+            "project_id": fields.pop("project_id"),
+            "key_id": fields.pop("key_id"),
+            "model": model,
+            **fields,
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+    return key.key_id.encode(), value
 
 
 def usage_event(
@@ -43,20 +137,9 @@ def usage_event(
     stream: bool,
 ) -> UsageRecorded:
     """The usage event of one request, with every field inside the event's bounds."""
-    input_tokens = _tokens(usage.input_tokens)
-    fields = {
-        "occurred_at": utc_now(),
-        "project_id": key.project_id,
-        "key_id": key.key_id,
-        "endpoint": endpoint,
-        "input_tokens": input_tokens,
-        "output_tokens": _tokens(usage.output_tokens),
-        "cached_input_tokens": min(_tokens(usage.cached_input_tokens), input_tokens),
-        "status_code": status if 100 <= status <= 599 else 502,
-        "latency_ms": max(0, int(latency_s * 1000)),
-        "stream": stream,
-        "usage_source": usage.source,
-    }
+    fields = _bounded(
+        key, usage, endpoint=endpoint, status=status, latency_s=latency_s, stream=stream
+    )
     try:
         return UsageRecorded.model_validate({**fields, "request_id": request_id, "model": model})
     except ValidationError as exc:
