@@ -147,17 +147,42 @@ def estimate(endpoint: str, payload: dict[str, Any], output_text: str) -> Usage:
     return Usage(estimate_tokens(request_text(endpoint, payload)), output, 0, "estimated")
 
 
+def _may_report_usage(data: bytes) -> bool:
+    """False when a chunk certainly reports no usage: no ``"usage"`` in it, or only
+    ``"usage": null`` (OpenAI's chunks carry that when usage is asked for). A ``"usage"``
+    inside a string is escaped (``\\"usage\\"``): what is left is a key, or a value."""
+    at = data.find(b'"usage"')
+    if at < 0:
+        return False
+    rest = data[at + 7 :].lstrip()
+    is_null = rest.startswith(b":") and rest[1:].lstrip().startswith(b"null")
+    return not is_null or data.count(b'"usage"') > 1
+
+
 class StreamMeter:
     """Watches a stream's SSE events: keeps the usage, counts what was produced, and drops the
-    usage-only chunk the gateway asked for when the client did not."""
+    usage-only chunk the gateway asked for when the client did not.
+
+    A chat or completions chunk that reports no usage is only kept, not parsed: its text is
+    needed only if the usage never comes (then it is estimated), which is rare. Kept chunks
+    are parsed into their text once they pass ``_UNREAD_MAX`` bytes, or when asked for it."""
 
     _FINAL_RESPONSE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+    _UNREAD_MAX = 64 * 1024
 
     def __init__(self, endpoint: str, forward_usage_chunk: bool) -> None:
         self.endpoint = endpoint
         self.forward_usage_chunk = forward_usage_chunk
         self.usage: Usage | None = None
-        self.output_text: list[str] = []
+        self._text: list[str] = []
+        self._unread: list[bytes] = []  # chunks without usage, in order, not parsed yet
+        self._unread_size = 0
+
+    @property
+    def output_text(self) -> list[str]:
+        """The text produced so far, piece by piece."""
+        self._read_unread()
+        return self._text
 
     def feed(self, event: bytes) -> bool:
         """Account for one SSE event; True when it goes on to the client."""
@@ -170,18 +195,22 @@ class StreamMeter:
             )
         if not data or data == b"[DONE]":
             return True
+        if self.endpoint == "/v1/responses":
+            chunk = _loads(data)
+            return self._response_event(chunk) if isinstance(chunk, dict) else True
+        if not _may_report_usage(data):
+            self._unread.append(data)
+            self._unread_size += len(data)
+            if self._unread_size > self._UNREAD_MAX:
+                self._read_unread()
+            return True
         chunk = _loads(data)
         if not isinstance(chunk, dict):
             return True
-        if self.endpoint == "/v1/responses":
-            return self._response_event(chunk)
         choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else []:
-            if isinstance(choice, dict):
-                delta = choice.get("delta")
-                piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(piece, str):
-                    self.output_text.append(piece)
+        if choices:  # text with the usage: after the kept chunks' text, in order
+            self._read_unread()
+            self._take_text(choices)
         usage = chunk.get("usage")
         found = None if usage is None else from_upstream(self.endpoint, usage)
         if found is not None:
@@ -189,10 +218,27 @@ class StreamMeter:
             return self.forward_usage_chunk or bool(choices)
         return True
 
+    def _take_text(self, choices: object) -> None:
+        """Append the text of a chat or completions chunk's ``choices``."""
+        for choice in choices if isinstance(choices, list) else []:
+            if isinstance(choice, dict):
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(piece, str):
+                    self._text.append(piece)
+
+    def _read_unread(self) -> None:
+        for data in self._unread:
+            chunk = _loads(data)
+            if isinstance(chunk, dict):
+                self._take_text(chunk.get("choices"))
+        self._unread.clear()
+        self._unread_size = 0
+
     def _response_event(self, chunk: dict[str, Any]) -> bool:
         kind = chunk.get("type")
         if kind == "response.output_text.delta" and isinstance(chunk.get("delta"), str):
-            self.output_text.append(chunk["delta"])
+            self._text.append(chunk["delta"])
         elif kind in self._FINAL_RESPONSE_EVENTS:
             response = chunk.get("response")
             if isinstance(response, dict):

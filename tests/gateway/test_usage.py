@@ -86,3 +86,48 @@ def test_stream_meter_reads_an_event_however_its_lines_are_laid_out() -> None:
     cut = StreamMeter("/v1/chat/completions", forward_usage_chunk=True)
     assert cut.feed(f"data: {content}\n".encode())  # the stream's last bytes, no blank line
     assert cut.result({}) == Usage(0, 3, 0, "estimated")
+
+
+def _chunk(content: str | None = None, usage: object = "absent") -> bytes:
+    payload: dict[str, object] = {"object": "chat.completion.chunk", "choices": []}
+    if content is not None:
+        payload["choices"] = [{"index": 0, "delta": {"content": content}}]
+    if usage != "absent":
+        payload["usage"] = usage
+    return _event(payload)
+
+
+def test_chunks_without_usage_are_read_only_when_their_text_is_needed() -> None:
+    # OpenAI's own chunks say "usage": null until the last; the word inside a text is no key.
+    pieces = ["a usage", ' "usage": 5 ', "three", " four"]
+    figures = {"prompt_tokens": 2, "completion_tokens": 4}
+    for nulls in (False, True):
+        stream = [_chunk(p, None) if nulls else _chunk(p) for p in pieces]
+        full = StreamMeter("/v1/chat/completions", forward_usage_chunk=False)
+        assert all(full.feed(event) for event in stream)
+        assert not full.feed(_chunk(usage=figures))
+        assert full.result({}) == Usage(2, 4)
+        cut = StreamMeter("/v1/chat/completions", forward_usage_chunk=True)
+        assert all(cut.feed(event) for event in stream)  # the usage never comes
+        assert cut.output_text == pieces  # every piece, in order
+        expected = estimate("/v1/chat/completions", {}, "".join(pieces))
+        assert cut.result({}) == expected
+
+
+def test_the_text_stays_in_order_when_usage_comes_with_the_last_piece() -> None:
+    meter = StreamMeter("/v1/chat/completions", forward_usage_chunk=True)
+    meter.feed(_chunk("one"))
+    meter.feed(_chunk("two", None))
+    meter.feed(_chunk("three", {"prompt_tokens": 1, "completion_tokens": 3}))
+    meter.feed(_chunk("four"))
+    assert meter.output_text == ["one", "two", "three", "four"]
+    assert meter.result({}) == Usage(1, 3)
+
+
+def test_chunks_kept_unread_are_bounded_in_size() -> None:
+    meter = StreamMeter("/v1/chat/completions", forward_usage_chunk=True)
+    pieces = [f"token{i} " for i in range(5000)]  # ~80 bytes a chunk: several times the bound
+    for piece in pieces:
+        assert meter.feed(_chunk(piece))
+        assert meter._unread_size <= StreamMeter._UNREAD_MAX + 200
+    assert "".join(meter.output_text) == "".join(pieces)
