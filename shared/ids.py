@@ -25,6 +25,11 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(bytes=uuid_utils.uuid7().bytes)
 
 
+def uuid7_text() -> str:
+    """A new UUIDv7 in its canonical text, as events carry it (no UUID object made)."""
+    return str(uuid_utils.uuid7())
+
+
 class _RandomBytes:
     """The system's random bytes, drawn 4 KiB at a time: one ``getrandom`` call per id made
     the gateway release and take back the GIL on every request. Emptied in a forked child,

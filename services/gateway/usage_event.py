@@ -20,7 +20,6 @@ import re
 from typing import Any
 
 import orjson
-import uuid_utils
 from pydantic import TypeAdapter, ValidationError
 
 from services.gateway.produce_batches import Message
@@ -35,7 +34,7 @@ from shared.events import (
     UsageRecorded,
     utc_now,
 )
-from shared.ids import REQUEST_ID_CHARS, resource_id
+from shared.ids import REQUEST_ID_CHARS, resource_id, uuid7_text
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +92,17 @@ def usage_message(
     stream: bool,
 ) -> Message:
     """The usage event of one request as it goes on the topic: keyed by its key id."""
-    if not (_SANE_REQUEST_ID.fullmatch(request_id) and _valid_model(model)):
-        event = usage_event(
-            request_id=request_id,
-            key=key,
-            model=model,
-            endpoint=endpoint,
-            status=status,
-            usage=usage,
-            latency_s=latency_s,
-            stream=stream,
-        )
-        return event.key_id.encode(), event.to_bytes()
-    # The key's ids were validated when its state was read; the rest is bounded above.
     fields = _bounded(
         key, usage, endpoint=endpoint, status=status, latency_s=latency_s, stream=stream
     )
+    if not (_SANE_REQUEST_ID.fullmatch(request_id) and _valid_model(model)):
+        event = _validated(fields, request_id, model)
+        return event.key_id.encode(), event.to_bytes()
+    # The key's ids were validated when its state was read; the rest is bounded above.
     value = orjson.dumps(
         {  # the model's order of fields, and its timestamps (UTC as Z)
             "schema_version": SCHEMA_VERSION,
-            "event_id": str(uuid_utils.uuid7()),
+            "event_id": uuid7_text(),
             "occurred_at": fields.pop("occurred_at"),
             "request_id": request_id,
             "project_id": fields.pop("project_id"),
@@ -140,6 +130,11 @@ def usage_event(
     fields = _bounded(
         key, usage, endpoint=endpoint, status=status, latency_s=latency_s, stream=stream
     )
+    return _validated(fields, request_id, model)
+
+
+def _validated(fields: dict[str, Any], request_id: str, model: str) -> UsageRecorded:
+    """The event, validated; one that would be refused is counted under the marker."""
     try:
         return UsageRecorded.model_validate({**fields, "request_id": request_id, "model": model})
     except ValidationError as exc:
