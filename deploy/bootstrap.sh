@@ -32,6 +32,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 command -v setsid >/dev/null || need_apt+=(util-linux)
+# The interpreter the project runs on: Debian's python3 (see below).
+[[ -n ${TOLLGATE_PYTHON:-} || -x /usr/bin/python3 ]] || need_apt+=(python3)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing system packages: ${need_apt[*]}; install them (apt-get install ${need_apt[*]})" >&2
@@ -49,7 +51,15 @@ if ! command -v uv >/dev/null && ! python3 -m uv --version >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages "uv==0.13.8"
 fi
 if command -v uv >/dev/null; then UV=uv; else UV="python3 -m uv"; fi
-$UV sync --frozen --quiet
+# The main environment on Debian's python3 when it is 3.11 or newer: built with profile-guided
+# and link-time optimisation (as the container images run it), where a plain build such as
+# pyenv's is not: the gateway spends about a seventh less CPU per request on it. Else the
+# first Python uv finds; TOLLGATE_PYTHON (a path or a version) chooses another.
+python=${TOLLGATE_PYTHON:-}
+if [[ -z $python ]] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  python=/usr/bin/python3
+fi
+$UV sync --frozen --quiet ${python:+--python "$python"}
 # Real clients in their own locked environments: Daft (it pins openai 2.x) and the openai
 # SDK 1.x; the main environment tests with openai 3.x.
 for client in tests/clients/*/; do $UV sync --frozen --quiet --project "$client"; done

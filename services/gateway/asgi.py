@@ -17,7 +17,6 @@ from time import perf_counter
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client.metrics import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -43,9 +42,6 @@ class ProxiedRoutes:
         self.metrics = metrics
         load_from_environment()
         self.errors = UnexpectedErrors()
-        # Metric children looked up once per label set (labels() takes a lock each time).
-        self._requests: dict[tuple[str, int], Counter] = {}
-        self._latency: dict[str, Histogram] = {}
 
     @property
     def state(self) -> Any:
@@ -113,13 +109,5 @@ class ProxiedRoutes:
             self._count(endpoint, status, perf_counter() - started)
 
     def _count(self, endpoint: str, status: int, seconds: float) -> None:
-        counter = self._requests.get((endpoint, status))
-        if counter is None:
-            counter = self._requests[endpoint, status] = self.metrics.requests.labels(
-                endpoint, str(status)
-            )
-        counter.inc()
-        latency = self._latency.get(endpoint)
-        if latency is None:
-            latency = self._latency[endpoint] = self.metrics.latency.labels(endpoint)
-        latency.observe(seconds)
+        self.metrics.requests.inc(endpoint, str(status))
+        self.metrics.latency.observe(seconds, endpoint)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from services.gateway.request_metrics import LabelledCounter, LabelledHistogram
 from services.gateway.spool import Spool
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -36,22 +37,23 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "tollgate_gateway_requests", "Requests answered", ["endpoint", "status"], registry=r
+        # Updated on every request: collectors without a lock per update.
+        self.requests = LabelledCounter(
+            "tollgate_gateway_requests", "Requests answered", ["endpoint", "status"]
         )
-        self.latency = Histogram(
+        self.latency = LabelledHistogram(
             "tollgate_gateway_request_seconds",
             "Whole request time, upstream included",
+            _LATENCY_BUCKETS,
             ["endpoint"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.overhead = Histogram(
+        self.overhead = LabelledHistogram(
             "tollgate_gateway_overhead_seconds",
             "Time spent in the gateway itself (x-tollgate-overhead-ms)",
-            buckets=_OVERHEAD_BUCKETS,
-            registry=r,
+            _OVERHEAD_BUCKETS,
         )
+        for collector in (self.requests, self.latency, self.overhead):
+            r.register(collector)
         self.auth = Counter(
             "tollgate_gateway_auth",
             "Key checks by where they were answered (local, redis, verify, negative, ...)",

@@ -136,5 +136,5 @@ class OverheadMiddleware(HttpMiddleware):
             await self.app(scope, receive, send_with_overhead)
         finally:
             label = _endpoint_label(scope["path"])
-            self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.latency.labels(label).observe(perf_counter() - started)
+            self.metrics.requests.inc(label, str(status))
+            self.metrics.latency.observe(perf_counter() - started, label)
