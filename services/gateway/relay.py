@@ -30,13 +30,13 @@ async def relay_events(
             buffer += piece
             if b"\r" in buffer:
                 buffer = buffer.replace(b"\r\n", b"\n")
-            out = []
-            while (end := buffer.find(b"\n\n")) >= 0:
-                event, buffer = buffer[: end + 2], buffer[end + 2 :]
-                if meter.feed(event):
-                    out.append(event)
+            cut = buffer.rfind(b"\n\n")
+            if cut < 0:
+                continue  # no whole event yet
+            events, buffer = buffer[: cut + 2], buffer[cut + 2 :]
+            out = meter.feed_events(events)
             if out:
-                yield b"".join(out)
+                yield out
         if buffer.strip() and meter.feed(buffer):
             yield buffer
     except (UpstreamConnectionError, TimeoutError) as exc:

@@ -147,16 +147,25 @@ def estimate(endpoint: str, payload: dict[str, Any], output_text: str) -> Usage:
     return Usage(estimate_tokens(request_text(endpoint, payload)), output, 0, "estimated")
 
 
-def _may_report_usage(data: bytes) -> bool:
-    """False when a chunk certainly reports no usage: no ``"usage"`` in it, or only
-    ``"usage": null`` (OpenAI's chunks carry that when usage is asked for). A ``"usage"``
-    inside a string is escaped (``\\"usage\\"``): what is left is a key, or a value."""
-    at = data.find(b'"usage"')
-    if at < 0:
-        return False
-    rest = data[at + 7 :].lstrip()
-    is_null = rest.startswith(b":") and rest[1:].lstrip().startswith(b"null")
-    return not is_null or data.count(b'"usage"') > 1
+def _usage_report_at(data: bytes, start: int = 0) -> int:
+    """Where the first ``"usage"`` that may report usage is, or -1: one that is no key
+    (``"usage"`` as a text), or a key whose value is not ``null`` (OpenAI's chunks carry
+    ``"usage": null`` when usage is asked for). A ``"usage"`` inside a text is escaped
+    (``\\"usage\\"``): what is left is a key, or a value."""
+    at = data.find(_USAGE_KEY, start)
+    while at >= 0:
+        rest = data[at + 7 : at + 71].lstrip()  # bounded: long whitespace counts as not null
+        if not (rest.startswith(b":") and rest[1:].lstrip().startswith(b"null")):
+            return at
+        at = data.find(_USAGE_KEY, at + 7)
+    return -1
+
+
+def _data_of(event: bytes) -> bytes:
+    """The data of one SSE event (its lines, without the blank line that ends it)."""
+    if event.startswith(b"data:") and b"\n" not in event:
+        return event[5:].strip()  # one data line, as every OpenAI-style upstream sends
+    return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
 class StreamMeter:
@@ -165,7 +174,9 @@ class StreamMeter:
 
     A chat or completions chunk that reports no usage is only kept, not parsed: its text is
     needed only if the usage never comes (then it is estimated), which is rare. Kept chunks
-    are parsed into their text once they pass ``_UNREAD_MAX`` bytes, or when asked for it."""
+    are parsed into their text once they pass ``_UNREAD_MAX`` bytes, or when asked for it.
+    ``feed_events`` takes what arrived at once: the events before the first that may report
+    usage are kept as they came, in one piece."""
 
     _FINAL_RESPONSE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
     _UNREAD_MAX = 64 * 1024
@@ -175,7 +186,7 @@ class StreamMeter:
         self.forward_usage_chunk = forward_usage_chunk
         self.usage: Usage | None = None
         self._text: list[str] = []
-        self._unread: list[bytes] = []  # chunks without usage, in order, not parsed yet
+        self._unread: list[bytes] = []  # events without usage, in order, not parsed yet
         self._unread_size = 0
 
     @property
@@ -186,23 +197,43 @@ class StreamMeter:
 
     def feed(self, event: bytes) -> bool:
         """Account for one SSE event; True when it goes on to the client."""
-        end = event.find(b"\n")
-        if end == len(event) - 2 and event.startswith(b"data:"):
-            data = event[5:end].strip()  # one data line, as every OpenAI-style upstream sends
-        else:
-            data = b"".join(
-                line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")
-            )
+        return self._account(event.rstrip(b"\n"))
+
+    def feed_events(self, events: bytes) -> bytes:
+        """Account for whole SSE events (``\\n`` line ends, each ending in a blank line); what
+        of them goes on to the client. The events before the first that may report usage are
+        kept unread in one piece, not looked at one by one: most of a chat stream."""
+        start = 0
+        if self.endpoint != "/v1/responses":
+            at = _usage_report_at(events)
+            if at < 0:
+                start = len(events)
+            else:
+                cut = events.rfind(b"\n\n", 0, at)
+                start = 0 if cut < 0 else cut + 2
+            if start:
+                self._keep(events[:start])
+            if start == len(events):
+                return events
+        parts = events[start:].split(b"\n\n")
+        tail = parts.pop()  # after the last blank line: empty, but for a stream's last bytes
+        kept = [part for part in parts if self._account(part)]
+        keep_tail = bool(tail) and self._account(tail)
+        if len(kept) == len(parts) and keep_tail == bool(tail):
+            return events
+        rebuilt = b"".join(part + b"\n\n" for part in kept)
+        return events[:start] + rebuilt + (tail if keep_tail else b"")
+
+    def _account(self, event: bytes) -> bool:
+        """One SSE event without its blank line; True when it goes on to the client."""
+        data = _data_of(event)
         if not data or data == b"[DONE]":
             return True
         if self.endpoint == "/v1/responses":
             chunk = _loads(data)
             return self._response_event(chunk) if isinstance(chunk, dict) else True
-        if not _may_report_usage(data):
-            self._unread.append(data)
-            self._unread_size += len(data)
-            if self._unread_size > self._UNREAD_MAX:
-                self._read_unread()
+        if _usage_report_at(data) < 0:
+            self._keep(event)
             return True
         chunk = _loads(data)
         if not isinstance(chunk, dict):
@@ -218,6 +249,13 @@ class StreamMeter:
             return self.forward_usage_chunk or bool(choices)
         return True
 
+    def _keep(self, events: bytes) -> None:
+        """Keep events that report no usage unread (their text is read if it is needed)."""
+        self._unread.append(events)
+        self._unread_size += len(events)
+        if self._unread_size > self._UNREAD_MAX:
+            self._read_unread()
+
     def _take_text(self, choices: object) -> None:
         """Append the text of a chat or completions chunk's ``choices``."""
         for choice in choices if isinstance(choices, list) else []:
@@ -228,10 +266,13 @@ class StreamMeter:
                     self._text.append(piece)
 
     def _read_unread(self) -> None:
-        for data in self._unread:
-            chunk = _loads(data)
-            if isinstance(chunk, dict):
-                self._take_text(chunk.get("choices"))
+        for events in self._unread:
+            for event in events.split(b"\n\n"):
+                data = _data_of(event)
+                if data and data != b"[DONE]":
+                    chunk = _loads(data)
+                    if isinstance(chunk, dict):
+                        self._take_text(chunk.get("choices"))
         self._unread.clear()
         self._unread_size = 0
 

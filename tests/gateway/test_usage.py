@@ -1,9 +1,16 @@
-"""Usage extraction per API, and the stream meter (pure logic, no servers)."""
+"""Usage extraction per API, the stream meter and the relay's splitting (pure logic, no servers)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import random
+from collections.abc import AsyncIterator
+from typing import cast
 
+from services.gateway.relay import relay_events
+from services.gateway.upstream_pool import UpstreamResponse
 from services.gateway.usage import StreamMeter, Usage, estimate, find_usage, from_upstream
 
 
@@ -131,3 +138,70 @@ def test_chunks_kept_unread_are_bounded_in_size() -> None:
         assert meter.feed(_chunk(piece))
         assert meter._unread_size <= StreamMeter._UNREAD_MAX + 200
     assert "".join(meter.output_text) == "".join(pieces)
+
+
+def _relayed(stream: bytes, cuts: list[int], asked: bool) -> tuple[bytes, StreamMeter]:
+    """What relay_events passes on of a stream that arrives in pieces cut at ``cuts``."""
+    meter = StreamMeter("/v1/chat/completions", forward_usage_chunk=asked)
+    bounds = [0, *sorted(cuts), len(stream)]
+    pieces = [stream[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+    class Upstream:
+        async def iter_chunks(self) -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+    async def relay() -> bytes:
+        upstream = cast(UpstreamResponse, Upstream())
+        return b"".join([c async for c in relay_events(upstream, meter, {}, "m")])
+
+    return asyncio.run(relay()), meter
+
+
+def _one_by_one(stream: bytes, asked: bool) -> tuple[bytes, StreamMeter]:
+    """The same stream fed to the meter event by event (what feed_events must match)."""
+    meter = StreamMeter("/v1/chat/completions", forward_usage_chunk=asked)
+    events = [e + b"\n\n" for e in stream.split(b"\n\n")[:-1]]
+    return b"".join(e for e in events if meter.feed(e)), meter
+
+
+def test_events_that_arrive_together_are_metered_as_one_by_one() -> None:
+    figures = {"prompt_tokens": 4, "completion_tokens": 3}
+    words = ["usage", "is", ' "usage": 1 ']  # the word as a whole text, and inside one
+    streams = {
+        "usage last": [_chunk(w) for w in words] + [_chunk(usage=figures)],
+        "usage null until the last": [_chunk(w, None) for w in words] + [_chunk(usage=figures)],
+        "usage with the last text": [_chunk("a"), _chunk("b", figures), _chunk("c")],
+        "usage first": [_chunk(usage=figures), _chunk("x")],
+        "never any usage": [_chunk(w) for w in words],
+        "other fields and blank lines": [
+            b": ping\n\n",
+            b"id: 1\n" + _chunk("one"),
+            b"\n\n",
+            b"event: message\ndata: " + json.dumps({"choices": []}).encode() + b"\n\n",
+            _chunk("two", None),
+            _chunk(usage=figures),
+        ],
+    }
+    rng = random.Random(7)
+    for name, events in streams.items():
+        stream = b"".join(events) + b"data: [DONE]\n\n"
+        for asked in (True, False):
+            expected, alone = _one_by_one(stream, asked)
+            for trial in range(30):
+                cuts = [] if trial == 0 else rng.sample(range(1, len(stream)), rng.randint(1, 6))
+                out, meter = _relayed(stream, cuts, asked)
+                assert out == expected, (name, asked, cuts)
+                assert meter.result({}) == alone.result({}), (name, asked, cuts)
+                assert meter.output_text == alone.output_text, (name, asked, cuts)
+    dropped, _ = _relayed(b"".join(streams["usage last"]), [], asked=False)
+    assert b"completion_tokens" not in dropped  # the usage chunk the client did not ask for
+    assert dropped.count(b"data:") == len(words)
+
+
+def test_events_without_usage_are_kept_in_one_piece() -> None:
+    meter = StreamMeter("/v1/chat/completions", forward_usage_chunk=True)
+    block = b"".join(_chunk(f"t{i}") for i in range(20))
+    assert meter.feed_events(block) is block  # passed on as it came, nothing rebuilt
+    assert len(meter._unread) == 1
+    assert meter.output_text == [f"t{i}" for i in range(20)]
