@@ -18,7 +18,6 @@ import time
 from datetime import UTC, datetime
 
 import httpx
-from prometheus_client import Counter
 from pydantic import SecretStr, ValidationError
 
 from services.gateway.cache import Breaker, LocalCache
@@ -109,7 +108,6 @@ class Authenticator:
         self.redis_timeout_s = redis_timeout_s
         self._writes: set[asyncio.Task[None]] = set()
         self._pending: dict[str, asyncio.Future[tuple[KeyState | None, str]]] = {}
-        self._counters: dict[tuple[str, str], Counter] = {}
 
     async def authenticate(self, authorization: str | None) -> KeyState:
         """The valid key behind the header; raises MissingApiKey, InvalidApiKey, AuthUnavailable."""
@@ -133,11 +131,7 @@ class Authenticator:
         return state
 
     def _count(self, source: str, result: str) -> None:
-        """One key check counted; each label set's child looked up once (labels() locks)."""
-        counter = self._counters.get((source, result))
-        if counter is None:
-            counter = self._counters[source, result] = self.metrics.auth.labels(source, result)
-        counter.inc()
+        self.metrics.auth.inc(source, result)
 
     async def _lookup(self, key_hash: str) -> tuple[KeyState | None, str]:
         state = self.local.get(key_hash)

@@ -52,14 +52,13 @@ class Metrics:
             "Time spent in the gateway itself (x-tollgate-overhead-ms)",
             _OVERHEAD_BUCKETS,
         )
-        for collector in (self.requests, self.latency, self.overhead):
-            r.register(collector)
-        self.auth = Counter(
+        self.auth = LabelledCounter(
             "tollgate_gateway_auth",
             "Key checks by where they were answered (local, redis, verify, negative, ...)",
             ["source", "result"],
-            registry=r,
         )
+        for collector in (self.requests, self.latency, self.overhead, self.auth):
+            r.register(collector)
         self.usage_events = Counter(
             "tollgate_gateway_usage_events",
             "Usage events by outcome (published, spooled, replayed, quarantined)",

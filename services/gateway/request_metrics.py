@@ -1,12 +1,13 @@
-"""The per-request metrics (requests by status, latency, overhead) without a lock per update.
+"""The per-request metrics (requests by status, latency, overhead, key checks) without a lock
+per update.
 
 prometheus_client's ``Counter`` and ``Histogram`` take a thread lock on every update, and a
-histogram walks its buckets in Python: three updates per request were 3 % of a proxied
-request's CPU. Every request is counted on the event loop's thread and ``/metrics`` is
-rendered there too, so plain numbers suffice; a histogram finds its bucket by bisection.
-These are collectors of the gateway's registry, exposed exactly as prometheus_client exposes
-its own (``_total``, ``_bucket``, ``_count``, ``_sum``, ``_created``).
-"""
+histogram walks its buckets in Python: the request metrics' three updates per request were
+3 % of a proxied request's CPU. Every request is counted on the event loop's thread and
+``/metrics`` is rendered there too, so plain numbers suffice; a histogram finds its bucket by
+bisection. These are collectors of the gateway's registry, exposed exactly as
+prometheus_client exposes its own (``_total``, ``_bucket``, ``_count``, ``_sum``,
+``_created``)."""
 
 from __future__ import annotations
 
