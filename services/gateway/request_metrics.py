@@ -21,6 +21,12 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 
+def _check_labels(name: str, labelnames: tuple[str, ...], labels: tuple[str, ...]) -> None:
+    """A new label set must give one value per label name."""
+    if len(labels) != len(labelnames):
+        raise ValueError(f"{name} takes labels {labelnames}, got {labels}")
+
+
 class LabelledCounter:
     """A counter by label values; ``name`` without ``_total``, as prometheus_client's."""
 
@@ -33,17 +39,13 @@ class LabelledCounter:
     def inc(self, *labels: str) -> None:
         entry = self._counts.get(labels)
         if entry is None:
-            self._check(labels)
+            _check_labels(self.name, self.labelnames, labels)
             entry = self._counts[labels] = [0.0, time.time()]
         entry[0] += 1.0
 
     def value(self, *labels: str) -> float:
         entry = self._counts.get(labels)
         return 0.0 if entry is None else entry[0]
-
-    def _check(self, labels: tuple[str, ...]) -> None:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels}")
 
     def describe(self) -> list[Metric]:
         return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
@@ -86,8 +88,7 @@ class LabelledHistogram:
     def observe(self, value: float, *labels: str) -> None:
         series = self._series.get(labels)
         if series is None:
-            if len(labels) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels}")
+            _check_labels(self.name, self.labelnames, labels)
             series = self._series[labels] = _Series([0] * (len(self.bounds) + 1))
         # A value equal to a bound belongs to that bound's bucket (le: less or equal).
         series.counts[bisect_left(self.bounds, value)] += 1
