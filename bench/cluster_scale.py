@@ -55,12 +55,12 @@ from bench.lib.loadgen import Load, Round
 from bench.lib.servers import delete_topics, stack_endpoints
 from bench.lib.stats import summary_ms
 from deploy.kafka_cluster import KafkaCluster
+from deploy.ports import free_port
 from deploy.redis_cluster import RedisCluster
 from deploy.stack import Endpoints
 from deploy.system import replica_name
 from shared.kafka import Replication, ensure_topics
 from tests.e2e.system import System, start_system
-from tests.private_servers import free_port
 
 REPLICATION = Replication(3, 2)
 ON_CLUSTER = {

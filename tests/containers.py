@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from testcontainers.core.network import Network
 
 from deploy.docker_engine import API_VERSION, Engine
 from deploy.endpoints import Endpoints
+from deploy.ports import free_port
 from deploy.process import run_to_end
 from deploy.servers import StackError
 from deploy.stack import DEFAULT_RUN_DIR, _kafka_ready, _redis_ping
@@ -36,12 +36,6 @@ LOCAL = {
     "redis": "tollgate-local/redis:7",
 }
 OFFICIAL = {"kafka": "apache/kafka:4.1.1", "postgres": "postgres:17", "redis": "redis:7"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _published(container: DockerContainer, port: int, host_port: int) -> DockerContainer:
@@ -71,7 +65,7 @@ class ContainerServers:
         os.environ["DOCKER_HOST"] = self.engine.host()
         os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
         client = {"version": API_VERSION}
-        kafka_port, pg_port, redis_port = _free_port(), _free_port(), _free_port()
+        kafka_port, pg_port, redis_port = free_port(), free_port(), free_port()
         password = secrets.token_urlsafe(16)
         # The engine has no default bridge (deploy/docker_engine.py): the session's own network.
         self.network = Network(docker_client_kw=client).create()

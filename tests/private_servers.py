@@ -7,23 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from deploy.ports import free_port
 from deploy.process import kill_tree
 from deploy.redis_cluster import RedisCluster
 from deploy.servers import Kafka, Ports, Postgres, Redis
 from deploy.stack import start_one
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def private_ports() -> Ports:

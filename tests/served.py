@@ -7,7 +7,7 @@ from typing import Any
 
 import uvicorn
 
-from tests.private_servers import free_port
+from deploy.ports import free_port
 
 
 class Served:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy.ports import free_port
 from deploy.stack import Endpoints, Stack
 from deploy.system import SERVICES
 from shared.apikeys import generate, hash_key, hint
@@ -29,12 +29,6 @@ from shared.policy import Budget, RateLimits
 from shared.topics import KEYS_EVENTS
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stack_endpoints() -> Endpoints:

@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from deploy.kafka_cluster import KafkaCluster
+from deploy.ports import free_port
 from deploy.redis_cluster import RedisCluster
 from deploy.stack import Endpoints
 from deploy.system import replica_name
@@ -49,7 +50,6 @@ from tests.chaos.ledgers import (
 from tests.chaos.traffic import Key, Tally, client_loop
 from tests.e2e.system import Process, System, start_system
 from tests.polling import eventually
-from tests.private_servers import free_port
 
 CLIENTS = 4
 REPLICAS = 2  # of metering and of billing

@@ -17,11 +17,11 @@ import httpx
 
 from deploy import system as described
 from deploy.endpoints import Endpoints
+from deploy.ports import free_port
 from services.billing.settings import BillingSettings
 from services.keys.settings import KeysSettings
 from services.metering.settings import MeteringSettings
 from tests.console.helpers import INTERNAL_TOKEN, TOKEN
-from tests.private_servers import free_port
 from tests.served import Served
 
 # What the console's tests need of each service's log: its warnings, as text.

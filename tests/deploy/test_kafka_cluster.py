@@ -16,10 +16,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from deploy.kafka_cluster import KafkaCluster
+from deploy.ports import free_port
 from shared.kafka import Replication, ensure_topics, idempotent_producer
 from shared.topics import USAGE_EVENTS
 from tests.polling import eventually
-from tests.private_servers import free_port
 
 pytestmark = pytest.mark.cluster
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from deploy.endpoints import Endpoints
+from deploy.ports import free_port
 from deploy.system import (
     SERVICES,
     Isolation,
@@ -32,7 +33,6 @@ from deploy.system import (
     replica_name,
     settings_of,
 )
-from tests.private_servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = "Qwen/Qwen2.5-0.5B-Instruct"

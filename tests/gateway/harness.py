@@ -14,12 +14,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI, Header, Response
 from pydantic import BaseModel, SecretStr
 
+from deploy.ports import free_port
 from services.gateway.main import create_app
 from services.gateway.settings import GatewaySettings
 from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent, KeyEventType, KeyState, UsageRecorded
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS
-from tests.private_servers import free_port
 from tests.served import Served
 
 INTERNAL_TOKEN = "internal-token-for-gateway-tests"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from deploy.ports import free_port
 from services.gateway.emitter import UsageEmitter, parse_spooled
 from services.gateway.metrics import Metrics
 from services.gateway.quarantine import Quarantine, Refused
 from services.gateway.spool import Spool, SpoolFull
 from shared.events import UsageRecorded, utc_now
 from tests.polling import eventually
-from tests.private_servers import free_port
 
 
 def usage(key_id: str = "key_a", **changes: object) -> UsageRecorded:

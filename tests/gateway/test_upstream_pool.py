@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from deploy.ports import free_port
 from services.gateway.upstream_http import (
     HIGH_WATER,
     UpstreamBroken,
@@ -201,13 +202,6 @@ def answering(response: bytes) -> Handler:
             await peer.send(response)
 
     return handle
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_until(probe: Callable[[], bool], what: str, timeout_s: float = 2.0) -> None:

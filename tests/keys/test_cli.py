@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import uvicorn
 
+from deploy.ports import free_port
 from services.keys import cli
 from services.keys.main import create_app
 from services.keys.settings import KeysSettings
 from shared import apikeys
 from tests.keys.harness import ADMIN_TOKEN, INTERNAL_TOKEN
-from tests.private_servers import free_port
 
 
 @pytest.fixture

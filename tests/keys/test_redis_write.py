@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from deploy.ports import free_port
 from services.keys.settings import KeysSettings
 from shared import apikeys
 from shared.key_store import KeyStore
 from tests.keys.harness import Running, by_key, read_topic, running
-from tests.private_servers import free_port
 
 
 async def test_every_change_is_in_redis_when_the_call_returns(

@@ -17,10 +17,11 @@ import asyncpg
 import httpx
 import pytest
 
+from deploy.ports import free_port
 from tests.metering.harness import ADMIN_TOKEN, INTERNAL_TOKEN, both, stats, stream_of
 from tests.metering.ledgers import Case
 from tests.polling import eventually
-from tests.private_servers import Private, free_port
+from tests.private_servers import Private
 
 REPO = Path(__file__).resolve().parents[2]
 
