@@ -30,9 +30,6 @@ from shared.topics import USAGE_EVENTS, topic_name
 
 log = logging.getLogger(__name__)
 _BATCH = 500
-# After the first event of a batch, wait this long for more: one produce then carries many
-# events at any concurrency, instead of one round trip to Kafka per request at low load.
-_LINGER_S = 0.02
 _REPLAY_EVERY_S = 0.5
 _HOLD_RETRY_S = 0.5
 _KEY_ID_MAX = 200
@@ -64,8 +61,13 @@ class UsageEmitter:
         metrics: Metrics,
         queue_size: int,
         delivery_timeout_s: float,
+        linger_s: float = 0.1,
     ) -> None:
         self.spool = spool
+        # After the first event of a batch, wait this long for more: one produce then carries
+        # many events at any concurrency, instead of one round trip to Kafka per request at low
+        # load, and the broker handles a few large produce requests instead of many small ones.
+        self.linger_s = linger_s
         self.metrics = metrics
         self.queue_size = queue_size
         self.publisher = Publisher(
@@ -110,7 +112,7 @@ class UsageEmitter:
             elif not self._batch:  # else a batch a failure interrupted: placed first
                 self._batch = [await self.queue.get()]
                 if self.queue.qsize() < _BATCH - 1:
-                    await asyncio.sleep(_LINGER_S)  # the event waits in _batch: still pending
+                    await asyncio.sleep(self.linger_s)  # the event waits in _batch: still pending
                 while len(self._batch) < _BATCH and not self.queue.empty():
                     self._batch.append(self.queue.get_nowait())
                 if self._overflow:

@@ -77,6 +77,7 @@ class Gateway:
             metrics=metrics,
             queue_size=s.usage_queue_size,
             delivery_timeout_s=s.kafka_delivery_timeout_s,
+            linger_s=s.usage_linger_s,
         )
         self.feeder = Feeder(
             bootstrap=s.kafka_bootstrap,
