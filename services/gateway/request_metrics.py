@@ -7,7 +7,8 @@ histogram walks its buckets in Python: the request metrics' three updates per re
 ``/metrics`` is rendered there too, so plain numbers suffice; a histogram finds its bucket by
 bisection. These are collectors of the gateway's registry, exposed exactly as
 prometheus_client exposes its own (``_total``, ``_bucket``, ``_count``, ``_sum``,
-``_created``)."""
+``_created``, unless ``PROMETHEUS_DISABLE_CREATED_SERIES`` or ``disable_created_metrics()``
+turned those off)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import metrics as client_metrics
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+
+def _created_series() -> bool:
+    """Whether prometheus_client exposes ``_created`` series now (its own switch)."""
+    return bool(client_metrics._use_created)
 
 
 def _check_labels(name: str, labelnames: tuple[str, ...], labels: tuple[str, ...]) -> None:
@@ -52,8 +59,9 @@ class LabelledCounter:
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created_too = _created_series()
         for labels, (count, created) in list(self._counts.items()):
-            family.add_metric(labels, count, created=created)
+            family.add_metric(labels, count, created=created if created_too else None)
         yield family
 
 
@@ -103,12 +111,14 @@ class LabelledHistogram:
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created_too = _created_series()
         for labels, series in list(self._series.items()):
             cumulative, running = [], 0
             for le, count in zip(self._le, series.counts, strict=True):
                 running += count
                 cumulative.append((le, float(running)))
             family.add_metric(labels, cumulative, series.total)
-            named = dict(zip(self.labelnames, labels, strict=True))
-            family.samples.append(Sample(self.name + "_created", named, series.created))
+            if created_too:
+                named = dict(zip(self.labelnames, labels, strict=True))
+                family.samples.append(Sample(self.name + "_created", named, series.created))
         yield family

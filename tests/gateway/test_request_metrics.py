@@ -6,7 +6,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+    generate_latest,
+)
 
 from services.gateway.metrics import Metrics
 from services.gateway.request_metrics import LabelledCounter, LabelledHistogram
@@ -53,6 +60,31 @@ def test_counter_and_histograms_expose_what_prometheus_client_does() -> None:
     assert "t_overhead_created " in text
     assert counter.value("/v1/chat", "200") == 2
     assert latency.count("/v1/chat") == len(_VALUES)
+
+
+def test_created_series_follow_prometheus_clients_switch() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = LabelledCounter("t_requests", "Requests", ["endpoint"])
+    latency = LabelledHistogram("t_seconds", "Latency", _BUCKETS, ["endpoint"])
+    ours.register(counter)
+    ours.register(latency)
+    their_counter = Counter("t_requests", "Requests", ["endpoint"], registry=theirs)
+    their_latency = Histogram(
+        "t_seconds", "Latency", ["endpoint"], buckets=_BUCKETS, registry=theirs
+    )
+    counter.inc("/v1/chat")
+    their_counter.labels("/v1/chat").inc()
+    latency.observe(0.3, "/v1/chat")
+    their_latency.labels("/v1/chat").observe(0.3)
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # what PROMETHEUS_DISABLE_CREATED_SERIES=true does at import
+    try:
+        text, their_text = generate_latest(ours).decode(), generate_latest(theirs).decode()
+    finally:
+        enable_created_metrics()  # type: ignore[no-untyped-call]
+    assert "_created" not in text
+    assert "_created" not in their_text
+    assert sorted(text.splitlines()) == sorted(their_text.splitlines())
+    assert "_created" in generate_latest(ours).decode(), "and back once enabled"
 
 
 def test_wrong_label_counts_and_unsorted_buckets_are_refused() -> None:
