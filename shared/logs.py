@@ -7,6 +7,8 @@ import json
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,9 +63,49 @@ class PlainFormatter(logging.Formatter):
         return redact(prefix + super().format(record))
 
 
+class RepeatLimiter(logging.Filter):
+    """A Kafka client's line repeated while a broker is away goes out once per window.
+
+    aiokafka logs every failed reconnect and metadata refresh at ERROR, many a second while a
+    broker is down: one line per message template (and logger and level) per ``window_s``,
+    and the next one says how many like it were held back. Other loggers pass untouched."""
+
+    _MAX_KEYS = 1000  # templates are few; this bounds a library that logs formatted text
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = ("aiokafka", "kafka"),
+        window_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.window_s = window_s
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # key: [let through at, held]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            held = int(seen[1])
+            record.msg = f"{record.msg} [{held} more like this in the last {self.window_s:g} s]"
+        if seen is None and len(self._seen) >= self._MAX_KEYS:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[key] = [now, 0]
+        return True
+
+
 def setup_logging(service: str, level: str = "INFO", json_lines: bool = True) -> None:
     """Route the root logger to stderr as JSON lines (or plain text)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RepeatLimiter())
     handler.setFormatter(
         JsonFormatter(service)
         if json_lines
