@@ -118,7 +118,12 @@ SERVICES: tuple[Service, ...] = (
         catalogue=True,
         spool=True,
         # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused race.
-        uvicorn_args=("--timeout-keep-alive", "75"),
+        uvicorn_args=(
+            "--timeout-keep-alive",
+            "75",
+            "--http",
+            "services.gateway.http_protocol:GatewayProtocol",
+        ),
     ),
     Service(
         "console",

@@ -13,9 +13,17 @@ from deploy.ports import free_port
 class Served:
     """An ASGI app served by uvicorn on a free port, in this event loop."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        port: int | None = None,
+        http: type[asyncio.Protocol] | str = "auto",
+        **config: Any,
+    ) -> None:
         self.app = app
         self.port = port or free_port()
+        self.http = http  # uvicorn's HTTP protocol (the gateway runs its own)
+        self.config = config  # more of uvicorn.Config's options
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -25,7 +33,13 @@ class Served:
 
     async def start(self) -> Served:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", backlog=4096
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            backlog=4096,
+            http=self.http,
+            **self.config,
         )
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())

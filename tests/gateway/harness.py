@@ -15,6 +15,7 @@ from fastapi import FastAPI, Header, Response
 from pydantic import BaseModel, SecretStr
 
 from deploy.ports import free_port
+from services.gateway.http_protocol import GatewayProtocol
 from services.gateway.main import create_app
 from services.gateway.settings import GatewaySettings
 from shared.apikeys import generate, hash_key, hint
@@ -137,7 +138,7 @@ def gateway_settings(
 
 async def start_gateway(settings: GatewaySettings, *, ready: bool = True) -> Served:
     """A gateway served on a free port; by default, once its feeder has caught up."""
-    served = await Served(create_app(settings)).start()
+    served = await Served(create_app(settings), http=GatewayProtocol).start()
     if ready:
         async with httpx.AsyncClient() as client:
             for _ in range(300):
