@@ -375,7 +375,7 @@ async def test_an_exchange_is_freed_as_soon_as_it_is_done() -> None:
     try:
         exchange = _exchange(_Transport())
         exchange.more_body = False
-        await exchange.run(App())
+        await exchange.run(App())  # type: ignore[arg-type]
         assert exchange.response_complete
         freed = weakref.ref(exchange)
         del exchange
