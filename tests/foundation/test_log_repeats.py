@@ -10,6 +10,8 @@ import pytest
 
 from shared.logs import RepeatLimiter, setup_logging
 
+_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher", "services.gateway.emitter")
+
 
 class Clock:
     def __init__(self) -> None:
@@ -31,11 +33,20 @@ def lines() -> Iterator[tuple[list[str], Clock]]:
     saved = root.handlers[:], root.level
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    # Whatever ran before may have quietened or detached these loggers: open them up here.
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    kept = [(lg.level, lg.disabled, lg.propagate) for lg in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+        logger.disabled, logger.propagate = False, True
     try:
         yield out, clock
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+        for logger, (level, disabled, propagate) in zip(loggers, kept, strict=True):
+            logger.setLevel(level)
+            logger.disabled, logger.propagate = disabled, propagate
 
 
 def test_a_repeated_line_goes_out_once_a_window_with_the_count_held_back(
