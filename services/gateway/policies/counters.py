@@ -53,6 +53,18 @@ class RedisCounters:
         self._seed_script = LuaScript(SEED)
         self._peek_script = LuaScript(PEEK)
 
+    async def load_scripts(self) -> None:
+        """Load the scripts into Redis (every primary of a cluster) before the first request
+        needs them: a burst that finds them missing pays a load each, and the cluster
+        client's slot map, against the request path's short timeout."""
+        for script in (
+            self._admit_script,
+            self._settle_script,
+            self._seed_script,
+            self._peek_script,
+        ):
+            await self.client.script_load(script.source)
+
     async def admit(
         self, plan: Plan, reservation: str, lease_ms: int, now_ms: int | None = None
     ) -> Verdict:

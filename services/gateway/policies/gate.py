@@ -198,6 +198,10 @@ class PolicyGate:
         """Count the replicas alive (the degraded share), and reconcile budgets with the
         cost ledger every ``reconcile_s``."""
         next_reconcile = time.monotonic() + self.reconcile_s
+        try:
+            await asyncio.wait_for(self.counters.load_scripts(), max(self.timeout_s, 2.0))
+        except REDIS_ERRORS as exc:  # loaded when first needed, then
+            log.warning("policy scripts not loaded ahead: %s", exc)
         while True:
             await self._heartbeat()
             if time.monotonic() >= next_reconcile:
