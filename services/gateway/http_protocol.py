@@ -41,9 +41,9 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
 )
 
-PROXIED_URLS = frozenset(
-    {b"/v1/chat/completions", b"/v1/completions", b"/v1/responses", b"/v1/embeddings"}
-)
+from services.gateway.asgi import PROXIED
+
+PROXIED_URLS = frozenset(path.encode() for path in PROXIED)
 
 log = logging.getLogger("uvicorn.error")
 

@@ -9,23 +9,16 @@ from collections.abc import Iterator
 import pytest
 
 from shared.logs import RepeatLimiter, setup_logging
+from tests.manual_clock import ManualClock
 
 _LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher", "services.gateway.emitter")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def lines() -> Iterator[tuple[list[str], Clock]]:
+def lines() -> Iterator[tuple[list[str], ManualClock]]:
     """What a handler with the limiter lets out, and the limiter's clock."""
     out: list[str] = []
-    clock = Clock()
+    clock = ManualClock()
     handler = logging.Handler()
     handler.emit = lambda record: out.append(f"{record.name} {record.getMessage()}")  # type: ignore[method-assign]
     handler.addFilter(RepeatLimiter(window_s=30.0, clock=clock))
@@ -50,7 +43,7 @@ def lines() -> Iterator[tuple[list[str], Clock]]:
 
 
 def test_a_repeated_line_goes_out_once_a_window_with_the_count_held_back(
-    lines: tuple[list[str], Clock],
+    lines: tuple[list[str], ManualClock],
 ) -> None:
     out, clock = lines
     conn = logging.getLogger("aiokafka.conn")
@@ -68,7 +61,7 @@ def test_a_repeated_line_goes_out_once_a_window_with_the_count_held_back(
     assert len(out) == 2, "a new window began"
 
 
-def test_other_lines_and_other_loggers_pass(lines: tuple[list[str], Clock]) -> None:
+def test_other_lines_and_other_loggers_pass(lines: tuple[list[str], ManualClock]) -> None:
     out, _ = lines
     fetcher = logging.getLogger("aiokafka.consumer.fetcher")
     ours = logging.getLogger("services.gateway.emitter")

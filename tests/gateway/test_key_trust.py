@@ -13,6 +13,7 @@ from services.gateway.cache import LocalCache
 from shared.key_store import KeyStore
 from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import CHAT, FakeKeyService, new_key
+from tests.manual_clock import ManualClock
 from tests.polling import eventually
 from tests.private_servers import Private
 from tests.served import Served
@@ -27,20 +28,12 @@ async def _status(client: httpx.AsyncClient, url: str, secret: str) -> int:
     return answer.status_code
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-def test_full_trust_only_for_entries_confirmed_while_subscribed(clock: _Clock) -> None:
+def test_full_trust_only_for_entries_confirmed_while_subscribed(clock: ManualClock) -> None:
     cache = LocalCache(10, 30, 1, unsubscribed_ttl_s=1, stale_max_s=300, clock=clock)
     _, state = new_key()
     cache.put(state)  # before the subscription is up: it may miss a change
@@ -55,7 +48,7 @@ def test_full_trust_only_for_entries_confirmed_while_subscribed(clock: _Clock) -
     assert cache.get(state.key_hash, allow_stale=True) == state
 
 
-def test_a_lookup_sent_before_the_subscription_came_up_gets_short_trust(clock: _Clock) -> None:
+def test_a_lookup_sent_before_the_subscription_came_up_gets_short_trust(clock: ManualClock) -> None:
     cache = LocalCache(10, 30, 1, unsubscribed_ttl_s=1, clock=clock)
     _, state = new_key()
     sent = clock.now
@@ -66,7 +59,7 @@ def test_a_lookup_sent_before_the_subscription_came_up_gets_short_trust(clock: _
     assert cache.get(state.key_hash) is None
 
 
-def test_stale_entries_are_served_for_a_bounded_time_only(clock: _Clock) -> None:
+def test_stale_entries_are_served_for_a_bounded_time_only(clock: ManualClock) -> None:
     cache = LocalCache(10, 30, 1, unsubscribed_ttl_s=1, stale_max_s=120, clock=clock)
     _, state = new_key()
     cache.put(state)
