@@ -1,9 +1,12 @@
 """uvicorn's HTTP/1.1 protocol with a lean exchange for the proxied calls.
 
-``uvicorn ... --http services.gateway.http_protocol:GatewayProtocol``. uvicorn keeps all that
-makes it a server: sockets, lifespan, signals, graceful shutdown, the parser (llhttp), 400s,
-pipelining, upgrades, and every route but the proxied ones. A ``POST`` to a proxied path, the
-gateway's hot path, runs in a ``LeanExchange`` instead of uvicorn's request cycle:
+``uvicorn ... --http services.gateway.http_protocol:GatewayProtocol``. It builds on
+``shared.http_server.HttpProtocol``, the one every service runs (bounded heads, timed heads
+and bodies, the connection limit, the Host check, the keep-alive timer armed once per idle
+spell). uvicorn keeps all that makes it a server: sockets, lifespan, signals, graceful
+shutdown, the parser (llhttp), 400s, pipelining, upgrades, and every route but the proxied
+ones. A ``POST`` to a proxied path, the gateway's hot path, runs in a ``LeanExchange`` instead
+of uvicorn's request cycle:
 
 - no ``asyncio.Event`` per request, and no proxy-headers middleware (the proxied routes never
   read the client address or scheme it rewrites);
@@ -11,9 +14,8 @@ gateway's hot path, runs in a ``LeanExchange`` instead of uvicorn's request cycl
   per header;
 - a whole answer (one with ``content-length``) written with its head in one ``write``: one
   loopback send instead of two; a stream's head still goes out at once;
-- and, on every connection, the keep-alive timer armed once per idle spell and, when due,
-  looking at when data last came, instead of cancelled on every read and armed again after
-  every answer.
+- an answer given before a ``100 Continue`` went out, while the body is still to come, closes
+  the connection after it (as the shared protocol does for uvicorn's cycle).
 
 What reaches the app and the bytes on the wire are uvicorn's. Measured against stock uvicorn
 (two gateways in one run, alternating rounds at 50 clients, medians): gateway CPU per request
@@ -30,7 +32,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import httptools
 from uvicorn._types import ASGI3Application, ASGIReceiveEvent, ASGISendEvent
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
@@ -42,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from services.gateway.asgi import PROXIED
+from shared.http_server import IDLE, HttpProtocol
 
 PROXIED_URLS = frozenset(path.encode() for path in PROXIED)
 
@@ -201,6 +203,10 @@ class LeanExchange:
 
     def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.response_started = True
+        if self.waiting_for_100_continue and self.more_body:
+            # Answered before the 100 went out: whatever the client sends next may be the body
+            # or its next request, and cannot be told apart. Closed after the answer.
+            self.keep_alive = False
         self.waiting_for_100_continue = False
         if HEADER_RE.search(b"".join(name for name, _ in headers)):
             raise RuntimeError("Invalid HTTP header name.")
@@ -238,32 +244,18 @@ class LeanExchange:
             self._head = head
 
 
-class GatewayProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; proxied calls run in a ``LeanExchange``."""
+class GatewayProtocol(HttpProtocol):
+    """The shared protocol (bounds, timers, Host check); proxied calls run in a
+    ``LeanExchange``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         app = self.app
         self.proxied_app = app.app if isinstance(app, ProxyHeadersMiddleware) else app
         self.exchange: LeanExchange | None = None  # the request being parsed, when proxied
-        self._last_data = 0.0
-
-    def data_received(self, data: bytes) -> None:
-        # The keep-alive timer stays armed; when due it looks at this instead.
-        self._last_data = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
 
     def on_headers_complete(self) -> None:
+        self._admit_head()
         parser = self.parser
         if (
             self.url not in PROXIED_URLS
@@ -276,7 +268,7 @@ class GatewayProtocol(HttpToolsProtocol):
             or (self.cycle is not None and not self.cycle.response_complete)  # pipelined
         ):
             self.exchange = None
-            super().on_headers_complete()
+            HttpToolsProtocol.on_headers_complete(self)
             return
         scope = self.scope
         scope["method"] = "POST"
@@ -312,31 +304,9 @@ class GatewayProtocol(HttpToolsProtocol):
         exchange = self.exchange
         if exchange is None:
             super().on_message_complete()
-        elif not exchange.response_complete:
+            return
+        self._phase = IDLE
+        self._head_room = self._max_head
+        if not exchange.response_complete:
             exchange.more_body = False
             exchange.message_event.set()
-
-    def on_response_complete(self) -> None:
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-        elif self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self._keep_alive_due
-            )
-
-    def _keep_alive_due(self) -> None:
-        self.timeout_keep_alive_task = None
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request in flight: its answer arms the timer again
-        idle = self.loop.time() - self._last_data
-        if idle >= self.timeout_keep_alive:
-            self.timeout_keep_alive_handler()
-        else:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive - idle, self._keep_alive_due
-            )
