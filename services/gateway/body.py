@@ -1,30 +1,130 @@
-"""The request body: read once within its bound, parsed strictly, its model checked.
+"""The request body: read once within its bound, parsed strictly and within a memory bound.
 
 orjson is stricter than the standard library where a lenient parser lets through what a
 later step cannot handle: it refuses invalid UTF-8, lone surrogates (``"\\ud800"``), NaN and
 Infinity, and nesting deeper than 1,024 levels. Each is a 400 in OpenAI's shape, never a 500,
 and the connection stays usable (the whole body has been read).
+
+Memory. A parsed value costs up to about 100 bytes (an empty object 72, a member of an object
+97) however few bytes it took in the body (``{}`` is two): 32 MiB of ``[{},{},...]`` would take
+a gigabyte. So a body may hold at most ``max_values`` values, counted before parsing as its
+commas and opening brackets (an upper bound: those inside strings count too), which bounds
+what a parse can take. And bodies above ``large_bytes`` share a budget of bytes in flight
+(``BodyBudget``): a burst of large bodies waits its turn, or gets 503, instead of growing the
+process past its memory limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from services.gateway.errors import InvalidJson, NestedTooDeeply, PayloadTooLarge
+from services.gateway.errors import (
+    InvalidJson,
+    LargeBodiesBusy,
+    NestedTooDeeply,
+    PayloadTooLarge,
+    TooManyJsonValues,
+)
 from shared.errors import BadRequest
 
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a decimal", list: "an array"}
 
 
-async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes]:
-    """The parsed JSON object and the bytes it came as; 413 past max_bytes, 400 if not JSON."""
+class BodyBudget:
+    """Bytes of large bodies in flight, at most ``limit``: first come, first served; a body
+    larger than the whole budget goes alone. A wait past ``wait_s`` is a 503."""
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self.limit = limit
+        self.wait_s = wait_s
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, amount: int) -> bool:
+        return self.used == 0 or self.used + amount <= self.limit
+
+    async def take(self, amount: int) -> None:
+        if not self._waiting and self._fits(amount):
+            self.used += amount
+            return
+        entry = (amount, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(entry[1]), self.wait_s)
+        except TimeoutError:
+            self._abandon(entry)
+            raise LargeBodiesBusy() from None
+        except BaseException:
+            self._abandon(entry)
+            raise
+
+    def _abandon(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        amount, waiter = entry
+        if waiter.done():
+            self.give(amount)  # granted just as the wait ended: handed on
+            return
+        waiter.cancel()
+        self._waiting.remove(entry)
+        self._wake()  # the one behind may fit where this one did not
+
+    def give(self, amount: int) -> None:
+        self.used -= amount
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self._fits(self._waiting[0][0]):
+            amount, waiter = self._waiting.popleft()
+            self.used += amount
+            waiter.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    max_bytes: int  # larger bodies get 413
+    max_values: int  # JSON values one body may hold
+    large_bytes: int  # bodies above this take from the budget
+
+
+@dataclass(slots=True)
+class Body:
+    payload: dict[str, Any]
+    size: int
+    held: int = 0  # bytes taken from the budget, for the caller to give back
+
+
+async def read_body(request: Request, limits: BodyLimits, budget: BodyBudget) -> Body:
+    """The parsed JSON object and its size; 413 past max_bytes, 400 if not JSON or too many
+    values, 503 if a large body could not get its turn. What it took from the budget is in
+    ``Body.held`` for the caller to give back (here on any error)."""
+    body = Body({}, 0)
+    try:
+        raw = await _read(request, limits, budget, body)
+        body.payload = _parse(raw, limits.max_values)
+        body.size = len(raw)
+    except BaseException:
+        if body.held:
+            budget.give(body.held)
+        raise
+    return body
+
+
+async def _read(
+    request: Request, limits: BodyLimits, budget: BodyBudget, body: Body
+) -> bytes | bytearray:
+    max_bytes = limits.max_bytes
     declared = request.headers.get("content-length", "")
     too_big = declared.isdigit() and int(declared) > max_bytes
-    chunks: list[bytes] = []
+    if not too_big and declared.isdigit() and int(declared) > limits.large_bytes:
+        await budget.take(int(declared))
+        body.held = int(declared)
+    raw = bytearray()
     size = 0
     receive = request.receive  # the ASGI messages themselves: Request.stream() costs more
     more = True
@@ -43,10 +143,24 @@ async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
             if size > 2 * max_bytes:
                 break
             continue
-        chunks.append(chunk)
+        if not body.held and size > limits.large_bytes:
+            # No length declared (chunked): counted as the largest it may be.
+            await budget.take(max_bytes)
+            body.held = max_bytes
+        if not more and not raw:
+            return chunk  # the whole body in one message (small ones): no copy
+        raw += chunk
     if too_big:
         raise PayloadTooLarge(max_bytes)
-    raw = b"".join(chunks)
+    return raw
+
+
+def _parse(raw: bytes | bytearray, max_values: int) -> dict[str, Any]:
+    # A body shorter than the bound cannot hold more values: the count is for large ones.
+    if len(raw) > max_values:
+        values = raw.count(b",") + raw.count(b"{") + raw.count(b"[") + 1
+        if values > max_values:
+            raise TooManyJsonValues(max_values)
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -55,7 +169,7 @@ async def read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], b
         raise InvalidJson() from None
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object.")
-    return payload, raw
+    return payload
 
 
 def requested_model(payload: dict[str, Any]) -> str:
@@ -74,8 +188,8 @@ def requested_model(payload: dict[str, Any]) -> str:
 
 
 def serialise(payload: dict[str, Any]) -> bytes:
-    """A rewritten body. orjson writes at most 254 levels (it reads 1,024): deeper than that,
-    a body that must be rewritten is refused like one that cannot be read."""
+    """The body the upstream gets. orjson writes at most 254 levels (it reads 1,024): deeper
+    than that, a body is refused like one that cannot be read."""
     try:
         return orjson.dumps(payload)
     except orjson.JSONEncodeError:

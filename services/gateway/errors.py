@@ -4,6 +4,7 @@ ApiError (shared)
 ├── BadRequest                  400 invalid_request_error
 │   ├── InvalidJson             400 (body is not JSON: syntax, invalid UTF-8, lone surrogates)
 │   ├── NestedTooDeeply         400 (JSON nested deeper than the parser or writer goes)
+│   ├── TooManyJsonValues       400 (more values than parsing may hold in memory)
 │   └── WrongModelKind          400 model_not_supported
 ├── Unauthorized                401 invalid_api_key
 │   └── MissingApiKey           401 (OpenAI's wording, code null)
@@ -21,6 +22,7 @@ ApiError (shared)
 └── ServiceUnavailable
     ├── AuthUnavailable         503 (neither Redis nor the key service answered)
     ├── BudgetUnavailable       503 (a budget could be checked nowhere)
+    ├── LargeBodiesBusy         503 (too many large bodies in flight; retry)
     └── UsageUnavailable        503 (usage could not be kept: spool full, Kafka away)
 """
 
@@ -49,6 +51,14 @@ class InvalidJson(BadRequest):
 class NestedTooDeeply(BadRequest):
     def __init__(self) -> None:
         super().__init__("The JSON body of your request is nested too deeply.")
+
+
+class TooManyJsonValues(BadRequest):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The JSON body of your request holds more than {limit:,} values (objects, arrays, "
+            "strings, numbers); send fewer in one request."
+        )
 
 
 class WrongModelKind(BadRequest):
@@ -124,6 +134,15 @@ class UsageUnavailable(ServiceUnavailable):
         super().__init__(
             "Usage cannot be recorded right now (usage spool full), so the request was not "
             "served. Please retry shortly."
+        )
+        self.headers["retry-after"] = "1"
+
+
+class LargeBodiesBusy(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__(
+            "Too many large requests are being handled right now. Please retry shortly, or "
+            "send a smaller request."
         )
         self.headers["retry-after"] = "1"
 

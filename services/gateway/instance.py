@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from services.gateway.auth import Authenticator, Verifier
+from services.gateway.body import BodyBudget, BodyLimits
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.emitter import UsageEmitter
 from services.gateway.feeder import KAFKA_ERRORS, Feeder
@@ -103,7 +104,8 @@ class Gateway:
             policies=self.policies,
             pool=self.upstream,
             emitter=self.emitter,
-            max_body_bytes=s.max_body_bytes,
+            limits=BodyLimits(s.max_body_bytes, s.max_json_values, s.large_body_bytes),
+            budget=BodyBudget(s.large_body_budget_bytes, s.large_body_wait_s),
         )
         # Background work: key events in, usage events out, settlements and upkeep. A bug
         # in one event must not stop key or usage events: each restarts after a failure.

@@ -1,9 +1,11 @@
 """The proxy: authenticated request in, the model's upstream answer out, one usage event.
 
-The body is read once (bounded), parsed once, and re-serialised only when the upstream must
-see something else (its own model name; ``stream_options.include_usage`` on streams); else
-the upstream gets the client's bytes as they came. Answers are passed through as bytes;
-streams event by event as they arrive.
+The body is read once (bounded, ``body.py``) and parsed once; the fields that decide metering
+and limits are checked (``request_fields.py``), and the upstream gets the parsed body written
+again, never the client's bytes: what it reads (one ``model``, one ``stream``, the output
+limit reserved, its own model name, ``stream_options.include_usage`` on streams) is what the
+gateway read, whatever duplicate keys or escapes the client's bytes held. Answers are passed
+through as bytes; streams event by event as they arrive.
 
 The usage event carries the catalogue id, or ``UNKNOWN_MODEL``; never the client's string,
 and building it cannot fail on anything the client sent (``usage_event``).
@@ -24,10 +26,18 @@ from typing import Any, cast
 import orjson
 from fastapi import Request
 from opentelemetry import trace
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from services.gateway.auth import Authenticator
-from services.gateway.body import read_body, requested_model, serialise
+from services.gateway.body import (
+    Body,
+    BodyBudget,
+    BodyLimits,
+    read_body,
+    requested_model,
+    serialise,
+)
 from services.gateway.emitter import UsageEmitter
 from services.gateway.errors import (
     ModelNotFound,
@@ -37,6 +47,7 @@ from services.gateway.errors import (
 )
 from services.gateway.policies.gate import Admission, PolicyGate
 from services.gateway.relay import close_upstream, relay_events
+from services.gateway.request_fields import Reading, forwarded, read_fields
 from services.gateway.responses import MeteredResponse, MeteredStream
 from services.gateway.route import ENDPOINT_KINDS, Route
 from services.gateway.telemetry_probe import tracing
@@ -60,11 +71,8 @@ _USAGE_OPTION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 # Client errors the upstream found in the request: the client should see them as they are.
 # Anything else (5xx, its 401/403/404) is the gateway's or upstream's problem: 502.
 _PASS_THROUGH = frozenset({400, 409, 413, 422, 429})
-
-
-def _has_repeated_routing_key(raw: bytes) -> bool:
-    """True when "model" or "stream" may be given twice (cheap: a count of the bytes)."""
-    return raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1
+# nginx's "client closed request": the client left before its request was read to the end.
+CLIENT_CLOSED = 499
 
 
 def _span(name: str, attributes: dict[str, str]) -> AbstractContextManager[trace.Span]:
@@ -100,7 +108,8 @@ class Proxy:
         policies: PolicyGate,
         pool: UpstreamPool,
         emitter: UsageEmitter,
-        max_body_bytes: int,
+        limits: BodyLimits,
+        budget: BodyBudget,
     ) -> None:
         self.catalogue = catalogue
         self.routes = {entry.id: Route.of(entry) for entry in catalogue.models}
@@ -108,7 +117,8 @@ class Proxy:
         self.policies = policies
         self.pool = pool
         self.emitter = emitter
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
+        self.budget = budget
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         """Authenticate, then forward; every outcome after authentication is metered."""
@@ -117,17 +127,24 @@ class Proxy:
         request_id = str(request.state.request_id)
         call = Call(key, cast(Endpoint, endpoint), request_id, started)
         attributes = {"tollgate.key_id": key.key_id, "tollgate.project_id": key.project_id}
+        body: Body | None = None
         with _span(f"gateway {endpoint}", attributes) as span:
             try:
                 self.policies.check_scope(key, SCOPE_OF_PATH[endpoint])
-                payload, raw = await read_body(request, self.max_body_bytes)
-                route = self._route(call, payload)
+                body = await read_body(request, self.limits, self.budget)
+                route = self._route(call, body.payload)
+                reading = read_fields(body.payload, endpoint)
+                call.stream = reading.stream
                 span.set_attribute("tollgate.model", call.model)
                 self.policies.check_model(key, call.model)
                 call.admission = await self.policies.admit(
-                    key, route.entry, payload, len(raw), request.state
+                    key, route.entry, reading.output_limit, body.size, request.state
                 )
-                return await self._forward(request, call, route, payload, raw)
+                return await self._forward(request, call, route, body.payload, reading)
+            except ClientDisconnect:
+                # Gone mid-upload: nothing to answer, and not an error of ours.
+                self._finish(call, CLIENT_CLOSED, Usage(source="estimated"))
+                return Response(status_code=CLIENT_CLOSED)
             except ApiError as exc:
                 span.set_attribute("http.response.status_code", exc.status_code)
                 self._finish(call, exc.status_code, Usage(source="estimated"))
@@ -136,6 +153,11 @@ class Proxy:
                 # A bug, not the client's doing: still counted, then the generic 500.
                 self._finish(call, 500, Usage(source="estimated"))
                 raise
+            finally:
+                # The body's share of the large-body budget: held while it was read, parsed
+                # and sent, and until the upstream answered (or the request failed).
+                if body is not None and body.held:
+                    self.budget.give(body.held)
 
     def _route(self, call: Call, payload: dict[str, Any]) -> Route:
         model = requested_model(payload)
@@ -151,27 +173,28 @@ class Proxy:
         return route
 
     async def _forward(
-        self, request: Request, call: Call, route: Route, payload: dict[str, Any], raw: bytes
+        self,
+        request: Request,
+        call: Call,
+        route: Route,
+        payload: dict[str, Any],
+        reading: Reading,
     ) -> Response:
-        call.stream = payload.get("stream") is True and call.endpoint != "/v1/embeddings"
-        upstream_payload = payload
+        upstream_payload = forwarded(payload, reading, call.endpoint)
         if route.entry.upstream_model != call.model:
-            upstream_payload = {**payload, "model": route.entry.upstream_model}
+            upstream_payload = {**upstream_payload, "model": route.entry.upstream_model}
         wants_usage_chunk = True
         if call.stream and call.endpoint in _USAGE_OPTION_ENDPOINTS:
-            options = payload.get("stream_options")
-            options = options if isinstance(options, dict) else {}
-            wants_usage_chunk = options.get("include_usage") is True
+            wants_usage_chunk = reading.include_usage
             if not wants_usage_chunk:
+                options = payload.get("stream_options") or {}
                 upstream_payload = {
                     **upstream_payload,
                     "stream_options": {**options, "include_usage": True},
                 }
-        if upstream_payload is payload and _has_repeated_routing_key(raw):
-            # {"model": "cheap", "model": "dear"}: we route and meter the last one; an
-            # upstream whose parser takes the first must never see the other.
-            upstream_payload = dict(payload)
-        body = raw if upstream_payload is payload else serialise(upstream_payload)
+        # Always written again: {"model": "cheap", "model": "dear"}, or a key spelled with
+        # escapes, reaches the upstream as the one value the gateway routed and metered.
+        body = serialise(upstream_payload)
         upstream, content = await self._exchange(request, call, route, body)
         if upstream.status >= 400:
             return self._upstream_failure(call, upstream, content)

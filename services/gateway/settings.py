@@ -48,6 +48,28 @@ class GatewaySettings(ServiceSettings):
     )
     redis_prefix: str = Field("tollgate:gw:", description="prefix on every Redis key")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    max_json_values: int = Field(
+        500_000,
+        gt=0,
+        description="values one body may hold (its commas and opening brackets, counted before"
+        " parsing); more get 400. A parsed value takes up to ~100 bytes whatever its size in the"
+        " body, so this bounds what parsing one body may take (~50 MB)",
+    )
+    large_body_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="bodies above this share large_body_budget_bytes while they are read,"
+        " parsed and sent upstream",
+    )
+    large_body_budget_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="bytes of large bodies in flight at once per process (one larger body goes"
+        " alone); the rest wait their turn",
+    )
+    large_body_wait_s: float = Field(
+        10.0, gt=0, description="a large body that waited this long for its turn gets 503"
+    )
     local_cache_size: int = Field(100_000, gt=0, description="keys held in process")
     local_cache_ttl_s: float = Field(
         30.0,

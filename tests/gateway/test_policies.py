@@ -392,7 +392,7 @@ async def test_a_replica_raises_a_budget_to_the_ledger_when_it_first_sees_it(
     )
     keyservice[0].add(state)
     # Redis holds a started counter that is behind the ledger (restored from an old snapshot).
-    plan = Planner(redis_prefix).plan(state, None, {}, 0, datetime.now(UTC))
+    plan = Planner(redis_prefix).plan(state, None, None, 0, datetime.now(UTC))
     await RedisCounters(redis_client).seed(plan.budgets[0], 0, from_ledger=True)
     billing[0].keys["proj_stale"] = {state.key_id: Decimal("0.00099")}
     async with httpx.AsyncClient(timeout=30) as client:

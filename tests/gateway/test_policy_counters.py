@@ -21,7 +21,7 @@ from services.gateway.policies.counters import (
 )
 from services.gateway.policies.headers import duration
 from services.gateway.policies.periods import window
-from services.gateway.policies.plan import Plan, Planner, requested_output, to_nano
+from services.gateway.policies.plan import Plan, Planner, to_nano
 from shared.policy import Budget, RateLimits
 from tests.gateway.harness import new_key
 
@@ -30,7 +30,7 @@ T0 = 1_800_000_000_000  # a whole second, in ms
 
 def _plan(prefix: str, **policy: Any) -> Plan:
     _, state = new_key(**policy)
-    return Planner(prefix).plan(state, None, {}, 0, datetime.now(UTC))
+    return Planner(prefix).plan(state, None, None, 0, datetime.now(UTC))
 
 
 async def test_a_limit_of_n_admits_n_at_once_and_at_most_n_in_any_60_seconds(
@@ -80,7 +80,7 @@ async def test_a_request_larger_than_the_whole_limit_is_refused_for_good(
 ) -> None:
     counters = RedisCounters(redis_client)
     _, state = new_key(rate_limits=RateLimits(tokens_per_minute=100))
-    plan = Planner(redis_prefix).plan(state, None, {"max_tokens": 200}, 40, datetime.now(UTC))
+    plan = Planner(redis_prefix).plan(state, None, 200, 40, datetime.now(UTC))
     assert plan.token_estimate == 210
     assert (await counters.admit(plan, "a", 1000, T0)).outcome == TOO_LARGE
 
@@ -138,14 +138,7 @@ def test_periods_are_utc_days_and_calendar_months() -> None:
     )
 
 
-def test_the_output_a_request_asks_for() -> None:
-    assert requested_output({}) is None
-    assert requested_output({"max_tokens": 10}) == 10
-    assert requested_output({"max_completion_tokens": 7, "max_tokens": 10}) == 7
-    assert requested_output({"max_output_tokens": 5}) == 5
-    assert requested_output({"max_tokens": 10, "n": 3}) == 30
-    assert requested_output({"max_tokens": True}) is None
-    assert requested_output({"max_tokens": -1}) is None
+def test_nano_dollars_round_up() -> None:
     assert to_nano(Decimal("0.0000000001")) == 1  # a fraction of a nano-dollar counts whole
 
 

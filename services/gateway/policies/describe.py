@@ -61,7 +61,7 @@ def _budget(budget: Budget | None, check: BudgetCheck | None, spent: int, held: 
 
 async def describe_key(gate: PolicyGate, key: KeyState) -> dict[str, Any]:
     """The key's own view of itself; counts from Redis, or this replica's when it is away."""
-    plan = gate.planner.plan(key, None, {}, 0, datetime.now(UTC))
+    plan = gate.planner.plan(key, None, None, 0, datetime.now(UTC))
     used = [(0, 0)] * len(plan.rates)
     spend = [(gate.local.known.get(b.redis_key, 0), 0) for b in plan.budgets]
     if plan.rates or plan.budgets:

@@ -101,15 +101,16 @@ class PolicyGate:
         self,
         key: KeyState,
         entry: ModelEntry | None,
-        payload: dict[str, Any],
+        output: int | None,
         body_bytes: int,
         state: Any,
     ) -> Admission | None:
         """Count the request against its limits and budgets, or raise RateLimited or
-        QuotaExceeded; the x-ratelimit headers go on ``state.ratelimit_headers`` either way."""
+        QuotaExceeded; the x-ratelimit headers go on ``state.ratelimit_headers`` either way.
+        output is the most output tokens the request may produce (None: no limit set)."""
         if not key.has_policy:
             return None
-        plan = self.planner.plan(key, entry, payload, body_bytes, datetime.now(UTC))
+        plan = self.planner.plan(key, entry, output, body_bytes, datetime.now(UTC))
         reservation = secrets.token_hex(8)
         verdict = await self._shared_admit(plan, reservation)
         in_redis = verdict is not None

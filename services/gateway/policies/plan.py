@@ -4,10 +4,13 @@ Pure: from the key's state, the model and the request's size to the Redis names 
 the admit script takes. A request is admitted on estimates, settled with its real usage:
 
 - tokens per minute: the prompt's estimate (a token per 4 bytes of the body) plus the output
-  it asks for (``max_tokens`` and its aliases, times ``n``);
+  it asks for (its output limit times its choices, as ``request_fields.py`` reads them);
 - budget: its worst case, every byte of the body as an input token (a token is at least one
-  byte) plus the most output it may get (``max_tokens`` times ``n``, or the model's
+  byte) plus the most output it may get (its output limit times its choices, or the model's
   ``max_output_tokens`` when the client set none), priced with the catalogue's price in force.
+
+The output limit is the one the upstream is sent (``request_fields.forwarded``), so it is the
+most the upstream may produce.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
 from services.gateway.policies.periods import Window, window
 from shared.catalogue import ModelEntry
@@ -27,8 +30,6 @@ from shared.pricing import EXACT, request_cost
 NANO = Decimal(1_000_000_000)
 Kind = Literal["requests", "tokens"]
 Holder = Literal["key", "project"]
-_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-_CHOICES_MAX = 128
 
 
 def to_nano(amount: Decimal) -> int:
@@ -70,20 +71,6 @@ class Plan:
     token_estimate: int
 
 
-def requested_output(payload: dict[str, Any]) -> int | None:
-    """The most output tokens the request asks for over all its choices; None when unset."""
-    asked = None
-    for name in _OUTPUT_FIELDS:
-        value = payload.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            asked = value if asked is None else min(asked, value)
-    if asked is None:
-        return None
-    n = payload.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= _CHOICES_MAX else 1
-    return asked * choices
-
-
 class Planner:
     """Turns a key's policy and a request into counters, under one Redis key prefix."""
 
@@ -100,12 +87,12 @@ class Planner:
         self,
         key: KeyState,
         entry: ModelEntry | None,
-        payload: dict[str, Any],
+        output: int | None,
         body_bytes: int,
         now: datetime,
     ) -> Plan:
-        """The checks of one request (none for a key and project without limits)."""
-        output = requested_output(payload)
+        """The checks of one request (none for a key and project without limits); output is
+        the most output tokens it asked for, over all its choices (None: no limit set)."""
         kind_output = 0 if entry is not None and entry.kind == "embedding" else output
         tokens = math.ceil(body_bytes / 4) + (kind_output or 0)
         rates = [
@@ -114,7 +101,7 @@ class Planner:
         ]
         budgets: list[BudgetCheck] = []
         if key.budget is not None or key.project_budget is not None:
-            worst = self._worst_case(entry, payload, body_bytes, output, now)
+            worst = self._worst_case(entry, body_bytes, output, now)
             for holder, budget in (("key", key.budget), ("project", key.project_budget)):
                 if budget is None:
                     continue
@@ -161,7 +148,6 @@ class Planner:
     @staticmethod
     def _worst_case(
         entry: ModelEntry | None,
-        payload: dict[str, Any],
         body_bytes: int,
         output: int | None,
         now: datetime,
