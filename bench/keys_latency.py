@@ -31,6 +31,7 @@ from services.keys.main import create_app
 from services.keys.settings import KeysSettings
 from shared import apikeys
 from shared.events import KeyEvent
+from shared.state_mac import new_keyring_text
 
 ADMIN, INTERNAL = "bench-admin-token-0123456789", "bench-internal-token-0123456789"
 
@@ -55,6 +56,7 @@ async def main(n_keys: int, n_changes: int, n_drain: int) -> None:
         database_url=SecretStr(endpoints.database_url),
         admin_token=SecretStr(ADMIN),
         internal_token=SecretStr(INTERNAL),
+        state_mac_keys=SecretStr(new_keyring_text()),
         db_schema=f"bench_keys_{tag}",
         topic_prefix=f"bench-{tag}.",
         consumer_group=f"bench-keys-{tag}",

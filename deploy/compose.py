@@ -5,8 +5,9 @@ its data in the project's own folders), builds the local images (``deploy.images
 with ``TOLLGATE_COMPOSE_IMAGES=official`` to pull and build the official ones instead), runs
 the compose file with docker-compose (Debian's, 1.29), waits until every container is
 healthy (``migrate`` exited 0), creates the first key and prints it once, as ``make up``
-does. The operator token, internal token and database password come from the environment
-(``TOLLGATE_ADMIN_TOKEN``, ``TOLLGATE_INTERNAL_TOKEN``, ``POSTGRES_PASSWORD``) or are
+does. The operator token, internal token, key states' keyring and database password come from
+the environment (``TOLLGATE_ADMIN_TOKEN``, ``TOLLGATE_INTERNAL_TOKEN``,
+``TOLLGATE_STATE_MAC_KEYS``, ``POSTGRES_PASSWORD``) or are
 generated once into the run folder (``.run/compose/``). ``down`` removes the containers and
 the network (``--volumes``: the data too), checks nothing is left, and stops the engine if
 ``up`` started it and nothing else runs in it.
@@ -27,14 +28,17 @@ from pathlib import Path
 
 from deploy.docker_engine import Engine, docker_cli
 from deploy.first_key import ensure_first_key
+from deploy.private import write_private
 from deploy.process import port_open
 from deploy.servers import REPO, StackError
+from shared.state_mac import new_keyring_text
 
 RUN_DIR = Path(os.environ.get("TOLLGATE_RUN_DIR", REPO / ".run"))
 PORTS = {"gateway": 8080, "keys": 8081, "metering": 8082, "billing": 8083, "console": 8084}
 SECRETS = {
     "TOLLGATE_ADMIN_TOKEN": "admin-token",
     "TOLLGATE_INTERNAL_TOKEN": "internal-token",
+    "TOLLGATE_STATE_MAC_KEYS": "state-mac-keys",
     "POSTGRES_PASSWORD": "postgres-password",
 }
 
@@ -60,8 +64,8 @@ class Compose:
         path = self.home / SECRETS[env_var]
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
+            new = new_keyring_text() if env_var == "TOLLGATE_STATE_MAC_KEYS" else None
+            write_private(path, new or secrets.token_urlsafe(32))
         return path.read_text().strip()
 
     def env(self) -> dict[str, str]:

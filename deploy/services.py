@@ -22,6 +22,7 @@ import re
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,9 +31,11 @@ import httpx
 from deploy import system
 from deploy.endpoints import Endpoints
 from deploy.first_key import ensure_first_key
+from deploy.private import write_private
 from deploy.process import is_running, port_open, read_pid, spawn_detached, stop_pid, tail
 from deploy.servers import REPO, StackError
 from deploy.system import SERVICES, Service, replica_name
+from shared.state_mac import new_keyring_text
 
 GATEWAY_PORT = next(s.port for s in SERVICES if s.name == "gateway")
 REPLICA_PORT_STEP = 100
@@ -95,15 +98,20 @@ def _available(services: tuple[Service, ...]) -> tuple[Service, ...]:
     )
 
 
-def token(run_dir: Path, name: str, env_var: str) -> str:
-    """The operator or internal token: from the environment, else generated once into run_dir."""
+def token(
+    run_dir: Path,
+    name: str,
+    env_var: str,
+    new: Callable[[], str] = lambda: secrets.token_urlsafe(32),
+) -> str:
+    """A token or keyring: from the environment, else generated once into run_dir (mode 0600
+    from its creation: never readable by others, not even for an instant)."""
     given = os.environ.get(env_var)
     if given:
         return given
     path = run_dir / name
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        write_private(path, new())
     return path.read_text().strip()
 
 
@@ -116,6 +124,9 @@ def wiring(run_dir: Path, endpoints: Endpoints, port_offset: int = 0) -> system.
         admin_token=token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN"),
         internal_token=token(run_dir, "internal-token", "TOLLGATE_INTERNAL_TOKEN"),
         spools=run_dir,
+        state_mac_keys=token(
+            run_dir, "state-mac-keys", "TOLLGATE_STATE_MAC_KEYS", new=new_keyring_text
+        ),
     )
 
 

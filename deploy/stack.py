@@ -30,6 +30,7 @@ import redis
 from deploy import services
 from deploy.cluster import MIN_INSYNC_REPLICAS, REPLICATION_FACTOR, ClusterServers, cluster_from_env
 from deploy.endpoints import Endpoints
+from deploy.private import write_private
 from deploy.process import is_running, port_open, run_to_end, tail
 from deploy.servers import REPO, Kafka, Ports, Postgres, Redis, StackError
 
@@ -105,8 +106,10 @@ class Stack:
             if self.cluster:
                 self.clustered.up()
             endpoints = self.endpoints()
-            (self.run_dir / "stack.env").write_text(
-                "".join(f"{k}={v}\n" for k, v in endpoints.as_env().items())
+            # The DSN carries the database password: the owner's eyes only (deploy/private.py).
+            write_private(
+                self.run_dir / "stack.env",
+                "".join(f"{k}={v}\n" for k, v in endpoints.as_env().items()),
             )
             return endpoints
 

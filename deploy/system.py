@@ -15,11 +15,12 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from deploy.endpoints import Endpoints
+from shared.state_mac import new_keyring_text
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = REPO / "deploy" / "models.yaml"
@@ -27,7 +28,7 @@ CATALOGUE = REPO / "deploy" / "models.yaml"
 DEMO_UPSTREAM_URL = "http://127.0.0.1:8090/v1"
 
 Server = Literal["kafka", "postgres", "redis"]
-Token = Literal["admin", "internal"]
+Token = Literal["admin", "internal", "state_mac"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ SERVICES: tuple[Service, ...] = (
         8081,
         settings="services.keys.settings:KeysSettings",
         servers=("kafka", "postgres", "redis"),
-        tokens=("admin", "internal"),
+        tokens=("admin", "internal", "state_mac"),
         catalogue=True,
         own_data=True,
     ),
@@ -113,7 +114,7 @@ SERVICES: tuple[Service, ...] = (
         replica=0,
         settings="services.gateway.settings:GatewaySettings",
         servers=("kafka", "redis"),
-        tokens=("internal",),
+        tokens=("internal", "state_mac"),
         peers=("keys", "billing"),
         catalogue=True,
         spool=True,
@@ -160,6 +161,8 @@ class Wiring:
     spools: Path | None = None  # needed when a service that spools runs
     catalogue: Path = CATALOGUE
     isolation: Isolation | None = None
+    # The key states' keyring (shared/state_mac.py), the key service's and the gateways'.
+    state_mac_keys: str = field(default_factory=new_keyring_text)
 
 
 def replica_name(index: int, base: str = "gateway") -> str:
@@ -179,6 +182,8 @@ def settings_of(service: Service, wiring: Wiring) -> dict[str, str]:
         out["ADMIN_TOKEN"] = wiring.admin_token
     if "internal" in service.tokens:
         out["INTERNAL_TOKEN"] = wiring.internal_token
+    if "state_mac" in service.tokens:
+        out["STATE_MAC_KEYS"] = wiring.state_mac_keys
     for peer in service.peers:
         out[f"{peer.upper()}_URL"] = wiring.urls[peer]
     if service.catalogue:

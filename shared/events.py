@@ -36,6 +36,7 @@ KeyStatus = Literal["active", "revoked"]
 UsageSource = Literal["upstream", "estimated"]
 Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings"]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+StateMac = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}:[0-9a-f]{64}$")]
 TOKEN_COUNT_MAX = 2**40
 TokenCount = Annotated[int, Field(ge=0, le=TOKEN_COUNT_MAX)]
 
@@ -135,6 +136,15 @@ class KeyState(BaseModel):
     )
     project_budget: Budget | None = Field(
         None, description="the project's spend budget, for all its keys together"
+    )
+    # Last, and None by default like any field added after it: states made before a new
+    # optional field keep their MAC (shared/state_mac.py leaves None fields out).
+    mac: StateMac | None = Field(
+        None,
+        description="the key service's HMAC-SHA256 of the state (shared/state_mac.py): the id"
+        " of the keyring entry that made it, a colon, the hex digest; gateways refuse a state"
+        " whose MAC is missing or wrong",
+        examples=["k1:" + "0" * 64],
     )
 
     @property

@@ -24,32 +24,41 @@ compacted topic; the old keys are left unread and may be deleted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
+
+from pydantic import ValidationError
 
 from shared.events import KeyState
 from shared.redis_client import Call, LuaScript, RedisClient
 
-# KEYS[1] = key state, KEYS[2] = its hashes set. ARGV = version, state JSON, channel, hashes...
-# Answers {newest state JSON, every hash the key has had}; publishes only a newer state.
+# KEYS[1] = key state, KEYS[2] = its hashes set. ARGV = version, state JSON, channel,
+# distrusted, hashes... Answers {newest state JSON, every hash the key has had}; publishes only
+# a newer state. What is held is replaced whatever its version when its text is exactly
+# ARGV[4] (a state the writer refused: not made by the key service), or its version no number.
 _APPLY_KEY = """
-for i = 4, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+for i = 5, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 local held = redis.call('HMGET', KEYS[1], 'v', 's')
+local version = tonumber(held[1])
 local newest = ARGV[2]
-if held[1] and tonumber(held[1]) >= tonumber(ARGV[1]) then
-  newest = held[2]
+if version and version >= tonumber(ARGV[1]) and (held[2] or '') ~= ARGV[4] then
+  newest = held[2] or ''
 else
   redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
   redis.call('PUBLISH', ARGV[3], ARGV[2])
 end
 return {newest, redis.call('SMEMBERS', KEYS[2])}
 """
-# KEYS[1] = a hash key. ARGV = version, state JSON. 1 when written, 0 when it held as new.
+# KEYS[1] = a hash key. ARGV = version, state JSON, distrusted. Nil when written, else the
+# state JSON it holds as new (replaced, as above, when that is exactly ARGV[3]).
 _APPLY_HASH = """
-local held = redis.call('HGET', KEYS[1], 'v')
-if held and tonumber(held) >= tonumber(ARGV[1]) then return 0 end
+local held = redis.call('HMGET', KEYS[1], 'v', 's')
+local version = tonumber(held[1])
+if version and version >= tonumber(ARGV[1]) and (held[2] or '') ~= ARGV[3] then
+  return held[2] or ''
+end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
-return 1
+return false
 """
 
 
@@ -62,11 +71,19 @@ def _hashes(state: KeyState) -> list[str]:
 
 
 class KeyStore:
-    """Versioned key states in Redis: a state is only ever replaced by a newer version."""
+    """Versioned key states in Redis: a state is only ever replaced by a newer version, or by
+    any state of its writer's when what Redis holds is one that ``trusted`` refuses (a state
+    written by someone else than the key service: shared/state_mac.py)."""
 
-    def __init__(self, client: RedisClient, prefix: str) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        prefix: str,
+        trusted: Callable[[KeyState], bool] | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.trusted = trusted or (lambda _: True)
         self.channel = f"{prefix}key-states"
         self.offsets_key = f"{prefix}feeder:offsets:v2"
         self._apply_key = LuaScript(_APPLY_KEY)
@@ -82,7 +99,8 @@ class KeyStore:
         return f"{self.prefix}hash:{{{key_hash}}}"
 
     async def lookup(self, key_hash: str) -> KeyState | None:
-        """The newest state known for this secret hash (it may no longer hold it), or None."""
+        """The newest state known for this secret hash (it may no longer hold it), or None;
+        the caller checks its MAC (raises ValidationError when it is no key state)."""
         raw = await self.client.hget(self.hash_key(key_hash), "s")
         return KeyState.model_validate_json(raw) if raw else None
 
@@ -100,15 +118,28 @@ class KeyStore:
         behind, so the feeder reads those events again and the writes complete.
         """
         if states:
+            texts = [state.model_dump_json() for state in states]
             calls: list[Call] = [
                 (
                     [self.state_key(state.key_id), self.hashes_key(state.key_id)],
-                    [state.version, state.model_dump_json(), self.channel, *_hashes(state)],
+                    [state.version, text, self.channel, "", *_hashes(state)],
                 )
-                for state in states
+                for state, text in zip(states, texts, strict=True)
             ]
-            answers = await self._apply_key.run_many(self.client, calls)
-            await self._spread(states, cast("list[list[object]]", answers))
+            answers = cast("list[list[object]]", await self._apply_key.run_many(self.client, calls))
+            # What Redis holds as newer but its writer did not make is replaced by ours (a
+            # compare-and-set on that exact text: a genuine state written meanwhile stays).
+            redo = [i for i, (raw, _) in enumerate(answers) if self._parse(raw) is None]
+            if redo:
+                again: list[Call] = []
+                for i in redo:
+                    keys, args = calls[i]
+                    distrusted = _text(cast("bytes", answers[i][0]))
+                    again.append((keys, [*args[:3], distrusted, *args[4:]]))
+                replaced = await self._apply_key.run_many(self.client, again)
+                for i, answer in zip(redo, replaced, strict=True):
+                    answers[i] = cast("list[object]", answer)
+            await self._spread(states, answers)
         if offsets:
             await self.client.hset(self.offsets_key, mapping=dict(offsets))  # type: ignore[arg-type]
 
@@ -116,14 +147,21 @@ class KeyStore:
         """Put each key's newest state on every hash it has had; forget hashes done with."""
         newest: dict[str, tuple[KeyState, set[str]]] = {}
         for state, (raw, hashes) in zip(states, answers, strict=True):
-            held = KeyState.model_validate_json(_text(cast("bytes", raw)))
+            held = self._parse(raw) or state  # a refused state is never spread
             known = {_text(h) for h in cast("list[bytes]", hashes)} | set(_hashes(state))
             newest[state.key_id] = (held, known)
         targets = [(held, h) for held, known in newest.values() for h in sorted(known)]
-        await self._apply_hash.run_many(
-            self.client,
-            [([self.hash_key(h)], [held.version, held.model_dump_json()]) for held, h in targets],
-        )
+        calls: list[Call] = [
+            ([self.hash_key(h)], [held.version, held.model_dump_json(), ""]) for held, h in targets
+        ]
+        answers_by_hash = await self._apply_hash.run_many(self.client, calls)
+        again: list[Call] = [
+            (call[0], [*call[1][:2], _text(cast("bytes", raw))])
+            for call, raw in zip(calls, answers_by_hash, strict=True)
+            if raw is not None and self._parse(raw) is None
+        ]
+        if again:
+            await self._apply_hash.run_many(self.client, again)
         # Every target now holds this newest state or a newer one; a hash the newest state
         # does not name never becomes valid again (versions only move forward), so the key
         # no longer needs to remember it.
@@ -133,6 +171,14 @@ class KeyStore:
                 for held, h in done:
                     pipe.srem(self.hashes_key(held.key_id), h)
                 await pipe.execute()
+
+    def _parse(self, raw: object) -> KeyState | None:
+        """The state Redis answered, or None when it is no key state or not a trusted one."""
+        try:
+            held = KeyState.model_validate_json(_text(cast("bytes", raw)))
+        except ValidationError:
+            return None
+        return held if self.trusted(held) else None
 
     async def offsets(self) -> dict[str, int] | None:
         """The feeder's saved positions; None when Redis holds none (it started empty)."""

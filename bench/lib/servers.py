@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 
 from deploy.ports import free_port
 from deploy.stack import Endpoints, Stack
@@ -26,9 +27,13 @@ from deploy.system import SERVICES
 from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent
 from shared.policy import Budget, RateLimits
+from shared.state_mac import Keyring, new_keyring_text
 from shared.topics import KEYS_EVENTS
 
 REPO = Path(__file__).resolve().parents[2]
+# The keyring of the gateways the benchmarks start, and of the key events they publish.
+STATE_MAC_KEYS = new_keyring_text("bench")
+KEYRING = Keyring.parse(SecretStr(STATE_MAC_KEYS), "STATE_MAC_KEYS")
 
 
 def stack_endpoints() -> Endpoints:
@@ -111,6 +116,7 @@ async def publish_key(bootstrap: str, prefix: str, **policy: Any) -> str:
         version=1,
         **policy,
     )
+    event = KEYRING.sign(event)  # as the key service signs it (shared/state_mac.py)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -173,6 +179,7 @@ async def start(work: Path) -> Servers:
         "TOLLGATE_GATEWAY_TOPIC_PREFIX": prefix,
         "TOLLGATE_GATEWAY_REDIS_PREFIX": f"{prefix}gw:",
         "TOLLGATE_GATEWAY_INTERNAL_TOKEN": uuid.uuid4().hex,
+        "TOLLGATE_GATEWAY_STATE_MAC_KEYS": STATE_MAC_KEYS,
         "TOLLGATE_GATEWAY_KEYS_URL": f"http://127.0.0.1:{free_port()}",
         # No billing: the policy key's budget starts from zero (and says so once in the log).
         "TOLLGATE_GATEWAY_BILLING_URL": f"http://127.0.0.1:{free_port()}",

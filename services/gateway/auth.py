@@ -7,6 +7,12 @@ instant it was created may not be in Redis yet), and its "unknown" is remembered
 When neither Redis nor the key service can answer, a key confirmed by some source within
 ``stale_key_max_s`` is still served from the process cache; any other is refused with 503:
 it never reaches an upstream.
+
+What Redis and the key service answer is used only when its MAC verifies (``trust.py``): a
+state written into Redis by anyone else counts as absent. Calls to the key service for keys
+nobody knows are bounded (``verify_rate_per_s``, ``verify_burst``): well-formed keys are easy
+to invent (the checksum is public), and past the bound an unknown key is refused as invalid
+without a database lookup, so invented keys cost a Redis miss each and no more.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from datetime import UTC, datetime
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from services.gateway.cache import Breaker, LocalCache
+from services.gateway.cache import Breaker, LocalCache, RateBound
 from services.gateway.errors import AuthUnavailable, InvalidApiKey, MissingApiKey
 from services.gateway.metrics import Metrics
+from services.gateway.trust import StateTrust
 from shared.apikeys import KEY_LENGTH, hash_key, hint, is_well_formed
 from shared.events import KeyState
 from shared.http import bearer_token
@@ -98,8 +105,12 @@ class Authenticator:
         redis_breaker: Breaker,
         verify_breaker: Breaker,
         redis_timeout_s: float,
+        trust: StateTrust,
+        verify_bound: RateBound,
     ) -> None:
         self.local = local
+        self.trust = trust
+        self.verify_bound = verify_bound
         self.store = store
         self.verifier = verifier
         self.metrics = metrics
@@ -151,21 +162,16 @@ class Authenticator:
     async def _shared_lookup(self, key_hash: str) -> tuple[KeyState | None, str]:
         redis_answered = False
         if self.redis_breaker.available():
-            asked = time.monotonic()
-            try:
-                found = await asyncio.wait_for(self.store.lookup(key_hash), self.redis_timeout_s)
-            except (*REDIS_ERRORS, ValidationError) as exc:
-                log.warning("redis lookup failed: %s", type(exc).__name__)
-                self.redis_breaker.failed()
-            else:
-                redis_answered = True
-                self.redis_breaker.succeeded()
-                newest = self.local.put(found, asked) if found is not None else None
-                if newest is not None:
-                    if not _holds(newest, key_hash):
-                        self.local.add_negative(key_hash)  # a secret the key no longer has
-                    return newest, "redis"
+            redis_answered, newest = await self._from_redis(key_hash)
+            if newest is not None:
+                if not _holds(newest, key_hash):
+                    self.local.add_negative(key_hash)  # a secret the key no longer has
+                return newest, "redis"
         if self.verify_breaker.available():
+            if not self.verify_bound.take():
+                # Past the bound only invented keys come here (issued ones are in Redis): no
+                # database lookup, and not remembered, so a real key is asked for later.
+                return None, "verify_bound"
             asked = time.monotonic()
             try:
                 found = await self.verifier.verify(key_hash)
@@ -174,6 +180,8 @@ class Authenticator:
                 self.verify_breaker.failed()
             else:
                 self.verify_breaker.succeeded()
+                if found is not None and not self.trust.admit(found, "verify"):
+                    found = None
                 if found is None:
                     self.local.add_negative(key_hash)
                     return None, "verify"
@@ -188,6 +196,25 @@ class Authenticator:
             return stale, "stale"
         self._count("none", "unavailable")
         raise AuthUnavailable()
+
+    async def _from_redis(self, key_hash: str) -> tuple[bool, KeyState | None]:
+        """Whether Redis answered, and the newest state it led to (a trusted one only)."""
+        asked = time.monotonic()
+        try:
+            found = await asyncio.wait_for(self.store.lookup(key_hash), self.redis_timeout_s)
+        except ValidationError:
+            # Redis answered, with something no key service wrote: absent, and Redis is not
+            # at fault (no breaker), so it is asked again for other keys.
+            self.trust.refused("redis", "not a key state")
+            return True, None
+        except REDIS_ERRORS as exc:
+            log.warning("redis lookup failed: %s", type(exc).__name__)
+            self.redis_breaker.failed()
+            return False, None
+        self.redis_breaker.succeeded()
+        if found is None or not self.trust.admit(found, "redis"):
+            return True, None
+        return True, self.local.put(found, asked)
 
     def _settled(self, key_hash: str, done: asyncio.Future[tuple[KeyState | None, str]]) -> None:
         self._pending.pop(key_hash, None)

@@ -49,8 +49,32 @@ class Breaker:
         self._down_until = 0.0
 
 
+class RateBound:
+    """A token bucket: at most ``rate_per_s`` a second on average, ``burst`` at once."""
+
+    def __init__(
+        self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self.clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        """True (and one token spent) when a call may go now."""
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate_per_s)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class LocalCache:
-    """Key states by hash, LRU-bounded, with a short negative cache for unknown hashes."""
+    """Key states by hash, LRU-bounded, with a short negative cache for unknown hashes (LRU
+    too: invented keys push out only the least recently seen of their kind, never all)."""
 
     def __init__(
         self,
@@ -60,6 +84,7 @@ class LocalCache:
         *,
         unsubscribed_ttl_s: float | None = None,
         stale_max_s: float = 300.0,
+        negative_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
@@ -68,13 +93,14 @@ class LocalCache:
         self.negative_ttl_s = negative_ttl_s
         self.unsubscribed_ttl_s = ttl_s if unsubscribed_ttl_s is None else unsubscribed_ttl_s
         self.stale_max_s = stale_max_s
+        self.negative_size = size if negative_size is None else negative_size
         # Since when (monotonic) changes have been pushed to this cache without a gap; None
         # while nothing pushes them (the subscription is down).
         self.covered_since: float | None = None
         self._states: OrderedDict[str, _Entry] = OrderedDict()  # key id -> entry
         self._by_hash: dict[str, str] = {}  # key hash (current or previous) -> key id
         self._versions: dict[str, int] = {}  # key id -> highest version ever seen
-        self._negative: dict[str, float] = {}  # key hash -> monotonic expiry
+        self._negative: OrderedDict[str, float] = OrderedDict()  # key hash -> monotonic expiry
 
     def covered(self, since: float | None) -> None:
         """Changes are pushed from since on without a gap (None: they are not, any more)."""
@@ -146,14 +172,20 @@ class LocalCache:
         if self.clock() >= expiry:
             del self._negative[key_hash]
             return False
+        self._negative.move_to_end(key_hash)
         return True
 
     def add_negative(self, key_hash: str) -> None:
         if self.negative_ttl_s <= 0:
             return
-        if len(self._negative) >= self.size:  # invented keys must not grow memory unbounded
-            self._negative.clear()
         self._negative[key_hash] = self.clock() + self.negative_ttl_s
+        self._negative.move_to_end(key_hash)
+        while len(self._negative) > self.negative_size:  # bounded: the oldest seen go first
+            self._negative.popitem(last=False)
+
+    @property
+    def negative_count(self) -> int:
+        return len(self._negative)
 
     def __len__(self) -> int:
         return len(self._states)
@@ -163,4 +195,4 @@ class LocalCache:
 RedisStore = KeyStore
 
 
-__all__ = ["Breaker", "KeyStore", "LocalCache", "RedisError", "RedisStore"]
+__all__ = ["Breaker", "KeyStore", "LocalCache", "RateBound", "RedisError", "RedisStore"]

@@ -8,7 +8,8 @@ Redis directly (the path that works while Kafka is down). A write that makes a s
 in Redis is also published to every replica's subscription (``subscriber.py``). When
 Redis holds no saved positions (it started empty, or lost its data) the feeder reads the
 compacted topic from the beginning and so rebuilds it. Events that could not be written to
-Redis while it was down are read again once it answers.
+Redis while it was down are read again once it answers. An event whose state the key service
+did not sign (``trust.py``) is skipped: neither cached nor written to Redis.
 
 It stays on aiokafka, not FastStream (``shared/bus.py``): it assigns every partition itself,
 seeks each to the position saved in Redis (or the beginning) before the first fetch, and is
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 
 from services.gateway.cache import Breaker, LocalCache
 from services.gateway.metrics import Metrics
+from services.gateway.trust import StateTrust
 from shared.events import KeyEvent, KeyState
 from shared.kafka import Replication, ensure_topics, topic_partitions
 from shared.key_store import KeyStore
@@ -54,8 +56,10 @@ class Feeder:
         store: KeyStore,
         redis_breaker: Breaker,
         metrics: Metrics,
+        trust: StateTrust,
         replication: Replication = Replication(),  # noqa: B008 (frozen, so shared safely)
     ) -> None:
+        self.trust = trust
         self.bootstrap = bootstrap
         self.replication = replication
         self.topic_prefix = topic_prefix
@@ -148,6 +152,8 @@ class Feeder:
                     log.exception("unreadable key event at %s offset %s", tp, record.offset)  # type: ignore[attr-defined]
                     continue
                 state = event.state()
+                if not self.trust.admit(state, "kafka"):
+                    continue  # not the key service's: neither cached nor written to Redis
                 self.local.put(state)  # also clears a negative entry: key.created lands here
                 states.append(state)
                 self.metrics.key_events.inc()

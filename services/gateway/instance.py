@@ -12,7 +12,7 @@ import httpx
 
 from services.gateway.auth import Authenticator, Verifier
 from services.gateway.body import BodyBudget, BodyLimits
-from services.gateway.cache import Breaker, LocalCache
+from services.gateway.cache import Breaker, LocalCache, RateBound
 from services.gateway.emitter import UsageEmitter
 from services.gateway.feeder import KAFKA_ERRORS, Feeder
 from services.gateway.metrics import Metrics
@@ -22,6 +22,7 @@ from services.gateway.proxy import Proxy
 from services.gateway.settings import GatewaySettings
 from services.gateway.spool import Spool
 from services.gateway.subscriber import Subscriber
+from services.gateway.trust import StateTrust
 from services.gateway.upstream_pool import UpstreamPool
 from shared.catalogue import Catalogue
 from shared.key_store import KeyStore
@@ -40,19 +41,25 @@ class Gateway:
         # No client-side retries: a Redis that does not answer at once is skipped (breaker).
         self.redis = connect(s.redis_url, cluster=s.redis_cluster, timeout_s=s.redis_timeout_s)
         self.redis_breaker = Breaker(s.dependency_retry_s)
+        # Key states are trusted only with the key service's MAC, checked where they enter.
+        self.trust = StateTrust(s.keyring(), metrics, accept_unsigned=s.accept_unsigned_states)
         self.local = LocalCache(
             s.local_cache_size,
             s.local_cache_ttl_s,
             s.negative_cache_ttl_s,
             unsubscribed_ttl_s=s.unsubscribed_cache_ttl_s,
             stale_max_s=s.stale_key_max_s,
+            negative_size=s.negative_cache_size,
         )
-        self.store = KeyStore(self.redis, s.redis_prefix)
+        self.store = KeyStore(
+            self.redis, s.redis_prefix, lambda state: self.trust.admit(state, "redis")
+        )
         self.subscriber = Subscriber(
             redis_url=s.redis_url,
             redis_urls=lambda: subscription_urls(s.redis_url, self.redis),
             channel=self.store.channel,
             local=self.local,
+            trust=self.trust,
             timeout_s=max(s.redis_timeout_s, 1.0),
         )
         self.keys_client = httpx.AsyncClient(timeout=s.verify_timeout_s)
@@ -70,6 +77,8 @@ class Gateway:
             redis_breaker=self.redis_breaker,
             verify_breaker=Breaker(s.dependency_retry_s),
             redis_timeout_s=s.redis_timeout_s,
+            trust=self.trust,
+            verify_bound=RateBound(s.verify_rate_per_s, s.verify_burst),
         )
         self.emitter = UsageEmitter(
             bootstrap=s.kafka_bootstrap,
@@ -87,6 +96,7 @@ class Gateway:
             store=self.store,
             redis_breaker=self.redis_breaker,
             metrics=metrics,
+            trust=self.trust,
             replication=s.replication,
         )
         self.policies = PolicyGate(

@@ -14,6 +14,9 @@ from services.gateway.request_metrics import LabelledCounter, LabelledHistogram
 from services.gateway.spool import Spool
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Where a key state enters a gateway: the feeder (keys.events), the Redis subscription, a Redis
+# lookup, the key service's verify answer.
+REFUSED_SOURCES = ("kafka", "subscription", "redis", "verify")
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
@@ -94,6 +97,15 @@ class Metrics:
         self.key_events = Counter(
             "tollgate_gateway_key_events", "Key events applied by the feeder", registry=r
         )
+        self.key_states_refused = Counter(
+            "tollgate_gateway_key_states_refused",
+            "Key states refused where they entered (kafka, subscription, redis, verify): no MAC"
+            " of the key service's, a wrong one, or no key state at all",
+            ["source"],
+            registry=r,
+        )
+        for source in REFUSED_SOURCES:
+            self.key_states_refused.labels(source)  # shown at 0 before the first
 
     def watch_usage(self, emitter: UsageFigures) -> None:
         """Read the spool's and the emitter's figures at each scrape."""

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, require_real_secret
+from shared.state_mac import Keyring
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -92,6 +93,30 @@ class GatewaySettings(ServiceSettings):
     negative_cache_ttl_s: float = Field(
         2.0, ge=0, description="how long an unknown key is remembered"
     )
+    negative_cache_size: int = Field(
+        100_000, gt=0, description="unknown keys remembered, at most (least recently seen go)"
+    )
+    verify_rate_per_s: float = Field(
+        50.0,
+        gt=0,
+        description="calls to the key service's verify endpoint per second, at most, for keys"
+        " that neither this process, its negative cache nor Redis knows; past it (and the"
+        " burst) such a key gets 401 invalid_api_key without a database lookup",
+    )
+    verify_burst: int = Field(
+        100, ge=1, description="verify calls allowed at once above the rate (token bucket)"
+    )
+    state_mac_keys: SecretStr = Field(
+        SecretStr(""),
+        description="keyring that checks the key service's MAC on key states"
+        " (shared/state_mac.py): id:secret entries separated by commas, each verifies;"
+        " holds the entry TOLLGATE_KEYS_STATE_MAC_KEYS signs with",
+    )
+    accept_unsigned_states: bool = Field(
+        False,
+        description="also trust key states without a MAC (only while upgrading from a"
+        " version that did not sign them; a wrong MAC is refused all the same)",
+    )
     redis_timeout_s: float = Field(0.25, gt=0, description="per Redis call on the request path")
     verify_timeout_s: float = Field(2.0, gt=0, description="per verify call to the key service")
     dependency_retry_s: float = Field(
@@ -126,3 +151,13 @@ class GatewaySettings(ServiceSettings):
     @classmethod
     def _internal_token_is_real(cls, value: SecretStr) -> SecretStr:
         return require_real_secret(value, "TOLLGATE_GATEWAY_INTERNAL_TOKEN")
+
+    @field_validator("state_mac_keys")
+    @classmethod
+    def _state_mac_keys_are_real(cls, value: SecretStr) -> SecretStr:
+        Keyring.parse(value, "TOLLGATE_GATEWAY_STATE_MAC_KEYS")
+        return value
+
+    def keyring(self) -> Keyring:
+        """The parsed keyring (checked when the settings were built)."""
+        return Keyring.parse(self.state_mac_keys, "TOLLGATE_GATEWAY_STATE_MAC_KEYS")

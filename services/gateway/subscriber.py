@@ -6,7 +6,8 @@ revocation reaches this replica's cache within milliseconds even while Kafka is 
 cache may trust an entry for its full TTL only while this subscription has been up since the
 entry was confirmed (``LocalCache.covered``). Pub/sub delivers nothing that was published
 while a subscriber was away: on any loss the cache's trust is shortened at once, and after a
-reconnect only entries confirmed since then get the full TTL back.
+reconnect only entries confirmed since then get the full TTL back. Anyone who may PUBLISH on
+the channel could push a state: only those the key service signed are applied (``trust.py``).
 
 A connection that is silently gone (no reset, no answer) is noticed by pinging it every
 ``ping_s``: no reply within ``dead_after_s`` counts as a loss.
@@ -28,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.gateway.cache import LocalCache
+from services.gateway.trust import StateTrust
 from shared.key_store import parse_published
 from shared.redis_client import REDIS_ERRORS
 from shared.worker import check_cancelled
@@ -48,6 +50,7 @@ class Subscriber:
         redis_url: str,
         channel: str,
         local: LocalCache,
+        trust: StateTrust,
         timeout_s: float = 1.0,
         ping_s: float = 0.5,
         dead_after_s: float = 2.0,
@@ -58,6 +61,7 @@ class Subscriber:
         self._next = 0
         self.channel = channel
         self.local = local
+        self.trust = trust
         self.timeout_s = timeout_s
         self.ping_s = ping_s
         self.dead_after_s = dead_after_s
@@ -135,7 +139,8 @@ class Subscriber:
         try:
             state = parse_published(message["data"])
         except ValidationError:
-            log.exception("unreadable key state on %s", self.channel)
+            self.trust.refused("subscription", "not a key state")
             return
-        self.local.put(state)
+        if self.trust.admit(state, "subscription"):
+            self.local.put(state)
         self.received += 1

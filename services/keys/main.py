@@ -15,6 +15,7 @@ from services.keys.api import health_router, internal_router, management_router
 from services.keys.handlers import LastUsedConsumer
 from services.keys.mirror import StateMirror
 from services.keys.outbox import OutboxRelay
+from services.keys.resign import resign_if_needed
 from services.keys.service import KeyService
 from services.keys.settings import KeysSettings
 from shared.catalogue import load_catalogue
@@ -51,6 +52,7 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
                 settings.redis_prefix,
                 settings.redis_timeout_s,
                 cluster=settings.redis_cluster,
+                trusted=settings.keyring().verify,
             )
             if settings.redis_write
             else None
@@ -72,7 +74,10 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
                 max_grace_s=settings.max_grace_s,
                 models=[m.id for m in catalogue.models],
                 mirror=mirror,
+                keyring=settings.keyring(),
             )
+            # Before serving: states made before this signing entry are re-published signed.
+            await resign_if_needed(app.state.service, settings.resign_batch)
             yield
         finally:
             for worker in (consumer, relay):

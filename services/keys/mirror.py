@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,11 +28,19 @@ class StateMirror:
     """Writes committed key states to the gateways' Redis, best effort, counted."""
 
     def __init__(
-        self, redis_url: str, prefix: str, timeout_s: float, *, cluster: bool = False
+        self,
+        redis_url: str,
+        prefix: str,
+        timeout_s: float,
+        *,
+        cluster: bool = False,
+        trusted: Callable[[KeyState], bool] | None = None,
     ) -> None:
         # No client-side retries: one attempt within the timeout, then the outbox's turn.
         self.client = connect(redis_url, cluster=cluster, timeout_s=timeout_s)
-        self.store = KeyStore(self.client, prefix)
+        # With trusted (the keyring's check), a state in Redis the key service did not make
+        # is overwritten whatever its version: a forged one cannot hold back a revocation.
+        self.store = KeyStore(self.client, prefix, trusted)
         self.timeout_s = timeout_s
         self.written = 0
         self.failed = 0

@@ -35,10 +35,10 @@ from services.keys.policies import (
 )
 from services.keys.projects import Projects
 from services.keys.rows import KeyPolicy, Row
-from services.keys.transactions import key_state
 from shared import apikeys
 from shared.events import KeyState, utc_now
 from shared.ids import resource_id
+from shared.state_mac import Keyring
 
 if TYPE_CHECKING:
     from services.keys.rows import Conn
@@ -74,9 +74,10 @@ class KeyService(Projects):
         channel: str,
         max_grace_s: int,
         models: Collection[str],
+        keyring: Keyring,
         mirror: StateMirror | None = None,
     ) -> None:
-        super().__init__(pool, topic=topic, channel=channel, mirror=mirror)
+        super().__init__(pool, topic=topic, channel=channel, mirror=mirror, keyring=keyring)
         self.models = frozenset(models)  # the catalogue's ids, which allowed_models may name
         self.max_grace_s = max_grace_s
 
@@ -235,4 +236,4 @@ class KeyService(Projects):
         """The state of the key holding key_hash (revoked ones too), or None."""
         async with self.transaction() as conn:
             row = await repo.find_by_hash(conn, key_hash, utc_now())
-        return None if row is None else key_state(row)
+        return None if row is None else self.state_of(row)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import InternalTokenSettings
+from shared.state_mac import Keyring
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic_name
 
 MAX_GRACE_S = 30 * 24 * 3600
@@ -47,6 +48,26 @@ class KeysSettings(InternalTokenSettings):
     redis_timeout_s: float = Field(
         0.5, gt=0, description="the direct Redis write's bound; past it the outbox carries it"
     )
+
+    state_mac_keys: SecretStr = Field(
+        SecretStr(""),
+        description="keyring the key service signs every key state with (shared/state_mac.py):"
+        " id:secret entries separated by commas, the first signs; the gateways'"
+        " TOLLGATE_GATEWAY_STATE_MAC_KEYS must hold that entry",
+    )
+    resign_batch: int = Field(
+        1000, ge=1, le=100_000, description="keys per transaction when states are re-signed"
+    )
+
+    @field_validator("state_mac_keys")
+    @classmethod
+    def _state_mac_keys_are_real(cls, value: SecretStr) -> SecretStr:
+        Keyring.parse(value, "TOLLGATE_KEYS_STATE_MAC_KEYS")
+        return value
+
+    def keyring(self) -> Keyring:
+        """The parsed keyring (checked when the settings were built)."""
+        return Keyring.parse(self.state_mac_keys, "TOLLGATE_KEYS_STATE_MAC_KEYS")
 
     @property
     def keys_topic(self) -> str:

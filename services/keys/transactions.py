@@ -6,7 +6,8 @@ pooled connection; ``publish`` writes a key's new state to the outbox (the relay
 ``keys.events``) and wakes the relay when the transaction commits; once it committed, the
 states it published are written straight to the gateways' Redis (``mirror.py``), since Kafka
 may be down and a revocation must not wait for it. A database that is away surfaces as
-``DatabaseUnavailable`` (503), which the caller may retry.
+``DatabaseUnavailable`` (503), which the caller may retry. Every state it makes is signed
+with the keyring's signing entry (``shared/state_mac.py``): the gateways trust no other.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.keys.mirror import StateMirror
 from services.keys.rows import Row, json_value
 from shared.events import KeyEvent, KeyEventType, KeyState
 from shared.ledger.retry import RETRYABLE
+from shared.state_mac import Keyring
 
 if TYPE_CHECKING:
     from services.keys.rows import Conn
@@ -36,11 +38,13 @@ log = logging.getLogger("services.keys.service")  # one logger for the key servi
 OUTAGE: tuple[type[BaseException], ...] = (*RETRYABLE, InternalClientError)
 
 _JSON_FIELDS = ("rate_limits", "budget", "project_rate_limits", "project_budget")
+_ROW_FIELDS = tuple(name for name in KeyState.model_fields if name not in ("key_id", "mac"))
 
 
 def key_state(row: Row) -> KeyState:
-    """The key's whole state as caches hold it, its project's policy too (never the secret)."""
-    values = {name: row[name] for name in KeyState.model_fields if name != "key_id"}
+    """The key's whole state as caches hold it, its project's policy too (never the secret);
+    unsigned (``Transactions.state_of`` signs it)."""
+    values = {name: row[name] for name in _ROW_FIELDS}
     for name in _JSON_FIELDS:
         values[name] = json_value(values[name])
     return KeyState.model_validate(values | {"key_id": row["id"]})
@@ -50,9 +54,16 @@ class Transactions:
     """Transactions whose key changes are announced through the outbox, then mirrored."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, topic: str, channel: str, mirror: StateMirror | None
+        self,
+        pool: asyncpg.Pool,
+        *,
+        topic: str,
+        channel: str,
+        mirror: StateMirror | None,
+        keyring: Keyring,
     ) -> None:
         self.pool = pool
+        self.keyring = keyring
         self.topic = topic
         self.channel = channel
         self.mirror = mirror
@@ -81,8 +92,12 @@ class Transactions:
 
     async def publish(self, conn: Conn, row: Row, event_type: KeyEventType, now: datetime) -> None:
         """Announce the key row's new state, in the transaction that wrote it."""
-        state = key_state(row)
+        state = self.state_of(row)
         event = KeyEvent(type=event_type, occurred_at=now, **state.model_dump())
         await repo.enqueue(conn, self.topic, row["id"], event.to_bytes())
         await repo.notify(conn, self.channel)
         self._changed[id(conn)].append(state)
+
+    def state_of(self, row: Row) -> KeyState:
+        """The key row's state, signed: what the gateways will trust."""
+        return self.keyring.sign(key_state(row))

@@ -265,6 +265,7 @@ def test_settings_accept_what_the_manifests_set(monkeypatch: pytest.MonkeyPatch)
     cluster's settings are on: replication 3, min ISR 2, Redis Cluster."""
     objects = _rendered()
     tokens = {"ADMIN_TOKEN": "a" * 32, "INTERNAL_TOKEN": "i" * 32, "DATABASE_URL": "postgresql://x"}
+    tokens["STATE_MAC_KEYS"] = "k1:" + "m" * 32
     data = {o["metadata"]["name"]: o.get("data", {}) for o in objects}
     for d in _of(objects, "Deployment").values():
         app = _app(d)

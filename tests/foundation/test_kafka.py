@@ -160,11 +160,15 @@ def test_min_insync_replicas_cannot_pass_the_replication_factor() -> None:
     with pytest.raises(ValueError, match="at most TOPIC_REPLICATION_FACTOR"):
         GatewaySettings(
             internal_token=SecretStr("x" * 32),
+            state_mac_keys=SecretStr("k1:" + "m" * 32),
             topic_replication_factor=1,
             topic_min_insync_replicas=2,
         )
     with pytest.raises(ValueError, match=r"min\.insync\.replicas"):
         Replication(1, 2)
     assert GatewaySettings(
-        internal_token=SecretStr("x" * 32), topic_replication_factor=3, topic_min_insync_replicas=2
+        internal_token=SecretStr("x" * 32),
+        state_mac_keys=SecretStr("k1:" + "m" * 32),
+        topic_replication_factor=3,
+        topic_min_insync_replicas=2,
     ).replication == Replication(3, 2)

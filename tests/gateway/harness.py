@@ -22,6 +22,7 @@ from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent, KeyEventType, KeyState, UsageRecorded
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS
 from tests.served import Served
+from tests.state_macs import STATE_MAC_KEYS, sign
 
 INTERNAL_TOKEN = "internal-token-for-gateway-tests"
 CHAT = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -40,6 +41,7 @@ class FakeKeyService:
     calls: int = 0
 
     def add(self, state: KeyState) -> None:
+        state = sign(state)  # as the real one answers: signed, whatever the test changed
         self.states[state.key_hash] = state
         if state.previous_key_hash:
             self.states[state.previous_key_hash] = state
@@ -62,7 +64,8 @@ class FakeKeyService:
 
 
 def new_key(project: str = "proj_test", version: int = 1, **changes: Any) -> tuple[str, KeyState]:
-    """A fresh secret and the state the key service would hold for it."""
+    """A fresh secret and the state the key service would hold for it (signed: a test that
+    changes it with model_copy signs it again, as publish_key and FakeKeyService.add do)."""
     secret = generate()
     key_id = "key_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
     state = KeyState(
@@ -75,7 +78,7 @@ def new_key(project: str = "proj_test", version: int = 1, **changes: Any) -> tup
         created_at=datetime.now(UTC),
         **changes,
     )
-    return secret, state
+    return secret, sign(state)
 
 
 def write_catalogue(folder: Path, upstream_url: str) -> Path:
@@ -131,6 +134,7 @@ def gateway_settings(
         catalogue_path=catalogue,
         spool_dir=spool,
         internal_token=SecretStr(INTERNAL_TOKEN),
+        state_mac_keys=SecretStr(STATE_MAC_KEYS),
         log_json=False,
         **extra,
     )
@@ -153,7 +157,8 @@ async def start_gateway(settings: GatewaySettings, *, ready: bool = True) -> Ser
 async def publish_key(
     bootstrap: str, prefix: str, state: KeyState, event_type: KeyEventType = "key.created"
 ) -> None:
-    """Publish a key event as the key service's outbox would."""
+    """Publish a key event as the key service's outbox would (signed)."""
+    state = sign(state)
     event = KeyEvent(type=event_type, occurred_at=datetime.now(UTC), **state.model_dump())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()

@@ -17,6 +17,7 @@ from tests.manual_clock import ManualClock
 from tests.polling import eventually
 from tests.private_servers import Private
 from tests.served import Served
+from tests.state_macs import sign
 
 BODY = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
@@ -146,7 +147,7 @@ async def test_the_subscription_comes_back_after_redis_restarts(
 
             await eventually(subscribers, until=lambda n: n == 1, timeout=10, what="resubscribed")
             revoked = time.monotonic()
-            await store.apply([state.model_copy(update={"status": "revoked", "version": 2})])
+            await store.apply([sign(state.model_copy(update={"status": "revoked", "version": 2}))])
 
             async def status() -> int:
                 return await _status(http, gateway.url, secret)

@@ -11,8 +11,11 @@ import asyncio
 
 from deploy.stack import Endpoints
 from services.gateway.cache import LocalCache
+from services.gateway.metrics import Metrics
 from services.gateway.subscriber import Subscriber
+from services.gateway.trust import StateTrust
 from tests.polling import eventually
+from tests.state_macs import KEYRING
 
 
 class SwallowingSubscriber(Subscriber):
@@ -30,7 +33,10 @@ async def test_a_swallowed_cancellation_still_stops_the_subscription(
 ) -> None:
     local = LocalCache(size=10, ttl_s=30, negative_ttl_s=1)
     subscriber = SwallowingSubscriber(
-        redis_url=endpoints.redis_url, channel=f"{redis_prefix}key-states", local=local
+        redis_url=endpoints.redis_url,
+        channel=f"{redis_prefix}key-states",
+        local=local,
+        trust=StateTrust(KEYRING, Metrics()),
     )
     task = asyncio.create_task(subscriber.run())
     try:

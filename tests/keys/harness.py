@@ -21,6 +21,7 @@ from services.keys.main import create_app
 from services.keys.settings import KeysSettings
 from shared.events import KeyEvent
 from tests.polling import eventually
+from tests.state_macs import STATE_MAC_KEYS
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 INTERNAL_TOKEN = "test-internal-token-0123456789abcdef"
@@ -46,6 +47,7 @@ def make_settings(
         database_url=SecretStr(database_url),
         admin_token=SecretStr(ADMIN_TOKEN),
         internal_token=SecretStr(INTERNAL_TOKEN),
+        state_mac_keys=SecretStr(STATE_MAC_KEYS),
         db_schema=schema,
         topic_prefix=prefix,
         consumer_group=group,

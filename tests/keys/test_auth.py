@@ -7,7 +7,9 @@ from pydantic import SecretStr, ValidationError
 
 from services.keys.settings import KeysSettings
 from shared import apikeys
+from shared.events import KeyState
 from tests.keys.harness import ADMIN_TOKEN, INTERNAL, INTERNAL_TOKEN, Running
+from tests.state_macs import KEYRING
 
 MANAGEMENT = [
     ("POST", "/v1/projects"),
@@ -87,7 +89,9 @@ async def test_verify_answers_whole_state_or_404(keys: Running) -> None:
         "allowed_endpoints": None,
         "project_rate_limits": None,
         "project_budget": None,
+        "mac": state["mac"],
     }
+    assert KEYRING.verify(KeyState.model_validate(state)), "the answer is signed"
     unknown = await keys.verify(apikeys.hash_key(apikeys.generate()))
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "not_found"
@@ -117,6 +121,7 @@ def test_settings_refuse_missing_placeholder_or_shared_tokens(admin: str, intern
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOLLGATE_KEYS_ADMIN_TOKEN", "env-admin-token-0123456789")
     monkeypatch.setenv("TOLLGATE_KEYS_INTERNAL_TOKEN", "env-internal-token-0123456789")
+    monkeypatch.setenv("TOLLGATE_KEYS_STATE_MAC_KEYS", "k1:env-state-mac-keys-0123456789")
     monkeypatch.setenv("TOLLGATE_KEYS_KAFKA_BOOTSTRAP", "kafka.example:9092")
     monkeypatch.setenv("TOLLGATE_KEYS_DATABASE_URL", "postgresql://u@db.example/tollgate")
     settings = KeysSettings()
