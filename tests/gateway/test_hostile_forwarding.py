@@ -1,11 +1,10 @@
-"""What reaches the upstream, and what is counted, for bodies the gateway lets through:
-byte for byte when it did not rewrite them, and counted even when they are too deep to
-estimate."""
+"""What reaches the upstream, and what is counted, for bodies the gateway lets through: the
+body as the gateway read it (one value per key, whatever the client's bytes repeated or
+escaped), and counted even when it is refused for its depth."""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +83,11 @@ async def capture(
         await upstream.stop()
 
 
-async def test_a_body_not_rewritten_reaches_the_upstream_byte_for_byte(capture: Capture) -> None:
-    # Odd but valid: spacing, escapes, non-ASCII, key order, big and long numbers, NUL.
+async def test_a_body_reaches_the_upstream_as_the_gateway_read_it(capture: Capture) -> None:
+    # Odd but valid: spacing, escapes, non-ASCII, key order, long numbers, NUL.
     raw = (
         b'{ "messages" : [ {"role":"user","content":"caf\\u00e9 \xe2\x98\x83 \\u0000"} ],\n'
-        b'  "model":"test/capture", "seed": 123456789012345678901234567890,'
+        b'  "model":"test/capture", "seed": 1234567890123456789,'
         b' "temperature": 1.0000000000000000001, "z": [[[[]]]], "a": "\\ud83d\\ude00" }'
     )
     async with httpx.AsyncClient(base_url=capture.gateway.url, timeout=30) as client:
@@ -98,11 +97,30 @@ async def test_a_body_not_rewritten_reaches_the_upstream_byte_for_byte(capture: 
             "/v1/chat/completions", content=renamed_raw, headers=capture.headers
         )
     assert (same.status_code, renamed.status_code) == (200, 200)
-    assert capture.bodies[0] == raw
+    assert json.loads(capture.bodies[0]) == json.loads(raw)
     rewritten = json.loads(capture.bodies[1])
     assert rewritten["model"] == "u"
     assert rewritten["messages"] == json.loads(raw)["messages"]
     assert rewritten["a"] == "\U0001f600"
+    assert rewritten["seed"] == 1234567890123456789
+
+
+async def test_a_key_spelled_with_escapes_reaches_the_upstream_once_as_read(
+    capture: Capture,
+) -> None:
+    # The gateway reads the last "stream" (true, escaped): an upstream that takes the first
+    # would stream nothing the gateway metered, or stream what it did not.
+    raw = (
+        b'{"model": "test/capture", "messages": [{"role": "user", "content": "hi"}],'
+        b' "stream": false, "str\\u0065am": true}'
+    )
+    async with httpx.AsyncClient(base_url=capture.gateway.url, timeout=30) as client:
+        await client.post("/v1/chat/completions", content=raw, headers=capture.headers)
+    (sent,) = capture.bodies
+    assert sent.count(b'"stream"') == 1
+    assert b"\\u0065" not in sent
+    assert json.loads(sent)["stream"] is True
+    assert json.loads(sent)["stream_options"] == {"include_usage": True}
 
 
 async def test_a_repeated_model_key_reaches_the_upstream_once(capture: Capture) -> None:
@@ -120,11 +138,11 @@ async def test_a_repeated_model_key_reaches_the_upstream_once(capture: Capture) 
     assert json.loads(sent)["model"] == "test/capture"
 
 
-async def test_a_body_too_deep_to_estimate_is_still_counted(
+async def test_a_body_too_deep_to_write_again_is_refused_and_counted(
     capture: Capture, endpoints: Endpoints, topic_prefix: str
 ) -> None:
-    # 1,000 levels: orjson reads it, but estimating its tokens (the upstream gave no usage)
-    # recurses past Python's limit. The request is counted all the same, with one warning.
+    # 1,000 levels: orjson reads it, but writes at most 254: the upstream would get bytes the
+    # gateway did not read. Refused with 400, counted, and the connection stays usable.
     deep = b"[" * 1000 + b"]" * 1000
     raw = (
         b'{"model": "test/quiet", "messages": [{"role": "user", "content": '
@@ -142,24 +160,15 @@ async def test_a_body_too_deep_to_estimate_is_still_counted(
                 json={"model": "test/quiet", "messages": MESSAGES},
                 headers={**capture.headers, "x-request-id": "after-1"},
             )
-    assert (answer.status_code, after.status_code) == (200, 200)
-    assert capture.bodies[0] == raw
+    assert (answer.status_code, after.status_code) == (400, 200)
+    assert "nested too deeply" in answer.json()["error"]["message"]
+    assert len(capture.bodies) == 1
     events = {
         e.request_id: e
         for e in await usage_events(endpoints.kafka_bootstrap, topic_prefix, 2, timeout=60)
     }
     deep_event, after_event = events["deep-1"], events["after-1"]
-    assert (deep_event.model, deep_event.status_code) == ("test/quiet", 200)
-    assert (deep_event.usage_source, deep_event.input_tokens) == ("estimated", 0)
+    assert (deep_event.model, deep_event.status_code) == ("test/quiet", 400)
     assert after_event.usage_source == "estimated"
     assert after_event.input_tokens > 0
     assert not loud(logs)
-    warned = [
-        r.getMessage()
-        for r in logs
-        if r.name == "services.gateway.proxy" and r.levelno >= logging.WARNING
-    ]
-    assert warned == [
-        "could not estimate the usage of a test/quiet request (RecursionError); "
-        "counted with no tokens"
-    ]
