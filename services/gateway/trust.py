@@ -59,11 +59,11 @@ class StateTrust:
             self._logged[source] = (at, held + 1)
             return
         self._logged[source] = (now, 0)
+        more = f" ({held} more refused from there since the last such line)" if held else ""
         log.warning(
-            "key state from %s refused: %s (%d more refused in the last %g s)",
+            "key state from %s refused: %s%s",
             source,
             why,
-            held,
-            self.log_every_s,
+            more,
             extra={"key_id": key_id, "source": source},
         )

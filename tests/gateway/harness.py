@@ -134,9 +134,8 @@ def gateway_settings(
         catalogue_path=catalogue,
         spool_dir=spool,
         internal_token=SecretStr(INTERNAL_TOKEN),
-        state_mac_keys=SecretStr(STATE_MAC_KEYS),
         log_json=False,
-        **extra,
+        **({"state_mac_keys": SecretStr(STATE_MAC_KEYS)} | extra),
     )
 
 
