@@ -7,16 +7,23 @@ and the connection stays usable (the whole body has been read).
 
 Memory. A parsed value costs up to about 100 bytes (an empty object 72, a member of an object
 97) however few bytes it took in the body (``{}`` is two): 32 MiB of ``[{},{},...]`` would take
-a gigabyte. So a body may hold at most ``max_values`` values, counted before parsing as its
-commas and opening brackets (an upper bound: those inside strings count too), which bounds
-what a parse can take. And bodies above ``large_bytes`` share a budget of bytes in flight
-(``BodyBudget``): a burst of large bodies waits its turn, or gets 503, instead of growing the
-process past its memory limit.
+a gigabyte. So before parsing, a body's structure is counted (its ``{ [ : , "`` at C speed)
+and priced at what each can cost parsed (``_PARSED_COST``): a body whose parse could take
+more than ``memory_ratio`` times its own size (plus 1 MiB), or that holds more than
+``max_values`` values in all, is refused with 400 before it is parsed. The first count takes
+in what is inside strings too (code or JSON pasted in a prompt is full of brackets); a body it
+finds too costly is counted again with its strings emptied (a regular expression whose time
+grows with the number of strings, so only when they are at most ``_RECOUNT_QUOTES_MAX / 2``).
+Token-id arrays (``[9906, 11, ...]``, about 6 times their size), text and code pass; a body
+of tiny objects, arrays or strings does not. And bodies above ``large_bytes`` share
+a budget of bytes in flight (``BodyBudget``): a burst of large bodies waits its turn, or
+gets 503, instead of growing the process past its memory limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +42,14 @@ from services.gateway.errors import (
 from shared.errors import BadRequest
 
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a decimal", list: "an array"}
+# The most one structural byte can cost parsed: an object (with its first member), an array,
+# an object member (key and slot), another item (an int or float and its slot).
+# A string (two quotes) at least its object's 50 bytes beyond its text.
+_PARSED_COST = ((b"{", 100), (b"[", 64), (b":", 64), (b",", 36), (b'"', 25))
+_PARSED_FLOOR = 1024 * 1024  # bodies up to ~11 KB cannot pass it: most are never counted
+_NOT_COUNTED = bytes(c for c in range(256) if c not in b'{[:,"')
+_RECOUNT_QUOTES_MAX = 200_000
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 class BodyBudget:
@@ -89,6 +104,7 @@ class BodyBudget:
 class BodyLimits:
     max_bytes: int  # larger bodies get 413
     max_values: int  # JSON values one body may hold
+    memory_ratio: int  # what parsing may cost, in multiples of the body's size
     large_bytes: int  # bodies above this take from the budget
 
 
@@ -106,7 +122,8 @@ async def read_body(request: Request, limits: BodyLimits, budget: BodyBudget) ->
     body = Body({}, 0)
     try:
         raw = await _read(request, limits, budget, body)
-        body.payload = _parse(raw, limits.max_values)
+        _check_structure(raw, limits)
+        body.payload = _parse(raw)
         body.size = len(raw)
     except BaseException:
         if body.held:
@@ -155,12 +172,33 @@ async def _read(
     return raw
 
 
-def _parse(raw: bytes | bytearray, max_values: int) -> dict[str, Any]:
-    # A body shorter than the bound cannot hold more values: the count is for large ones.
-    if len(raw) > max_values:
-        values = raw.count(b",") + raw.count(b"{") + raw.count(b"[") + 1
-        if values > max_values:
-            raise TooManyJsonValues(max_values)
+def _check_structure(raw: bytes | bytearray, limits: BodyLimits) -> None:
+    """400 for a body whose parse could take more memory than its bounds allow."""
+    allowed = limits.memory_ratio * len(raw) + _PARSED_FLOOR
+    if len(raw) * _PARSED_COST[0][1] <= allowed and len(raw) <= limits.max_values:
+        return  # too short to pass either bound (most bodies): nothing to count
+    if _within(raw, allowed, limits.max_values):
+        return
+    strings = raw.count(b'"') - raw.count(b'\\"')  # escaped quotes are inside strings
+    if strings <= _RECOUNT_QUOTES_MAX and _within(
+        _STRING.sub(b'""', raw), allowed, limits.max_values
+    ):
+        return
+    raise TooManyJsonValues(limits.max_values)
+
+
+def _within(raw: bytes | bytearray, allowed: int, max_values: int) -> bool:
+    # Only the priced bytes kept (one pass, faster than a count per byte value), then counted.
+    priced = raw.translate(None, _NOT_COUNTED)
+    if len(priced) * _PARSED_COST[0][1] <= allowed and len(priced) <= max_values:
+        return True
+    counts = [priced.count(char) for char, _ in _PARSED_COST]
+    cost = sum(count * price for count, (_, price) in zip(counts, _PARSED_COST, strict=True))
+    values = counts[0] + counts[1] + counts[3] + 1
+    return cost <= allowed and values <= max_values
+
+
+def _parse(raw: bytes | bytearray) -> dict[str, Any]:
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

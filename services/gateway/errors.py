@@ -4,7 +4,7 @@ ApiError (shared)
 ├── BadRequest                  400 invalid_request_error
 │   ├── InvalidJson             400 (body is not JSON: syntax, invalid UTF-8, lone surrogates)
 │   ├── NestedTooDeeply         400 (JSON nested deeper than the parser or writer goes)
-│   ├── TooManyJsonValues       400 (more values than parsing may hold in memory)
+│   ├── TooManyJsonValues       400 (a parse that could take more memory than allowed)
 │   └── WrongModelKind          400 model_not_supported
 ├── Unauthorized                401 invalid_api_key
 │   └── MissingApiKey           401 (OpenAI's wording, code null)
@@ -56,8 +56,9 @@ class NestedTooDeeply(BadRequest):
 class TooManyJsonValues(BadRequest):
     def __init__(self, limit: int) -> None:
         super().__init__(
-            f"The JSON body of your request holds more than {limit:,} values (objects, arrays, "
-            "strings, numbers); send fewer in one request."
+            "The JSON body of your request holds too many values for its size (objects, "
+            f"arrays, strings, numbers: at most {limit:,}, and not mostly tiny ones); send "
+            "fewer in one request."
         )
 
 

@@ -114,7 +114,9 @@ class Gateway:
             policies=self.policies,
             pool=self.upstream,
             emitter=self.emitter,
-            limits=BodyLimits(s.max_body_bytes, s.max_json_values, s.large_body_bytes),
+            limits=BodyLimits(
+                s.max_body_bytes, s.max_json_values, s.json_memory_ratio, s.large_body_bytes
+            ),
             budget=BodyBudget(s.large_body_budget_bytes, s.large_body_wait_s),
         )
         # Background work: key events in, usage events out, settlements and upkeep. A bug

@@ -52,9 +52,16 @@ class GatewaySettings(ServiceSettings):
     max_json_values: int = Field(
         500_000,
         gt=0,
-        description="values one body may hold (its commas and opening brackets, counted before"
-        " parsing); more get 400. A parsed value takes up to ~100 bytes whatever its size in the"
-        " body, so this bounds what parsing one body may take (~50 MB)",
+        description="values one body may hold in all (its commas and opening brackets, counted"
+        " before parsing); more get 400. A parsed value takes up to ~100 bytes whatever its size"
+        " in the body, so this bounds what parsing one body may take (~50 MB)",
+    )
+    json_memory_ratio: int = Field(
+        8,
+        ge=2,
+        description="a body whose parse could take more than this many times its size (plus"
+        " 1 MiB), counted from its structure before parsing, gets 400: tiny objects and arrays"
+        " cost up to 50 times their bytes parsed, token-id arrays about 6",
     )
     large_body_bytes: int = Field(
         1024 * 1024,
@@ -63,7 +70,7 @@ class GatewaySettings(ServiceSettings):
         " parsed and sent upstream",
     )
     large_body_budget_bytes: int = Field(
-        64 * 1024 * 1024,
+        16 * 1024 * 1024,
         gt=0,
         description="bytes of large bodies in flight at once per process (one larger body goes"
         " alone); the rest wait their turn",
