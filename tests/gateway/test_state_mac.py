@@ -17,6 +17,8 @@ from pydantic import SecretStr
 
 from deploy.stack import Endpoints
 from services.gateway.cache import LocalCache, RateBound
+from services.gateway.metrics import Metrics
+from services.gateway.trust import StateTrust
 from services.keys.main import create_app as create_keys
 from shared.apikeys import generate
 from shared.events import KeyEvent, KeyState
@@ -29,7 +31,7 @@ from tests.keys.harness import AUTH, make_settings
 from tests.manual_clock import ManualClock
 from tests.polling import eventually
 from tests.served import Served
-from tests.state_macs import STATE_MAC_KEYS, sign
+from tests.state_macs import KEYRING, STATE_MAC_KEYS, sign
 
 MODELS = "/v1/models"
 
@@ -351,3 +353,20 @@ def test_the_verify_bound_is_a_token_bucket() -> None:
     assert sum(bound.take() for _ in range(1000)) == 50  # then the rate
     clock.now += 3600
     assert sum(bound.take() for _ in range(1000)) == 100  # never more than the burst
+
+
+def test_unsigned_states_are_accepted_only_while_upgrading_and_wrong_macs_never() -> None:
+    _, state = new_key()
+    unsigned = state.model_copy(update={"mac": None})
+    tampered = state.model_copy(update={"project_id": "proj_other"})
+    strict = StateTrust(KEYRING, Metrics())
+    upgrading = StateTrust(KEYRING, Metrics(), accept_unsigned=True)
+    assert strict.admit(state, "kafka")
+    assert upgrading.admit(state, "kafka")
+    assert not strict.admit(unsigned, "kafka")
+    assert upgrading.admit(unsigned, "kafka")
+    assert not upgrading.admit(tampered, "kafka")
+    refused = strict.metrics.registry.get_sample_value(
+        "tollgate_gateway_key_states_refused_total", {"source": "kafka"}
+    )
+    assert refused == 1
