@@ -47,7 +47,10 @@ class Service:
     catalogue: bool = False  # it reads the model catalogue
     spool: bool = False  # it keeps a spool folder, one per replica
     own_data: bool = False  # a schema of its own and a consumer group on usage.events
-    uvicorn_args: tuple[str, ...] = ()  # beyond the host, port and access log
+    uvicorn_args: tuple[str, ...] = ()  # beyond the host, port, access log and protocol
+    # Its HTTP protocol: shared.http_server's, or one built on it (the limits every client
+    # meets, TOLLGATE_HTTP_*); None for uvicorn's own (the demo upstream, a stand-in).
+    http: str | None = "shared.http_server:HttpProtocol"
 
     @property
     def kind(self) -> str:
@@ -59,6 +62,8 @@ class Service:
         argv: tuple[str, ...] = (sys.executable, "-m", "uvicorn", self.app, "--factory")
         argv += ("--host", "127.0.0.1")
         argv += ("--port", str(self.port), "--no-access-log", *self.uvicorn_args)
+        if self.http is not None:
+            argv += ("--http", self.http)
         return argv
 
     @property
@@ -71,7 +76,7 @@ class Service:
 
 
 SERVICES: tuple[Service, ...] = (
-    Service("upstream", "TOLLGATE_UPSTREAM_", "deploy.demo_upstream:create_app", 8090),
+    Service("upstream", "TOLLGATE_UPSTREAM_", "deploy.demo_upstream:create_app", 8090, http=None),
     Service(
         "keys",
         "TOLLGATE_KEYS_",
@@ -119,12 +124,8 @@ SERVICES: tuple[Service, ...] = (
         catalogue=True,
         spool=True,
         # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused race.
-        uvicorn_args=(
-            "--timeout-keep-alive",
-            "75",
-            "--http",
-            "services.gateway.http_protocol:GatewayProtocol",
-        ),
+        uvicorn_args=("--timeout-keep-alive", "75"),
+        http="services.gateway.http_protocol:GatewayProtocol",
     ),
     Service(
         "console",

@@ -132,6 +132,7 @@ async def system(
             if service.name == "console":
                 await _ready(urls["gateway"] + "/readyz")
             values = described.settings_of(service, wired) | _QUIET
-            served = await Served(described.create_app(service, values), service.port).start()
+            app = described.create_app(service, values)
+            served = await Served(app, service.port, http=service.http or "auto").start()
             stack.push_async_callback(served.stop)
         yield System(**{name: urls[name] for name in System.__dataclass_fields__})
