@@ -255,6 +255,9 @@ class HttpProtocol(HttpToolsProtocol):
             return
         now = self.loop.time()
         if self._phase == HEAD:
+            if len(self.url) > self._max_url:
+                self._refuse_long_url()
+                return
             if self._head_since is None:
                 self._head_since = now
             due = self._head_since + self._head_timeout
