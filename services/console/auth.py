@@ -81,6 +81,8 @@ async def signin(
         request.cookies.get(csrf.SIGNIN_COOKIE), csrf_token
     ):
         raise CsrfRefused
+    # The peer's address: X-Forwarded-For is believed only from the proxies an operator lists
+    # (TOLLGATE_HTTP_FORWARDED_ALLOW_IPS, shared.http_server), so no one can forge another's.
     client = request.client.host if request.client else "unknown"
     target = safe_next(next)
     if app.throttle.blocked(client):
