@@ -1,9 +1,12 @@
-"""Tollgate's API key format: ``sk-tg-`` + 43 base62 characters of randomness + 6 of CRC32.
+"""Tollgate's secret formats: ``sk-tg-`` (API keys) or ``sk-tg-admin-`` (admin keys) + 43
+base62 characters of randomness + 6 of CRC32.
 
-The marker ``tg-`` lets secret scanners tell our keys from other ``sk-`` keys; 43 base62
-characters carry 256 bits; the CRC32 of everything before it (base62, as GitHub's tokens do)
-lets a gateway refuse a mistyped or invented key without any lookup. At rest only the SHA-256
-of the whole secret and a hint (``sk-...`` + the last 4 characters) are kept.
+The marker ``tg-`` lets secret scanners tell our keys from other ``sk-`` keys, and ``admin-``
+an admin key (management only) from an API key (inference only): the ``-`` is outside base62,
+so neither format ever passes for the other. 43 base62 characters carry 256 bits; the CRC32 of
+everything before it (base62, as GitHub's tokens do) lets a service refuse a mistyped or
+invented key without any lookup. At rest only the SHA-256 of the whole secret and a hint
+(``sk-...`` + the last 4 characters) are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ PREFIX = "sk-tg-"
 RANDOM_CHARS = 43  # 43 * log2(62) = 256.03 bits
 CHECKSUM_CHARS = 6  # 62**6 > 2**32
 KEY_LENGTH = len(PREFIX) + RANDOM_CHARS + CHECKSUM_CHARS
+ADMIN_PREFIX = "sk-tg-admin-"
+ADMIN_KEY_LENGTH = len(ADMIN_PREFIX) + RANDOM_CHARS + CHECKSUM_CHARS
 _BASE62_SET = frozenset(BASE62)
 
 
@@ -34,17 +39,27 @@ def _checksum(body: str) -> str:
     return _base62(zlib.crc32(body.encode()), CHECKSUM_CHARS)
 
 
-def generate() -> str:
+def generate(prefix: str = PREFIX) -> str:
     """A new secret key. Show it once; keep only ``hash_key`` and ``hint`` of it."""
-    body = PREFIX + "".join(secrets.choice(BASE62) for _ in range(RANDOM_CHARS))
+    body = prefix + "".join(secrets.choice(BASE62) for _ in range(RANDOM_CHARS))
     return body + _checksum(body)
 
 
-def is_well_formed(secret: str) -> bool:
-    """True when secret has our prefix, length, alphabet and a matching checksum."""
-    if len(secret) != KEY_LENGTH or not secret.startswith(PREFIX):
+def generate_admin() -> str:
+    """A new admin key (``sk-tg-admin-...``): management only, never inference."""
+    return generate(ADMIN_PREFIX)
+
+
+def is_well_formed_admin(secret: str) -> bool:
+    """True when secret is shaped as an admin key, its checksum matching."""
+    return is_well_formed(secret, ADMIN_PREFIX)
+
+
+def is_well_formed(secret: str, prefix: str = PREFIX) -> bool:
+    """True when secret has the prefix, length, alphabet and a matching checksum."""
+    if len(secret) != len(prefix) + RANDOM_CHARS + CHECKSUM_CHARS or not secret.startswith(prefix):
         return False
-    tail = secret[len(PREFIX) :]
+    tail = secret[len(prefix) :]
     if not _BASE62_SET.issuperset(tail):
         return False
     body, check = secret[:-CHECKSUM_CHARS], secret[-CHECKSUM_CHARS:]

@@ -33,8 +33,8 @@ from faststream.kafka.schemas import Topic
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.message import StreamMessage
 
-from shared.events import DeadLetter, KeyEvent
-from shared.topics import KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ
+from shared.events import AuditEvent, DeadLetter, KeyEvent
+from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
 log = logging.getLogger("tollgate.bus")
 
@@ -47,6 +47,7 @@ PRODUCER_OPTIONS: dict[str, Any] = {
     "request_timeout_ms": 10_000,
 }
 KEYS_RELAY_TITLE = "keys.events.keys-outbox-relay"
+AUDIT_RELAY_TITLE = "audit.events.keys-outbox-relay"
 KEYS_LAST_USED_TITLE = "usage.events.keys-last-used"
 Records = tuple[ConsumerRecord, ...]
 
@@ -74,6 +75,20 @@ def keys_events_publisher(broker: KafkaBroker, topic: str = KEYS_EVENTS) -> Defa
         "committed change of a key, in the order written, idempotent producer, acks=all; "
         "each record carries FastStream's content-type and correlation_id headers",
         schema=KeyEvent,
+    )
+    return publisher
+
+
+def audit_events_publisher(broker: KafkaBroker, topic: str = AUDIT_EVENTS) -> DefaultPublisher:
+    """The key service's outbox relay publishes every committed audit log entry."""
+    publisher: DefaultPublisher = broker.publisher(
+        topic,
+        title=AUDIT_RELAY_TITLE,
+        description="key service (services/keys/outbox.py): the outbox relay publishes each "
+        "audit log entry, written in the transaction of the change it records, in the order "
+        "written, idempotent producer, acks=all; each record carries FastStream's "
+        "content-type and correlation_id headers",
+        schema=AuditEvent,
     )
     return publisher
 

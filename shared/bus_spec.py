@@ -28,18 +28,20 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from shared.bus import (
+    AUDIT_RELAY_TITLE,
     KEYS_LAST_USED_TITLE,
     KEYS_RELAY_TITLE,
     Records,
+    audit_events_publisher,
     dead_letter_publisher,
     keys_events_publisher,
     last_used_subscriber,
 )
-from shared.events import DeadLetter, KeyEvent, UsageRecorded
-from shared.ids import KEY_ID_CHARS
+from shared.events import AuditEvent, DeadLetter, KeyEvent, UsageRecorded
+from shared.ids import KEY_ID_CHARS, PROJECT_ID_CHARS
 from shared.ledger.dlq import MAX_KEY_BYTES
 from shared.settings import ServiceSettings
-from shared.topics import KEYS_EVENTS, TOPICS, USAGE_EVENTS, USAGE_EVENTS_DLQ
+from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, TOPICS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
 TITLE = "Tollgate bus"
 VERSION = "1"
@@ -62,9 +64,14 @@ GROUPS = {
     KEYS_LAST_USED_TITLE: KEYS_LAST_USED_GROUP,
 }
 # Each topic's payload, whatever a handler's signature says (a batch handler's is a list).
-MODELS = {KEYS_EVENTS: KeyEvent, USAGE_EVENTS: UsageRecorded, USAGE_EVENTS_DLQ: DeadLetter}
+MODELS = {
+    KEYS_EVENTS: KeyEvent,
+    USAGE_EVENTS: UsageRecorded,
+    USAGE_EVENTS_DLQ: DeadLetter,
+    AUDIT_EVENTS: AuditEvent,
+}
 # Channels whose records FastStream publishes, with its correlation_id header.
-FASTSTREAM_PUBLISHED = {KEYS_RELAY_TITLE}
+FASTSTREAM_PUBLISHED = {KEYS_RELAY_TITLE, AUDIT_RELAY_TITLE}
 
 _KEY_ID = {"type": "string", "pattern": f"^{KEY_ID_CHARS}$", "description": "the key id"}
 # What each topic's messages carry as their Kafka key.
@@ -82,6 +89,12 @@ MESSAGE_KEYS: dict[str, dict[str, Any]] = {
         "type": ["string", "null"],
         "description": f"the source record's key when it had one of at most {MAX_KEY_BYTES} "
         "bytes (the key id), else none",
+    },
+    AUDIT_EVENTS: {
+        "type": "string",
+        "pattern": f"^(organization|{PROJECT_ID_CHARS})$",
+        "description": "the entry's project_id, or 'organization' for a change outside any one "
+        "project (an admin key's): one project's entries stay in order on one partition",
     },
 }
 # The Kafka bindings' topicConfiguration names these; the rest stay in x-kafka-topic-configs.
@@ -109,6 +122,9 @@ keys_events_publisher(broker)
 async def gateway_feeder(event: KeyEvent) -> None:
     """Declaration only: the gateway's feeder is aiokafka (services/gateway/feeder.py)."""
 
+
+# audit.events: one publisher, the key service's outbox relay (the declaration that runs).
+audit_events_publisher(broker)
 
 # usage.events: one publisher, the gateway; three consumer groups.
 broker.publisher(

@@ -5,6 +5,8 @@
 ``KeyEvent`` (on ``keys.events``) carries a key's whole current state, never its secret.
 ``UsageRecorded`` (on ``usage.events``) is one authenticated request's usage.
 ``DeadLetter`` (on ``usage.events.dlq``) is a record a consumer could not parse or apply.
+``AuditEvent`` (on ``audit.events``) is one entry of the key service's audit log.
+``AdminKeyState`` is an admin key's whole state (never its secret), as a cache holds it.
 
 Every string field has a length bound and a character set that Kafka and PostgreSQL accept
 (no NUL, no lone surrogate, no other C0 control), enforced here: what a producer can build,
@@ -17,9 +19,17 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from shared.ids import KEY_ID_CHARS, PROJECT_ID_CHARS, REQUEST_ID_CHARS, uuid7
 from shared.policy import MODEL_MAX, AllowedEndpoints, AllowedModels, Budget, RateLimits
@@ -242,6 +252,105 @@ class DeadLetter(Event):
     truncated: bool = Field(
         False, description="payload_base64 holds a prefix only: the whole was too large"
     )
+
+
+AuditEventType = Literal[
+    "project.created",
+    "project.updated",
+    "api_key.created",
+    "api_key.updated",
+    "api_key.rotated",
+    "api_key.deleted",
+    "admin_api_key.created",
+    "admin_api_key.rotated",
+    "admin_api_key.deleted",
+]
+AUDIT_EVENT_TYPES: tuple[AuditEventType, ...] = get_args(AuditEventType)
+Permission = Literal[
+    "projects:read",
+    "projects:write",
+    "keys:read",
+    "keys:write",
+    "usage:read",
+    "costs:read",
+    "audit:read",
+    "admin_keys:write",
+]
+PERMISSIONS: tuple[Permission, ...] = get_args(Permission)
+ADMIN_KEY_ID_CHARS = r"admkey_[A-Za-z0-9_]{1,64}"
+AdminKeyId = Annotated[str, StringConstraints(pattern=f"^{ADMIN_KEY_ID_CHARS}$")]
+USER_AGENT_MAX = 512
+
+
+class AdminKeyState(BaseModel):
+    """An admin key's whole current state, never its secret: what a service's cache holds to
+    check a management call (the key service's now; metering's and billing's, fed as API
+    key states are, next)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: AdminKeyId = Field(description="the admin key's id: admkey_ and up to 64 characters")
+    name: KeyName = Field(description=f"1 to {KEY_NAME_MAX} characters, no control characters")
+    hint: KeyHint = Field(description="sk-... and the secret's last 4 characters")
+    key_hash: Sha256Hex = Field(description="SHA-256 hex of the full secret")
+    status: KeyStatus = Field(description="active, or revoked (for good)")
+    organization: bool = Field(description="scoped to the whole organization")
+    project_ids: tuple[ProjectId, ...] = Field(
+        (), description="the projects in scope when not the whole organization"
+    )
+    permissions: tuple[Permission, ...] = Field(description="what the key may do")
+    version: int = Field(ge=1, description="monotonic per admin key; older ones are ignored")
+
+
+class AuditActor(BaseModel):
+    """Who made a change: root (the operator token) or an admin key (its id and hint)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["root", "admin_key"] = Field(description="root, or admin_key")
+    id: str = Field(
+        max_length=80,
+        pattern=f"^(root|{ADMIN_KEY_ID_CHARS})$",
+        description="the admin key's id, or 'root'",
+        examples=["admkey_4f2k9QpL0xZa7TmB3cWd1YhE"],
+    )
+    hint: KeyHint | None = Field(None, description="the admin key's hint; null for root")
+
+
+class AuditEvent(Event):
+    """One change the key service made, as its audit log holds it (never a secret)."""
+
+    id: str = Field(
+        pattern=r"^audit_log-[0-9a-f]{32}$",
+        description="the audit log entry's id (audit_log- and the event_id's hex)",
+        examples=["audit_log-0193a1b2c3d47e8f9a0b1c2d3e4f5a6b"],
+    )
+    type: AuditEventType = Field(description="what changed", examples=["api_key.created"])
+    actor: AuditActor = Field(description="who changed it")
+    project_id: ProjectId | None = Field(
+        None, description="the project changed or holding what changed; null: the organization"
+    )
+    resource_id: str = Field(
+        max_length=80,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="the id of what changed (project, API key or admin key)",
+    )
+    changes: dict[str, Any] = Field(
+        description="{'before': {...} or null, 'after': {...} or null}: the fields that changed"
+        " (names, policies, scopes, hints, status), never a secret nor a key hash"
+    )
+    ip: str | None = Field(None, max_length=64, description="the client's address")
+    user_agent: str | None = Field(
+        None,
+        max_length=USER_AGENT_MAX,
+        description=f"the client's User-Agent, at most {USER_AGENT_MAX} characters, printable",
+    )
+    request_id: RequestId | None = Field(None, description="the request's X-Request-Id")
+
+    @field_validator("user_agent")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return None if value is None else printable(value)
 
 
 def utc_now() -> datetime:

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 KEYS_EVENTS = "keys.events"
 USAGE_EVENTS = "usage.events"
 USAGE_EVENTS_DLQ = "usage.events.dlq"
+AUDIT_EVENTS = "audit.events"
 
 DAY_MS = 24 * 60 * 60 * 1000
 USAGE_RETENTION_MS = 7 * DAY_MS
+AUDIT_RETENTION_MS = 90 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         USAGE_EVENTS_DLQ,
         partitions=1,
         configs={"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+    ),
+    # The key service's audit log as a stream, keyed by project (or "organization"); the
+    # record of truth is its PostgreSQL table, so the topic keeps a window, not everything.
+    TopicSpec(
+        AUDIT_EVENTS,
+        partitions=3,
+        configs={"cleanup.policy": "delete", "retention.ms": str(AUDIT_RETENTION_MS)},
     ),
 )
 

@@ -1,4 +1,5 @@
-"""The key service's HTTP API: management (operator token), verify (internal token), health."""
+"""The key service's HTTP API: management (operator token or an admin key, ``access.py``),
+verify (internal token), health."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.keys import repository as repo
+from services.keys.access import Caller, allowed
+from services.keys.errors import InsufficientPermissions
 from services.keys.models import (
     ApiKey,
     ApiKeyWithSecret,
@@ -44,6 +47,10 @@ def _service(request: Request) -> KeyService:
 
 
 ServiceDep = Annotated[KeyService, Depends(_service)]
+ProjectsRead = Annotated[Caller, Depends(allowed("projects:read"))]
+ProjectsWrite = Annotated[Caller, Depends(allowed("projects:write"))]
+KeysRead = Annotated[Caller, Depends(allowed("keys:read"))]
+KeysWrite = Annotated[Caller, Depends(allowed("keys:write"))]
 _Page = TypeVar("_Page", ProjectList, KeyList)
 
 
@@ -91,33 +98,41 @@ def list_page(kind: type[_Page], data: list[Any], more: bool) -> _Page:
     )
 
 
-def management_router(settings: KeysSettings) -> APIRouter:
-    """Projects and keys, guarded by the operator token."""
-    router = APIRouter(
-        prefix="/v1/projects", dependencies=[Depends(require_bearer(settings.admin_token))]
-    )
+def management_router() -> APIRouter:
+    """Projects and keys, for the operator token or an admin key with the route's permission
+    (a project outside its scope is answered as one that does not exist)."""
+    router = APIRouter(prefix="/v1/projects")
 
     @router.post("", status_code=201, response_model=Project)
-    async def create_project(body: CreateProject, service: ServiceDep) -> Project:
-        """Create a project."""
-        return project_view(await service.create_project(body.name))
+    async def create_project(
+        body: CreateProject, caller: ProjectsWrite, service: ServiceDep
+    ) -> Project:
+        """Create a project (root, or an admin key scoped to the organization)."""
+        if not caller.principal.organization:
+            raise InsufficientPermissions(
+                "organization scope",
+                "Creating a project needs an admin key scoped to the whole organization.",
+            )
+        return project_view(await service.create_project(body.name, caller.context))
 
     @router.get("", response_model=ProjectList)
     async def list_projects(
-        service: ServiceDep, limit: Limit = 20, after: After = None
+        caller: ProjectsRead, service: ServiceDep, limit: Limit = 20, after: After = None
     ) -> ProjectList:
-        """List projects, oldest first."""
-        rows, more = await service.list_projects(limit, after)
+        """List the projects in the caller's scope, oldest first."""
+        rows, more = await service.list_projects(limit, after, caller.principal.within)
         return list_page(ProjectList, [project_view(r) for r in rows], more)
 
     @router.get("/{project_id}", response_model=Project)
-    async def get_project(project_id: ProjectId, service: ServiceDep) -> Project:
+    async def get_project(
+        project_id: ProjectId, caller: ProjectsRead, service: ServiceDep
+    ) -> Project:
         """Get a project."""
-        return project_view(await service.get_project(project_id))
+        return project_view(await service.get_project(caller.project(project_id)))
 
     @router.patch("/{project_id}", response_model=Project)
     async def update_project(
-        project_id: ProjectId, body: UpdateProject, service: ServiceDep
+        project_id: ProjectId, body: UpdateProject, caller: ProjectsWrite, service: ServiceDep
     ) -> Project:
         """Rename a project or change its limits: fields left out stay, null removes a limit.
 
@@ -125,21 +140,31 @@ def management_router(settings: KeysSettings) -> APIRouter:
         each key's state carries its project's limits.
         """
         changes = {f: getattr(body, f) for f in body.model_fields_set}
-        return project_view(await service.update_project(project_id, changes))
+        project_id = caller.project(project_id)
+        return project_view(await service.update_project(project_id, changes, caller.context))
 
     @router.post("/{project_id}/keys", status_code=201, response_model=ApiKeyWithSecret)
     async def create_key(
-        project_id: ProjectId, body: CreateKey, service: ServiceDep, response: Response
+        *,
+        project_id: ProjectId,
+        body: CreateKey,
+        caller: KeysWrite,
+        service: ServiceDep,
+        response: Response,
     ) -> ApiKeyWithSecret:
         """Create a key; its secret is in this answer only."""
         policy = {f: getattr(body, f) for f in KEY_FIELDS}
-        created = await service.create_key(project_id, body.name, body.expires_at, policy)
+        created = await service.create_key(
+            caller.project(project_id), body.name, body.expires_at, policy, caller.context
+        )
         response.headers["Cache-Control"] = "no-store"
         return ApiKeyWithSecret(**key_view(created.row).model_dump(), key=created.secret)
 
     @router.get("/{project_id}/keys", response_model=KeyList)
     async def list_keys(
+        *,
         project_id: ProjectId,
+        caller: KeysRead,
         service: ServiceDep,
         limit: Limit = 20,
         after: After = None,
@@ -147,45 +172,62 @@ def management_router(settings: KeysSettings) -> APIRouter:
     ) -> KeyList:
         """List the project's keys, oldest first; revoked ones only with include_revoked."""
         rows, more = await service.list_keys(
-            project_id, include_revoked=include_revoked, limit=limit, after=after
+            caller.project(project_id), include_revoked=include_revoked, limit=limit, after=after
         )
         return list_page(KeyList, [key_view(r) for r in rows], more)
 
     @router.get("/{project_id}/keys/{key_id}", response_model=ApiKey)
-    async def get_key(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> ApiKey:
+    async def get_key(
+        project_id: ProjectId, key_id: KeyId, caller: KeysRead, service: ServiceDep
+    ) -> ApiKey:
         """Get a key (never its secret)."""
-        return key_view(await service.get_key(project_id, key_id))
+        return key_view(await service.get_key(caller.project(project_id), key_id))
 
     @router.patch("/{project_id}/keys/{key_id}", response_model=ApiKey)
     async def update_key(
-        project_id: ProjectId, key_id: KeyId, body: UpdateKey, service: ServiceDep
+        *,
+        project_id: ProjectId,
+        key_id: KeyId,
+        body: UpdateKey,
+        caller: KeysWrite,
+        service: ServiceDep,
     ) -> ApiKey:
         """Rename a key or change its policy: fields left out stay, null removes a limit."""
         changes = {f: getattr(body, f) for f in body.model_fields_set}
-        return key_view(await service.update_key(project_id, key_id, changes))
+        project_id = caller.project(project_id)
+        return key_view(await service.update_key(project_id, key_id, changes, caller.context))
 
     @router.delete("/{project_id}/keys/{key_id}", response_model=KeyDeleted)
-    async def revoke_key(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> KeyDeleted:
+    async def revoke_key(
+        project_id: ProjectId, key_id: KeyId, caller: KeysWrite, service: ServiceDep
+    ) -> KeyDeleted:
         """Revoke a key: it stops working for good."""
-        row = await service.revoke_key(project_id, key_id)
+        row = await service.revoke_key(caller.project(project_id), key_id, caller.context)
         return KeyDeleted(id=row["id"])
 
     @router.post("/{project_id}/keys/{key_id}/default", response_model=ApiKey)
-    async def set_default(project_id: ProjectId, key_id: KeyId, service: ServiceDep) -> ApiKey:
+    async def set_default(
+        project_id: ProjectId, key_id: KeyId, caller: KeysWrite, service: ServiceDep
+    ) -> ApiKey:
         """Make a key the project's default (at most one per project)."""
-        return key_view(await service.set_default(project_id, key_id))
+        return key_view(
+            await service.set_default(caller.project(project_id), key_id, caller.context)
+        )
 
     @router.post("/{project_id}/keys/{key_id}/rotate", response_model=ApiKeyWithSecret)
     async def rotate_key(
+        *,
         project_id: ProjectId,
         key_id: KeyId,
+        caller: KeysWrite,
         service: ServiceDep,
         response: Response,
         body: RotateKey | None = None,
     ) -> ApiKeyWithSecret:
         """Give a key a new secret, shown this once; the old one lasts the grace period."""
         grace = body.grace_period_seconds if body is not None else 0
-        created = await service.rotate_key(project_id, key_id, grace)
+        project_id = caller.project(project_id)
+        created = await service.rotate_key(project_id, key_id, grace, caller.context)
         response.headers["Cache-Control"] = "no-store"
         return ApiKeyWithSecret(**key_view(created.row).model_dump(), key=created.secret)
 
@@ -222,11 +264,14 @@ async def readyz(request: Request) -> JSONResponse:
         body |= relay.stats()
     if (mirror := getattr(request.app.state, "mirror", None)) is not None:
         body |= mirror.stats()  # the direct Redis writes: written, failed, last error
+    if (admin_keys := getattr(request.app.state, "admin_keys", None)) is not None:
+        body |= admin_keys.stats()  # listening for changes, entries, hits, misses
     consumer = request.app.state.consumer
     if consumer is not None:
         body |= consumer.stats()
     # Each background worker's lifecycle: running, restarts, last error (shared/worker.py).
-    body["workers"] = {w.worker.name: w.worker.health() for w in (relay, consumer) if w is not None}
+    workers = (relay, consumer, admin_keys, getattr(request.app.state, "partitions", None))
+    body["workers"] = {w.worker.name: w.worker.health() for w in workers if w is not None}
     try:
         body["outbox_backlog"] = await repo.outbox_backlog(request.app.state.pool)
     except READ_ERRORS:

@@ -7,6 +7,9 @@ KeysError                         500 server_error
 ├── KeyExpired                    409 key_expired
 ├── InvalidExpiry                 400 invalid_expires_at
 ├── ModelNotInCatalogue           400 model_not_found (param allowed_models)
+├── InsufficientPermissions       403 insufficient_permissions (the permission named)
+├── AdminKeyNotFound              404 not_found
+├── AdminKeyRevoked               409 key_revoked
 └── DatabaseUnavailable           503 service_unavailable
 """
 
@@ -69,6 +72,40 @@ class ModelNotInCatalogue(KeysError, BadRequest):
             "catalogue ids (the gateway's GET /v1/models lists them).",
             param="allowed_models",
             code="model_not_found",
+        )
+
+
+class InsufficientPermissions(KeysError):
+    """The admin key lacks a permission the call needs (or would grant one it lacks)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "insufficient_permissions"
+
+    def __init__(self, permission: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"This admin key lacks the permission '{permission}' that this request needs.",
+            param=None,
+        )
+        self.permission = permission
+
+
+class AdminKeyNotFound(KeysError, NotFound):
+    """No admin key in the caller's sight has that id."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"No admin API key found with id '{key_id[:128]}'.", param="key_id")
+
+
+class AdminKeyRevoked(KeysError, Conflict):
+    """The admin key is revoked: it can no longer be changed."""
+
+    code = "key_revoked"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(
+            f"The admin API key '{key_id}' is revoked; it cannot be rotated or revoked again."
         )
 
 

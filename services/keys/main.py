@@ -11,7 +11,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.keys.access_api import organization_router
+from services.keys.admin_key_cache import AdminKeyCache
 from services.keys.api import health_router, internal_router, management_router
+from services.keys.audit import Partitions
 from services.keys.handlers import LastUsedConsumer
 from services.keys.mirror import StateMirror
 from services.keys.outbox import OutboxRelay
@@ -57,8 +60,27 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             if settings.redis_write
             else None
         )
+        admin_keys = AdminKeyCache(
+            pool,
+            dsn=settings.database_url.get_secret_value(),
+            schema=settings.db_schema,
+            channel=settings.admin_channel,
+            ttl_s=settings.admin_key_cache_ttl_s,
+        )
+        partitions = Partitions(
+            pool,
+            months_ahead=settings.audit_months_ahead,
+            retention_months=settings.audit_retention_months,
+        )
         try:
             await apply_migrations(pool, settings.db_schema, MIGRATIONS)
+            # Before serving: a change with no partition for its audit entry would fail.
+            await partitions.maintain()
+            partitions.start()
+            admin_keys.start()
+            app.state.settings = settings
+            app.state.admin_keys = admin_keys
+            app.state.partitions = partitions
             # Kafka is not needed to start: the API works without it and the workers retry.
             for worker in (relay, consumer):
                 if worker is not None:
@@ -75,11 +97,15 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
                 models=[m.id for m in catalogue.models],
                 mirror=mirror,
                 keyring=settings.keyring(),
+                audit_topic=settings.audit_topic,
+                admin_channel=settings.admin_channel,
             )
             # Before serving: states made before this signing entry are re-published signed.
             await resign_if_needed(app.state.service, settings.resign_batch)
             yield
         finally:
+            await admin_keys.stop()
+            await partitions.stop()
             for worker in (consumer, relay):
                 if worker is not None:
                     await worker.stop()
@@ -94,13 +120,14 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="Tollgate keys",
         version="0.1.0",
-        description="Projects and their API keys: shown once, hashed at rest, every change "
-        "published to keys.events.",
+        description="Projects, their API keys and admin keys: shown once, hashed at rest, "
+        "every key change published to keys.events, every change in the audit log.",
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(health_router)
-    app.include_router(management_router(settings))
+    app.include_router(management_router())
+    app.include_router(organization_router())
     app.include_router(internal_router(settings))
     return app

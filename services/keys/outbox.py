@@ -1,5 +1,9 @@
 """The outbox relay: publishes outbox rows to Kafka in the order written, then deletes them.
 
+Rows carry their topic: ``keys.events`` (key states) and ``audit.events`` (audit log
+entries), each published by its own declared publisher (``shared/bus.py``), so one relay keeps
+both in commit order.
+
 One relay at a time per schema publishes (a session advisory lock on its listening
 connection), so replicas cannot interleave a key's versions. A transaction's NOTIFY wakes it
 at once; a poll catches anything a lost notification missed. A batch is deleted only after
@@ -25,10 +29,10 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.keys import repository as repo
 from services.keys.settings import KeysSettings
-from shared.bus import keys_events_publisher, new_broker
+from shared.bus import audit_events_publisher, keys_events_publisher, new_broker
 from shared.kafka import ensure_topics
 from shared.ledger.retry import READ_ERRORS, backoff
-from shared.topics import KEYS_EVENTS
+from shared.topics import AUDIT_EVENTS, KEYS_EVENTS
 from shared.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ class OutboxRelay:
         # One FastStream broker per connection to Kafka (shared/bus.py), replaced after a
         # failure; its publisher is the one the AsyncAPI document declares.
         self._broker: KafkaBroker | None = None
-        self._publisher: DefaultPublisher | None = None
+        self._publishers: dict[str, DefaultPublisher] | None = None
         # Whatever breaks the relay (Kafka or the database away, a driver in a bad state after
         # an outage), it must outlive it: started over on a fresh connection, after a pause.
         self.worker = Worker(
@@ -135,10 +139,10 @@ class OutboxRelay:
         rows = await repo.outbox_batch(conn, self.settings.relay_batch)
         if not rows:
             return 0
-        publisher = await self._ensure_publisher()
+        publishers = await self._ensure_publishers()
         started = time.monotonic()
         futures = [
-            await publisher.publish(
+            await publishers.get(r["topic"], publishers[self.settings.keys_topic]).publish(
                 bytes(r["payload"]),
                 topic=r["topic"],
                 key=r["message_key"].encode(),
@@ -152,24 +156,29 @@ class OutboxRelay:
         log.debug("published %d key events in %.3fs", len(rows), time.monotonic() - started)
         return len(rows)
 
-    async def _ensure_publisher(self) -> DefaultPublisher:
-        if self._publisher is None:
+    async def _ensure_publishers(self) -> dict[str, DefaultPublisher]:
+        if self._publishers is None:
             await ensure_topics(
                 self.settings.kafka_bootstrap,
                 prefix=self.settings.topic_prefix,
                 timeout=10,
                 replication=self.settings.replication,
-                checked=(KEYS_EVENTS,),
+                checked=(KEYS_EVENTS, AUDIT_EVENTS),
             )
             broker = new_broker(self.settings.kafka_bootstrap, self.client_id)
-            publisher = keys_events_publisher(broker, self.settings.keys_topic)
+            publishers = {
+                self.settings.keys_topic: keys_events_publisher(broker, self.settings.keys_topic),
+                self.settings.audit_topic: audit_events_publisher(
+                    broker, self.settings.audit_topic
+                ),
+            }
             self._broker = broker
             await broker.start()
-            self._publisher = publisher
-        return self._publisher
+            self._publishers = publishers
+        return self._publishers
 
     async def _close_broker(self) -> None:
-        broker, self._broker, self._publisher = self._broker, None, None
+        broker, self._broker, self._publishers = self._broker, None, None
         if broker is not None:
             # Unsent batches expire within the request timeout; do not wait longer than that.
             with contextlib.suppress(KafkaError, TimeoutError):

@@ -40,14 +40,19 @@ async def get_project(conn: Executor, project_id: str, *, lock: bool = False) ->
     )
 
 
-async def list_projects(conn: Executor, limit: int, after: str | None) -> list[Row]:
-    """Up to limit projects in creation order, after the project ``after`` when given."""
+async def list_projects(
+    conn: Executor, limit: int, after: str | None, within: list[str] | None = None
+) -> list[Row]:
+    """Up to limit projects in creation order, after the project ``after`` when given, only
+    those in ``within`` when given (an admin key's scope)."""
     return await conn.fetch(
         f"SELECT {_PROJECT_COLUMNS} FROM projects"
-        " WHERE $2::text IS NULL OR seq > (SELECT seq FROM projects WHERE id = $2)"
+        " WHERE ($2::text IS NULL OR seq > (SELECT seq FROM projects WHERE id = $2))"
+        " AND ($3::text[] IS NULL OR id = ANY($3::text[]))"
         " ORDER BY seq LIMIT $1",
         limit,
         after,
+        within,
     )
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.keys import project_repository as projects
 from services.keys import repository as repo
+from services.keys.audit import AuditContext
 from services.keys.errors import ProjectNotFound
 from services.keys.policies import PROJECT_FIELDS, stored
 from services.keys.rows import Row, json_value
@@ -32,20 +33,42 @@ if TYPE_CHECKING:
 log = logging.getLogger("services.keys.service")  # one logger for the key service's changes
 
 
+def difference(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields that differ, as they were and as they are (an audit entry's changes)."""
+    changed = [f for f in new if old.get(f) != new[f]]
+    return {f: old.get(f) for f in changed}, {f: new[f] for f in changed}
+
+
 class Projects(Transactions):
     """A project's operations, each in one transaction."""
 
-    async def create_project(self, name: str) -> Row:
+    async def create_project(self, name: str, context: AuditContext) -> Row:
         """A new project."""
+        now = utc_now()
         async with self.transaction() as conn:
-            return await projects.insert_project(conn, resource_id("proj"), name, utc_now())
+            row = await projects.insert_project(conn, resource_id("proj"), name, now)
+            await self.audit(
+                conn,
+                context,
+                "project.created",
+                project_id=row["id"],
+                resource_id=row["id"],
+                before=None,
+                after={"name": name},
+                now=now,
+            )
+        return row
 
     async def get_project(self, project_id: str) -> Row:
         """The project, or ProjectNotFound."""
         async with self.transaction() as conn:
             return await self._project(conn, project_id)
 
-    async def update_project(self, project_id: str, changes: Mapping[str, Any]) -> Row:
+    async def update_project(
+        self, project_id: str, changes: Mapping[str, Any], context: AuditContext
+    ) -> Row:
         """Change the project's name and policy (fields not in changes stay as they are).
 
         A policy change re-publishes every non-revoked key of the project (``key.updated``, a
@@ -66,6 +89,17 @@ class Projects(Transactions):
                 budget=new["budget"],
                 now=now,
             )
+            before, after = difference(old, new)
+            await self.audit(
+                conn,
+                context,
+                "project.updated",
+                project_id=project_id,
+                resource_id=project_id,
+                before=before,
+                after=after,
+                now=now,
+            )
             republished = 0
             if any(new[f] != old[f] for f in PROJECT_FIELDS):
                 for key in await repo.touch_project_keys(conn, project_id, now):
@@ -76,15 +110,23 @@ class Projects(Transactions):
         )
         return row
 
-    async def list_projects(self, limit: int, after: str | None) -> tuple[list[Row], bool]:
-        """A page of projects and whether more follow."""
+    async def list_projects(
+        self, limit: int, after: str | None, within: list[str] | None = None
+    ) -> tuple[list[Row], bool]:
+        """A page of projects (those in within, when given) and whether more follow."""
         async with self.transaction() as conn:
-            await self._cursor(conn, "projects", after)
-            rows = await projects.list_projects(conn, limit + 1, after)
+            await self._cursor(conn, "projects", after, within)
+            rows = await projects.list_projects(conn, limit + 1, after, within)
         return rows[:limit], len(rows) > limit
 
-    async def _cursor(self, conn: Conn, table: str, after: str | None) -> None:
-        if after is not None and not await repo.exists(conn, table, after):
+    async def _cursor(
+        self, conn: Conn, table: str, after: str | None, within: list[str] | None = None
+    ) -> None:
+        # A project outside the caller's scope is as unknown here as one that does not exist.
+        if after is not None and (
+            not await repo.exists(conn, table, after)
+            or (within is not None and after not in within)
+        ):
             raise BadRequest(f"Invalid 'after': no item has the id '{after}'.", param="after")
 
     async def _project(self, conn: Conn, project_id: str, *, lock: bool = False) -> Row:

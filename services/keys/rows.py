@@ -32,6 +32,15 @@ class KeyPolicy:
     allowed_endpoints: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class Created:
+    """A key row (API or admin key) and its secret, which exists only in this object and the
+    HTTP answer."""
+
+    row: Row
+    secret: str
+
+
 def json_text(policy: dict[str, Any] | None) -> str | None:
     """A policy as the jsonb text parameter the queries take (None stays NULL)."""
     return None if policy is None else json.dumps(policy, separators=(",", ":"))

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
 from services.keys import repository as repo
+from services.keys.admin_keys import AdminKeys
+from services.keys.audit import AuditContext
 from services.keys.errors import (
     InvalidExpiry,
     KeyExpired,
@@ -27,14 +28,15 @@ from services.keys.errors import (
     KeyRevoked,
 )
 from services.keys.mirror import StateMirror
+from services.keys.models import unix
 from services.keys.policies import (
     KEY_FIELDS,
     check_models,
     key_policy,
     stored,
 )
-from services.keys.projects import Projects
-from services.keys.rows import KeyPolicy, Row
+from services.keys.projects import Projects, difference
+from services.keys.rows import Created, KeyPolicy, Row
 from shared import apikeys
 from shared.events import KeyState, utc_now
 from shared.ids import resource_id
@@ -46,14 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Created:
-    """A key row and its secret, which exists only in this object and the HTTP answer."""
-
-    row: Row
-    secret: str
-
-
 def view_status(row: Row, now: datetime) -> Literal["active", "expired", "revoked"]:
     """What a user sees: revoked, expired (by its expires_at), or active."""
     if row["status"] == "revoked":
@@ -63,8 +57,18 @@ def view_status(row: Row, now: datetime) -> Literal["active", "expired", "revoke
     return "active"
 
 
-class KeyService(Projects):
-    """Projects and keys on PostgreSQL, every key change announced through the outbox."""
+def key_fields(row: Row) -> dict[str, Any]:
+    """What an audit entry may show of a key: its name, policy, default, expiry, hint."""
+    return (
+        {"name": row["name"]}
+        | vars(key_policy(row))
+        | {"is_default": row["is_default"], "expires_at": unix(row["expires_at"])}
+    )
+
+
+class KeyService(Projects, AdminKeys):
+    """Projects, keys and admin keys on PostgreSQL, every key change announced through the
+    outbox, every change recorded in the audit log."""
 
     def __init__(
         self,
@@ -75,9 +79,19 @@ class KeyService(Projects):
         max_grace_s: int,
         models: Collection[str],
         keyring: Keyring,
+        audit_topic: str,
+        admin_channel: str,
         mirror: StateMirror | None = None,
     ) -> None:
-        super().__init__(pool, topic=topic, channel=channel, mirror=mirror, keyring=keyring)
+        super().__init__(
+            pool,
+            topic=topic,
+            channel=channel,
+            mirror=mirror,
+            keyring=keyring,
+            audit_topic=audit_topic,
+            admin_channel=admin_channel,
+        )
         self.models = frozenset(models)  # the catalogue's ids, which allowed_models may name
         self.max_grace_s = max_grace_s
 
@@ -104,7 +118,8 @@ class KeyService(Projects):
         project_id: str,
         name: str,
         expires_at: datetime | None,
-        policy: Mapping[str, Any] | None = None,
+        policy: Mapping[str, Any] | None,
+        context: AuditContext,
     ) -> Created:
         """A new key with its policy (the fields of KEY_FIELDS that are given, as the API's
         types); the project's first key (when it has no default) becomes its default."""
@@ -129,6 +144,16 @@ class KeyService(Projects):
                 now=now,
             )
             await self.publish(conn, row, "key.created", now)
+            await self.audit(
+                conn,
+                context,
+                "api_key.created",
+                project_id=project_id,
+                resource_id=row["id"],
+                before=None,
+                after=key_fields(row) | {"hint": row["hint"]},
+                now=now,
+            )
         log.info("key created", extra={"key_id": row["id"], "project_id": project_id})
         return Created(row, secret)
 
@@ -150,7 +175,9 @@ class KeyService(Projects):
             )
         return rows[:limit], len(rows) > limit
 
-    async def update_key(self, project_id: str, key_id: str, changes: Mapping[str, Any]) -> Row:
+    async def update_key(
+        self, project_id: str, key_id: str, changes: Mapping[str, Any], context: AuditContext
+    ) -> Row:
         """Change a key's name and policy: the fields in changes (None removes a limit), the
         rest as they are. A key that would not change publishes nothing; a revoked one is
         KeyRevoked."""
@@ -169,13 +196,24 @@ class KeyService(Projects):
             policy = KeyPolicy(**{f: new[f] for f in KEY_FIELDS})
             row = await repo.update_key(conn, key_id, new["name"], policy, now)
             await self.publish(conn, row, "key.updated", now)
+            before, after = difference(old, new)
+            await self.audit(
+                conn,
+                context,
+                "api_key.updated",
+                project_id=project_id,
+                resource_id=key_id,
+                before=before,
+                after=after,
+                now=now,
+            )
         log.info(
             "key updated",
             extra={"key_id": key_id, "project_id": project_id, "fields": sorted(changes)},
         )
         return row
 
-    async def set_default(self, project_id: str, key_id: str) -> Row:
+    async def set_default(self, project_id: str, key_id: str, context: AuditContext) -> Row:
         """Make the key the project's default; the old default's new state is published too."""
         now = utc_now()
         async with self.transaction() as conn:
@@ -189,10 +227,22 @@ class KeyService(Projects):
                 await self.publish(conn, previous, "key.default_changed", now)
             row = await repo.make_default(conn, key_id, now)
             await self.publish(conn, row, "key.default_changed", now)
+            await self.audit(
+                conn,
+                context,
+                "api_key.updated",
+                project_id=project_id,
+                resource_id=key_id,
+                before={"is_default": False, "default_key_id": previous and previous["id"]},
+                after={"is_default": True, "default_key_id": key_id},
+                now=now,
+            )
         log.info("default key set", extra={"key_id": key_id, "project_id": project_id})
         return row
 
-    async def rotate_key(self, project_id: str, key_id: str, grace_period_s: int) -> Created:
+    async def rotate_key(
+        self, project_id: str, key_id: str, grace_period_s: int, context: AuditContext
+    ) -> Created:
         """A new secret for the key; the old one keeps working for grace_period_s seconds."""
         if grace_period_s > self.max_grace_s:
             raise InvalidExpiry(
@@ -206,6 +256,10 @@ class KeyService(Projects):
             await self._project(conn, project_id)
             row = await self._changeable(conn, project_id, key_id, now)
             in_grace = grace_period_s > 0
+            before = {
+                "hint": row["hint"],
+                "previous_key_valid_until": unix(row["previous_valid_until"]),
+            }
             row = await repo.rotate_key(
                 conn,
                 key_id,
@@ -216,10 +270,23 @@ class KeyService(Projects):
                 now=now,
             )
             await self.publish(conn, row, "key.rotated", now)
+            await self.audit(
+                conn,
+                context,
+                "api_key.rotated",
+                project_id=project_id,
+                resource_id=key_id,
+                before=before,
+                after={
+                    "hint": row["hint"],
+                    "previous_key_valid_until": unix(row["previous_valid_until"]),
+                },
+                now=now,
+            )
         log.info("key rotated", extra={"key_id": key_id, "grace_period_s": grace_period_s})
         return Created(row, secret)
 
-    async def revoke_key(self, project_id: str, key_id: str) -> Row:
+    async def revoke_key(self, project_id: str, key_id: str, context: AuditContext) -> Row:
         """Revoke the key for good; revoking it again is KeyRevoked."""
         now = utc_now()
         async with self.transaction() as conn:
@@ -227,8 +294,19 @@ class KeyService(Projects):
             row = await self._key(conn, project_id, key_id, lock=True)
             if row["status"] == "revoked":
                 raise KeyRevoked(key_id)
+            was_default = row["is_default"]
             row = await repo.revoke_key(conn, key_id, now)
             await self.publish(conn, row, "key.revoked", now)
+            await self.audit(
+                conn,
+                context,
+                "api_key.deleted",
+                project_id=project_id,
+                resource_id=key_id,
+                before={"status": "active", "is_default": was_default},
+                after={"status": "revoked", "is_default": False},
+                now=now,
+            )
         log.info("key revoked", extra={"key_id": key_id, "project_id": project_id})
         return row
 

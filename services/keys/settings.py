@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.settings import InternalTokenSettings
 from shared.state_mac import Keyring
-from shared.topics import KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic_name
+from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic_name
 
 MAX_GRACE_S = 30 * 24 * 3600
 _REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +59,23 @@ class KeysSettings(InternalTokenSettings):
         1000, ge=1, le=100_000, description="keys per transaction when states are re-signed"
     )
 
+    admin_key_cache_ttl_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="longest an admin key's state is trusted from this replica's cache; a "
+        "change's NOTIFY drops it at once, this bounds a lost notification",
+    )
+    audit_months_ahead: int = Field(
+        3, ge=1, le=24, description="audit log month partitions made ahead of the current one"
+    )
+    audit_retention_months: int = Field(
+        0,
+        ge=0,
+        description="audit log months kept before the current one (older partitions are "
+        "dropped); 0 keeps everything",
+    )
+
     @field_validator("state_mac_keys")
     @classmethod
     def _state_mac_keys_are_real(cls, value: SecretStr) -> SecretStr:
@@ -72,6 +89,15 @@ class KeysSettings(InternalTokenSettings):
     @property
     def keys_topic(self) -> str:
         return topic_name(KEYS_EVENTS, self.topic_prefix)
+
+    @property
+    def audit_topic(self) -> str:
+        return topic_name(AUDIT_EVENTS, self.topic_prefix)
+
+    @property
+    def admin_channel(self) -> str:
+        """The NOTIFY channel of admin key changes: every replica's cache listens on it."""
+        return f"{self.db_schema}_admin_keys"
 
     @property
     def usage_topic(self) -> str:

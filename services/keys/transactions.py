@@ -8,6 +8,8 @@ states it published are written straight to the gateways' Redis (``mirror.py``),
 may be down and a revocation must not wait for it. A database that is away surfaces as
 ``DatabaseUnavailable`` (503), which the caller may retry. Every state it makes is signed
 with the keyring's signing entry (``shared/state_mac.py``): the gateways trust no other.
+``audit`` writes the change's audit log entry (``audit.py``) with the same connection: no
+change commits without its entry, and no entry without its change.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from asyncpg.exceptions import InternalClientError
 
 from services.keys import repository as repo
+from services.keys.audit import AuditContext, entry, record
 from services.keys.errors import DatabaseUnavailable
 from services.keys.mirror import StateMirror
 from services.keys.rows import Row, json_value
-from shared.events import KeyEvent, KeyEventType, KeyState
+from shared.events import AuditEventType, KeyEvent, KeyEventType, KeyState
 from shared.ledger.retry import RETRYABLE
 from shared.state_mac import Keyring
 
@@ -61,11 +64,15 @@ class Transactions:
         channel: str,
         mirror: StateMirror | None,
         keyring: Keyring,
+        audit_topic: str,
+        admin_channel: str,
     ) -> None:
         self.pool = pool
         self.keyring = keyring
         self.topic = topic
         self.channel = channel
+        self.audit_topic = audit_topic
+        self.admin_channel = admin_channel  # admin key changes, for every replica's cache
         self.mirror = mirror
         # Per open transaction (by its connection), the key states it wrote to the outbox.
         self._changed: dict[int, list[KeyState]] = {}
@@ -97,6 +104,31 @@ class Transactions:
         await repo.enqueue(conn, self.topic, row["id"], event.to_bytes())
         await repo.notify(conn, self.channel)
         self._changed[id(conn)].append(state)
+
+    async def audit(
+        self,
+        conn: Conn,
+        context: AuditContext,
+        event_type: AuditEventType,
+        *,
+        project_id: str | None,
+        resource_id: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        now: datetime,
+    ) -> None:
+        """Record the change in the audit log, in the transaction that made it."""
+        event = entry(
+            context,
+            event_type,
+            project_id=project_id,
+            resource_id=resource_id,
+            before=before,
+            after=after,
+            now=now,
+        )
+        await record(conn, self.audit_topic, event)
+        await repo.notify(conn, self.channel)
 
     def state_of(self, row: Row) -> KeyState:
         """The key row's state, signed: what the gateways will trust."""

@@ -26,6 +26,23 @@ from tests.state_macs import STATE_MAC_KEYS
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 INTERNAL_TOKEN = "test-internal-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+PERMISSIONS = [
+    "projects:read",
+    "projects:write",
+    "keys:read",
+    "keys:write",
+    "usage:read",
+    "costs:read",
+    "audit:read",
+    "admin_keys:write",
+]
+
+
+def bearer(secret: str) -> dict[str, str]:
+    """The Authorization header of a secret (an admin key, an API key, a token)."""
+    return {"Authorization": f"Bearer {secret}"}
+
+
 INTERNAL = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
 
 
@@ -71,6 +88,25 @@ class Running:
     async def key(self, project_id: str, name: str = "key", **body: Any) -> dict[str, Any]:
         answer = await self.client.post(
             f"/v1/projects/{project_id}/keys", json={"name": name, **body}
+        )
+        assert answer.status_code == 201, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+    async def admin_key(
+        self,
+        permissions: list[str],
+        project_ids: list[str] | None = None,
+        name: str = "admin",
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A new admin key (by root unless headers say who); project_ids None: organization."""
+        scope = {"organization": True} if project_ids is None else {"project_ids": project_ids}
+        answer = await self.client.post(
+            "/v1/organization/admin_api_keys",
+            json={"name": name, "scope": scope, "permissions": permissions},
+            headers=headers,
         )
         assert answer.status_code == 201, answer.text
         result: dict[str, Any] = answer.json()

@@ -72,15 +72,19 @@ async def test_every_change_is_published_with_the_whole_state(
 async def test_the_event_row_is_written_with_the_change(
     keys: Running, db: asyncpg.Connection
 ) -> None:
-    # With the relay stopped, each change leaves exactly its message in the outbox.
+    # With the relay stopped, each change leaves exactly its messages in the outbox: the key's
+    # state, and its audit log entry (keyed by the project).
     await keys.app.state.relay.stop()
     project = await keys.project()
     key = await keys.key(project)
     await keys.client.patch(f"/v1/projects/{project}/keys/{key['id']}", json={"name": "n"})
-    rows = await db.fetch("SELECT topic, message_key, payload FROM outbox ORDER BY id")
-    assert [(r["topic"], r["message_key"]) for r in rows] == [
-        (keys.settings.keys_topic, key["id"])
-    ] * 2
+    every = await db.fetch("SELECT topic, message_key, payload FROM outbox ORDER BY id")
+    audit = (keys.settings.audit_topic, project)
+    assert [(r["topic"], r["message_key"]) for r in every] == [
+        audit,
+        *[(keys.settings.keys_topic, key["id"]), audit] * 2,
+    ]
+    rows = [r for r in every if r["topic"] == keys.settings.keys_topic]
     keys.app.state.relay.start()
     await eventually(lambda: repository.outbox_backlog(db), until=lambda n: n == 0)
     records = await read_topic(keys.settings.kafka_bootstrap, keys.settings.keys_topic, 2)
@@ -106,7 +110,7 @@ async def test_a_second_relay_waits_for_the_first(keys: Running, db: asyncpg.Con
         await eventually(lambda: _is(other), what="second relay leads")
         await keys.key(project, "later")
         await eventually(lambda: repository.outbox_backlog(db), until=lambda n: n == 0)
-        assert other.published == 1
+        assert other.published == 2  # the key's state and its audit log entry
     finally:
         await other.stop()
 

@@ -48,7 +48,9 @@ async def test_events_survive_a_broker_outage_in_order(
         assert time.monotonic() - started < 10
         backlog = await repository.outbox_backlog(db)
         # created, renamed, ten default moves (old and new default each), rotated, revoked
-        assert backlog == 10 + 1 + 2 * 10 + 1 + 1
+        key_events = 10 + 1 + 2 * 10 + 1 + 1
+        # and one audit log entry per change
+        assert backlog == key_events + 10 + 1 + 10 + 1 + 1
         ready = (await keys.client.get("/readyz")).json()
         assert ready["outbox_backlog"] == backlog
 
@@ -56,7 +58,9 @@ async def test_events_survive_a_broker_outage_in_order(
         await eventually(
             lambda: repository.outbox_backlog(db), until=lambda n: n == 0, timeout=90, what="drain"
         )
-        records = await read_topic(private_kafka.kafka_bootstrap, settings.keys_topic, 1 + backlog)
+        records = await read_topic(
+            private_kafka.kafka_bootstrap, settings.keys_topic, 1 + key_events
+        )
 
     rows = await db.fetch("SELECT id, version FROM api_keys")
     expected = {r["id"]: r["version"] for r in rows}

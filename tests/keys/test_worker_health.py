@@ -17,7 +17,12 @@ async def test_readyz_shows_the_relay_and_the_consumer(keys_settings: KeysSettin
     settings = keys_settings.model_copy(update={"consume_usage": True})
     async with running(settings) as keys:
         seen = await _workers(keys)
-        assert set(seen) == {"keys-outbox-relay", "keys-last-used"}
+        assert set(seen) == {
+            "keys-outbox-relay",
+            "keys-last-used",
+            "keys-admin-key-listener",
+            "keys-audit-partitions",
+        }
         for health in seen.values():
             assert health["running"] is True
             assert set(health) == {"running", "restarts", "last_error", "last_error_at"}

@@ -1,0 +1,158 @@
+"""Who is calling the management API, and what they may do (design: "Operator access").
+
+Three kinds of secret, told apart by their marker: the operator token (root: everything), an
+admin key (``sk-tg-admin-...``: its permissions, within its scope) and an API key
+(``sk-tg-...``: inference only, never a management credential). A route names the permission
+it needs (``allowed``); a project outside the caller's scope is answered exactly as a project
+that does not exist (``Caller.project``), so an admin key learns nothing of other projects.
+
+Every change a caller makes is recorded in the audit log with ``Caller.context``: the actor,
+the client's address, its User-Agent and the request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Header, Request
+
+from services.keys.admin_key_cache import AdminKeyCache
+from services.keys.audit import AuditContext
+from services.keys.errors import DatabaseUnavailable, InsufficientPermissions, ProjectNotFound
+from services.keys.transactions import OUTAGE
+from shared import apikeys
+from shared.errors import Unauthorized
+from shared.events import (
+    PERMISSIONS,
+    USER_AGENT_MAX,
+    AdminKeyState,
+    AuditActor,
+    Permission,
+)
+from shared.http import bearer_token, token_matches
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A caller's identity and rights: root, or one admin key's scope and permissions."""
+
+    kind: Literal["root", "admin_key"]
+    id: str
+    hint: str | None
+    organization: bool
+    project_ids: frozenset[str]
+    permissions: frozenset[str]
+
+    @classmethod
+    def of(cls, state: AdminKeyState) -> Principal:
+        return cls(
+            "admin_key",
+            state.id,
+            state.hint,
+            state.organization,
+            frozenset(state.project_ids),
+            frozenset(state.permissions),
+        )
+
+    def require(self, permission: Permission) -> None:
+        """InsufficientPermissions (403, naming it) when the caller lacks the permission."""
+        if permission not in self.permissions:
+            raise InsufficientPermissions(permission)
+
+    def sees(self, project_id: str | None) -> bool:
+        """True when the project is in scope (None, the organization: only for org scope)."""
+        return self.organization or (project_id is not None and project_id in self.project_ids)
+
+    @property
+    def within(self) -> list[str] | None:
+        """The projects in scope, or None for the whole organization (SQL filters take it)."""
+        return None if self.organization else sorted(self.project_ids)
+
+    @property
+    def holding(self) -> list[str] | None:
+        """The permissions held, or None for root (who holds every one, present and future)."""
+        return None if self.kind == "root" else sorted(self.permissions)
+
+    @property
+    def actor(self) -> AuditActor:
+        return AuditActor(type=self.kind, id=self.id, hint=self.hint)
+
+
+ROOT = Principal("root", "root", None, True, frozenset(), frozenset(PERMISSIONS))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller of a route that it is allowed to call."""
+
+    principal: Principal
+    context: AuditContext
+
+    def project(self, project_id: str) -> str:
+        """The project id when in scope; else ProjectNotFound, the body a missing one gets."""
+        if not self.principal.sees(project_id):
+            raise ProjectNotFound(project_id)
+        return project_id
+
+
+def _printable(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    kept = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return kept or None
+
+
+def context_of(request: Request, principal: Principal) -> AuditContext:
+    """The audit context of a request: actor, client address, User-Agent, request id."""
+    client = request.client
+    return AuditContext(
+        actor=principal.actor,
+        ip=_printable(client.host if client else None, 64),
+        user_agent=_printable(request.headers.get("user-agent"), USER_AGENT_MAX),
+        request_id=getattr(request.state, "request_id", None),
+    )
+
+
+_UNAUTHORIZED = (
+    "Missing or incorrect credentials. Send the operator token or an admin key "
+    "(sk-tg-admin-...) as 'Authorization: Bearer <token>'; API keys cannot manage anything."
+)
+
+
+async def authenticate(request: Request, authorization: str | None) -> Principal:
+    """Root for the operator token, the admin key's principal for an active admin key; 401
+    for anything else (an API key, a revoked or unknown admin key, no token)."""
+    token = bearer_token(authorization)
+    if token_matches(token, request.app.state.settings.admin_token):
+        return ROOT
+    if token is None or not apikeys.is_well_formed_admin(token):
+        raise Unauthorized(_UNAUTHORIZED, code="invalid_api_key")
+    cache: AdminKeyCache = request.app.state.admin_keys
+    try:
+        state = await cache.get(apikeys.hash_key(token))
+    except OUTAGE as exc:
+        raise DatabaseUnavailable("The key database is unavailable; retry shortly.") from exc
+    if state is None or state.status != "active":
+        raise Unauthorized(_UNAUTHORIZED, code="invalid_api_key")
+    return Principal.of(state)
+
+
+def allowed(*permissions: Permission) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the caller, authenticated and holding every one of the permissions."""
+
+    async def guard(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> Caller:
+        principal = await authenticate(request, authorization)
+        for permission in permissions:
+            principal.require(permission)
+        return Caller(principal, context_of(request, principal))
+
+    return guard
+
+
+def missing(principal: Principal, wanted: Collection[str]) -> str | None:
+    """The first of wanted that the principal does not hold, or None."""
+    return next((p for p in wanted if p not in principal.permissions), None)
