@@ -201,9 +201,6 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _admit_head(self) -> None:
         """The head's checks; raises ``Refused`` (answered) when it fails one."""
-        self._phase = BODY
-        self._head_since = None
-        self._body_since = None
         if len(self.url) > self._max_url:
             self._refuse_long_url()
             raise Refused
@@ -211,6 +208,9 @@ class HttpProtocol(HttpToolsProtocol):
             message = "An HTTP/1.1 request must have exactly one Host header."
             self._refuse(400, message, "invalid_host_header")
             raise Refused
+        self._phase = BODY
+        self._head_since = None
+        self._body_since = None
 
     def on_message_complete(self) -> None:
         self._phase = IDLE
@@ -251,8 +251,8 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _left_incomplete(self) -> None:
         """A read left a head or a body incomplete: time it (the timer armed, if need be)."""
-        if self.transport.is_closing():
-            return
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return  # refused, or upgraded to another protocol
         now = self.loop.time()
         if self._phase == HEAD:
             if len(self.url) > self._max_url:
@@ -277,7 +277,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _guard_due(self) -> None:
         self._guard = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
             return
         now = self.loop.time()
         if self._phase == BODY:
@@ -324,12 +324,17 @@ class HttpProtocol(HttpToolsProtocol):
         error_type: str = "invalid_request_error",
         retry_after_s: int | None = None,
     ) -> None:
-        """Answer status with OpenAI's error body and close; a request whose answer already
-        began is cut instead (another answer in its middle would corrupt it)."""
+        """Answer status with OpenAI's error body and close. A request whose answer already
+        began is cut instead: another answer in its middle would corrupt it, and one after an
+        early answer (its body still coming) would read as the answer to a next request."""
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        cycle = self.cycle  # in a body, this request's; in a head, the one before
+        if (
+            cycle is None
+            or not cycle.response_started
+            or (cycle.response_complete and self._phase != BODY)
+        ):
             self.logger.warning("Refused with %d: %s", status, message)
             answer = refusal(
                 status,

@@ -336,6 +336,27 @@ async def test_a_body_slower_than_the_minimum_rate_is_408(served: Served, app: A
     assert app.disconnects == 1, "the app was told the client is gone"
 
 
+async def test_a_slow_body_after_an_early_answer_is_cut_without_a_second_answer(
+    served: Served,
+) -> None:
+    conn = await Conn.open(served.port)
+    started = asyncio.get_running_loop().time()
+    await conn.send(head_of(CHAT, 100_000, b"authorization: Bearer bad"))
+    assert (await conn.read_answer())[0] == 401  # answered before the body came
+
+    async def trickle() -> None:
+        while await conn.send(b"b" * 50):
+            await asyncio.sleep(0.1)
+
+    sender = asyncio.create_task(trickle())
+    assert await conn.wait_closed(LIMITS.body_grace_s + 3)
+    took = asyncio.get_running_loop().time() - started
+    sender.cancel()
+    assert took < LIMITS.body_grace_s + 2.5
+    assert conn.received == b"", "nothing after the answer: a 408 would read as the next one"
+    conn.close()
+
+
 async def test_a_body_at_the_minimum_rate_or_held_back_by_the_app_is_served(
     served: Served,
 ) -> None:
