@@ -66,8 +66,8 @@ def audit_view(row: Row) -> AuditLog:
     )
 
 
-def _moment(seconds: int | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+def _at(seconds: int | None, shift: int = 0) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds + shift, UTC)
 
 
 def organization_router() -> APIRouter:
@@ -151,11 +151,13 @@ def organization_router() -> APIRouter:
         before: After = None,
     ) -> AuditLogList:
         """The audit log, newest first; a project-scoped admin key sees its projects' only."""
+        # Entries show whole seconds: "after second T" starts at T + 1, "up to T" includes
+        # all of second T, so a filter never splits the second an entry shows.
+        lower = [m for m in (_at(gt, 1), _at(gte)) if m is not None]
+        upper = [m for m in (_at(lt), _at(lte, 1)) if m is not None]
         query = AuditQuery(
-            gt=_moment(gt),
-            gte=_moment(gte),
-            lt=_moment(lt),
-            lte=_moment(lte),
+            gte=max(lower, default=None),
+            lt=min(upper, default=None),
             project_ids=project_ids or (),
             event_types=event_types or (),
             actor_ids=actor_ids or (),

@@ -97,12 +97,11 @@ def next_month(start: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class AuditQuery:
-    """The filters of a read: each None (or empty) is no filter."""
+    """The filters of a read: each None (or empty) is no filter; the time range is
+    ``gte <= effective_at < lt``."""
 
-    gt: datetime | None = None
     gte: datetime | None = None
     lt: datetime | None = None
-    lte: datetime | None = None
     project_ids: Sequence[str] = ()
     event_types: Sequence[str] = ()
     actor_ids: Sequence[str] = ()
@@ -157,9 +156,10 @@ def _conditions(query: AuditQuery, *, with_filters: bool) -> tuple[str, list[obj
     if query.within is not None:
         add("project_id = ANY($?::text[])", list(query.within))
     if with_filters:
-        for op, value in (("> ", query.gt), (">=", query.gte), ("< ", query.lt), ("<=", query.lte)):
-            if value is not None:
-                add(f"effective_at {op.strip()} $?", value)
+        if query.gte is not None:
+            add("effective_at >= $?", query.gte)
+        if query.lt is not None:
+            add("effective_at < $?", query.lt)
         for column, values in (
             ("project_id", query.project_ids),
             ("type", query.event_types),
