@@ -5,7 +5,8 @@ The operator token comes from ``--token-file``, ``TOLLGATE_ADMIN_TOKEN`` (or
 ``$TOLLGATE_RUN_DIR`` (default ``./.run``). The API is at ``--url``, ``TOLLGATE_KEYS_URL``
 or ``http://127.0.0.1:8081``. Exit status: 0 done, 1 the API refused, 2 bad usage,
 3 no token or no answer. Policy flags (``--rpm``, ``--tpm``, ``--budget``, ``--models``,
-``--endpoints``) are in ``cli_policy.py``.
+``--endpoints``) are in ``cli_policy.py``; ``admin-keys`` and ``audit`` in ``cli_access.py``.
+The token may be an admin key (``sk-tg-admin-...``): the API allows what its permissions do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from services.keys.cli_access import access_call, add_access_commands, show_access, shows_secret
 from services.keys.cli_policy import add_policy_flags, given, needs_current, policy_body, summary
 
 DEFAULT_URL = "http://127.0.0.1:8081"
@@ -37,7 +39,8 @@ class CliError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollgate",
-        description="Manage Tollgate's projects and API keys through the key service.",
+        description="Manage Tollgate's projects, API keys, admin keys and audit log through the"
+        " key service.",
         epilog="Token: --token-file, $TOLLGATE_ADMIN_TOKEN, or $TOLLGATE_RUN_DIR/admin-token"
         " (default ./.run/admin-token).",
     )
@@ -89,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=int, default=0, metavar="SECONDS", help="how long the old secret works"
     )
     key_command("revoke", "revoke a key for good")
+    add_access_commands(groups)
     return parser
 
 
@@ -238,17 +242,21 @@ def _show_keys(answer: Any, out: TextIO) -> None:
 
 
 def _execute(args: argparse.Namespace, client: Client, out: TextIO, err: TextIO) -> None:
-    shows_secret = args.group == "keys" and args.action in ("create", "rotate")
-    answer = (_project_call if args.group == "projects" else _key_call)(args, client)
+    access = args.group in ("admin-keys", "audit")
+    secret = args.group == "keys" and args.action in ("create", "rotate")
+    calls = {"projects": _project_call, "keys": _key_call}
+    answer = (access_call if access else calls[args.group])(args, client)
     if args.json:
         out.write(json.dumps(answer, indent=2) + "\n")
-        if shows_secret:
+        if secret or shows_secret(args):
             err.write("Copy the secret now: it is not stored and will not be shown again.\n")
+    elif access:
+        show_access(args, answer, out, err, _table)
     elif args.group == "projects":
         rows = answer if isinstance(answer, list) else [answer]
         table = [[p["id"], p["name"], _when(p["created_at"]), summary(p)] for p in rows]
         _table([["ID", "NAME", "CREATED", "LIMITS"], *table], out)
-    elif shows_secret:
+    elif secret:
         _print_secret(answer, "Created" if args.action == "create" else "Rotated", out, err)
     elif args.action == "revoke":
         out.write(f"Revoked key {answer['id']}.\n")
