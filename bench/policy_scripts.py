@@ -81,7 +81,7 @@ async def run(args: argparse.Namespace) -> None:
         project_rate_limits=RateLimits(requests_per_minute=10**6),
         budget=Budget(limit_usd=Decimal(10**6), period="month") if args.budget else None,
     )  # fmt: skip
-    plan = Planner(prefix).plan(state, None, {"max_tokens": 16}, 120, datetime.now(UTC))
+    plan = Planner(prefix).plan(state, None, 16, 120, datetime.now(UTC))
     counters = RedisCounters(client)
     gcra = client.register_script(GCRA)
     keys = [f"{prefix}gcra:{{proj_bench}}:{k}" for k in ("kr", "kt", "pr")]

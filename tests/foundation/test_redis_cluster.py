@@ -57,7 +57,7 @@ async def test_the_policy_scripts_run_on_one_slot_each(
         rate_limits=RateLimits(requests_per_minute=3),
         project_rate_limits=RateLimits(requests_per_minute=100, tokens_per_minute=10**6),
     )
-    plan = Planner(f"test:{unique}:").plan(state, None, {}, 10, datetime.now(UTC))
+    plan = Planner(f"test:{unique}:").plan(state, None, None, 10, datetime.now(UTC))
     outcomes = [(await counters.admit(plan, f"r{i}", 1000, T0)).outcome for i in range(4)]
     assert outcomes == [ADMITTED, ADMITTED, ADMITTED, OVER_RATE]
     await counters.settle([(plan, "r0", T0 // 1000, 9, 0)] * 3)
