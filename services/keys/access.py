@@ -115,6 +115,7 @@ def context_of(request: Request, principal: Principal) -> AuditContext:
     )
 
 
+PROJECT_ID_PATH_MAX = 128  # the routes' own bound; a longer id is the route's 400
 _UNAUTHORIZED = (
     "Missing or incorrect credentials. Send the operator token or an admin key "
     "(sk-tg-admin-...) as 'Authorization: Bearer <token>'; API keys cannot manage anything."
@@ -148,7 +149,12 @@ def allowed(*permissions: Permission) -> Callable[..., Awaitable[Caller]]:
         principal = await authenticate(request, authorization)
         for permission in permissions:
             principal.require(permission)
-        return Caller(principal, context_of(request, principal))
+        caller = Caller(principal, context_of(request, principal))
+        # Out of scope before the body is read: a bad body must not tell a project exists.
+        project_id = request.path_params.get("project_id")
+        if isinstance(project_id, str) and len(project_id) <= PROJECT_ID_PATH_MAX:
+            caller.project(project_id)
+        return caller
 
     return guard
 

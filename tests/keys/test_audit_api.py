@@ -69,6 +69,8 @@ async def test_filters(keys: Running) -> None:
     for bad, param in (
         ({"event_types[]": ["key.stolen"]}, "event_types[]"),
         ({"effective_at[gt]": "yesterday"}, "effective_at[gt]"),
+        ({"project_ids[]": ["proj_x"] * 101}, "project_ids[]"),
+        ({"actor_ids[]": ["x" * 200]}, "actor_ids[]"),
         ({"limit": 0}, "limit"),
         ({"limit": 101}, "limit"),
         ({"after": "audit_log-nope"}, "after"),

@@ -177,3 +177,22 @@ async def test_an_admin_key_opens_neither_verify_nor_anything_without_its_checks
     answer = await keys.client.get("/v1/projects", headers=bearer(forged))
     assert answer.status_code == 401
     assert keys.app.state.admin_keys.misses == misses
+
+
+async def test_out_of_scope_is_404_before_the_body_is_read(matrix: Matrix) -> None:
+    keys = matrix.keys
+    scoped = await keys.admin_key(["projects:write", "keys:write"], [matrix.p])
+    for project in (matrix.q, MISSING_PROJECT):
+        for method, path in (
+            ("PATCH", f"/v1/projects/{project}"),
+            ("POST", f"/v1/projects/{project}/keys"),
+        ):
+            answer = await keys.client.request(
+                method, path, json={"name": ""}, headers=bearer(scoped["value"])
+            )
+            assert answer.status_code == 404, answer.text
+    # In scope, the same bad body is the body's 400.
+    answer = await keys.client.patch(
+        f"/v1/projects/{matrix.p}", json={"name": ""}, headers=bearer(scoped["value"])
+    )
+    assert answer.status_code == 400
