@@ -216,8 +216,10 @@ async def test_a_body_of_tiny_json_values_is_refused_without_the_memory_parsing_
             )
         ).status_code == 200
     _, peak = _rss_peak_since_reset()
-    # The body itself, read once (the client's copy is this process's too), and no parse.
-    assert peak - before < 4 * len(body), (before >> 20, peak >> 20)
+    # The client's copy of the body (this process's too), the server's, its structure picked
+    # out to be counted, and the allocator's slack: a few times the body, never the ~1 GB its
+    # parse would take.
+    assert peak - before < 8 * len(body), (before >> 20, peak >> 20)
 
 
 async def test_large_bodies_take_turns_and_one_past_the_wait_gets_503(
