@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help bootstrap up down status test test-cluster lint fmt docs bench clean
+.PHONY: help bootstrap up down status test test-unit test-cluster lint fmt docs bench clean
 .PHONY: compose-bootstrap images compose-up compose-down compose-test test-containers
 
 help: ## list the targets
@@ -25,6 +25,9 @@ status: ## what runs: every server, node and replica, with PID and port
 
 test: bootstrap ## the whole test suite against real Kafka, PostgreSQL and Redis (but the cluster and compose tests: their own targets)
 	@$(RUN) pytest
+
+test-unit: bootstrap ## the quick tier, in seconds: the tests marked `unit` (pure logic, no server needed or touched)
+	@$(RUN) pytest -m unit
 
 test-cluster: bootstrap ## the tests that start a Kafka cluster or a Redis Cluster of their own (CI's second step)
 	@$(RUN) pytest -m cluster

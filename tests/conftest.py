@@ -21,6 +21,56 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy.stack import Endpoints, Stack
 from shared.kafka import ensure_topics
 
+# The fixtures that start or reach a server: Kafka, PostgreSQL, Redis (shared or private) or an
+# app served on a port. A test marked `unit` (`make test-unit`, run with no server reachable)
+# may request none of them, directly or through another fixture: the run stops at collection.
+SERVER_FIXTURES = frozenset(
+    {
+        "endpoints",
+        "topic_prefix",
+        "pg_schema",
+        "schemas",
+        "redis_client",
+        "redis_prefix",
+        "private_kafka",
+        "private_postgres",
+        "private_redis",
+        "redis_cluster",
+        "kafka_cluster",
+        "clusters",
+        "upstream",
+        "keyservice",
+        "make_gateway",
+        "gateway",
+        "served",
+        "serve",
+        "lean",
+        "stock",
+        "running",
+        "browser",
+        "system",
+    }
+)
+
+
+def unit_tests_on_servers(items: list[pytest.Item]) -> list[str]:
+    """Each `unit` test that requests a server fixture, with the fixtures it requests."""
+    found = []
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            continue
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if servers:
+            found.append(f"{item.nodeid} requests {', '.join(sorted(servers))}")
+    return found
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a `unit` test that needs a server: the quick tier must run with none."""
+    found = unit_tests_on_servers(items)
+    if found:
+        raise pytest.UsageError("tests marked `unit` must need no server:\n  " + "\n  ".join(found))
+
 
 @pytest.fixture(scope="session")
 def endpoints() -> Iterator[Endpoints]:

@@ -6,7 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.lib import procstat
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 BUSY = "import time\nend = time.process_time() + 5\nwhile time.process_time() < end: pass\n"
 

@@ -11,6 +11,8 @@ import pytest
 from bench.lib.raw_upstream import EMBED_DIMS, PROMPT_TOKENS, TOKENS, app
 from services.gateway.usage import StreamMeter, find_usage, from_upstream
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 async def call(
     method: str, path: str, payload: object = None

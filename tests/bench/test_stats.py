@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from bench.lib.profile import aggregate, package
 from bench.lib.stats import percentile, summary_ms
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 
 def test_percentile_interpolates_between_ranks() -> None:

@@ -15,6 +15,8 @@ from shared.catalogue import load_catalogue
 from shared.ledger.consumer import Poison
 from tests.metering.harness import CHAT, EMBED, PRICE_CHANGE, UNPRICED, usage
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 @pytest.fixture
 def pricer(catalogue_path: Path) -> Pricer:

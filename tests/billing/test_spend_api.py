@@ -182,6 +182,7 @@ async def test_since_must_be_a_utc_day_boundary(api: httpx.AsyncClient) -> None:
         assert (error["param"], error["type"]) == ("since", "invalid_request_error"), params
 
 
+@pytest.mark.unit
 def test_the_internal_token_is_required_real_and_not_the_admin_one() -> None:
     base: dict[str, Any] = {"admin_token": SecretStr(ADMIN_TOKEN)}
     for internal in ("", "changeme", "short", ADMIN_TOKEN):
@@ -191,6 +192,7 @@ def test_the_internal_token_is_required_real_and_not_the_admin_one() -> None:
     assert ok.internal_token.get_secret_value() == INTERNAL_TOKEN
 
 
+@pytest.mark.unit
 def test_the_internal_token_comes_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOLLGATE_BILLING_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("TOLLGATE_BILLING_INTERNAL_TOKEN", "env-internal-token-0123456789")

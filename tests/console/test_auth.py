@@ -14,6 +14,8 @@ import pytest
 from services.console.session import COOKIE_NAME, SessionStore, SignInThrottle
 from tests.console.helpers import TOKEN, console_client, console_settings, csrf_of, sign_in
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 DOWN = console_settings(keys_url="http://127.0.0.1:9", api_timeout_s=2)
 ORIGIN = {"Origin": "http://console.test"}
 

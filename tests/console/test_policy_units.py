@@ -6,9 +6,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import pytest
+
 from services.console.budgets import period_start
 from services.console.charts import Series, bar_chart, dollars
 from services.console.policies import PolicyForm, count, error_field, model_choices, summary
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 NOW = datetime(2026, 11, 27, 14, 37, 12, tzinfo=UTC)
 

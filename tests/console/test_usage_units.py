@@ -13,6 +13,8 @@ from services.console.formatting import usd, when
 from services.console.usage import Period, PeriodError, api_query, build_report, resolve_period
 from services.console.usage_pages import _cell
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 NOW = datetime(2026, 11, 27, 14, 37, 12, tzinfo=UTC)
 
 

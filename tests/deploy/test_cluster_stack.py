@@ -160,6 +160,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.unit
 def test_cluster_mode_scales_gateway_metering_billing(monkeypatch: pytest.MonkeyPatch) -> None:
     for base in services.SCALED:
         monkeypatch.delenv(f"TOLLGATE_{base.upper()}_REPLICAS", raising=False)

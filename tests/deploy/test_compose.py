@@ -10,10 +10,13 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
 from deploy.system import SERVICES
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,6 +27,8 @@ from shared.settings import require_real_secret
 from shared.topics import TOPICS, USAGE_EVENTS
 from tests.deploy.kustomize import Obj, containers, image_name, read_env_file, render
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "k8s"
 KUBERNETES = "1.33.0"  # the schemas every object must satisfy

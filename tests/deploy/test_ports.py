@@ -5,7 +5,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from deploy.ports import LOWEST, bindable, ephemeral_floor, free_port
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 
 def test_ports_come_from_below_the_ephemeral_range_and_never_twice() -> None:

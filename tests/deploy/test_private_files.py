@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
 from deploy.private import write_private
@@ -28,6 +29,7 @@ def test_stack_env_is_readable_by_its_owner_only(endpoints: Endpoints) -> None:
     assert "DATABASE_URL" in path.read_text() or path.read_text()
 
 
+@pytest.mark.unit
 def test_written_private_whatever_the_umask_and_the_file_before(tmp_path: Path) -> None:
     path = tmp_path / "stack.env"
     path.write_text("old\n")
@@ -45,6 +47,7 @@ def test_written_private_whatever_the_umask_and_the_file_before(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "stack.env"], "no leftovers"
 
 
+@pytest.mark.unit
 def test_generated_tokens_and_keyring_are_private(tmp_path: Path) -> None:
     unset = "TOLLGATE_TEST_UNSET_VARIABLE"
     assert unset not in os.environ

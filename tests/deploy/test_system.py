@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings
 from deploy.endpoints import Endpoints
 from deploy.system import SERVICES, Isolation, Service, Wiring, environment, settings_of
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 def _settings_class(service: Service) -> type[BaseSettings]:
     assert service.settings is not None

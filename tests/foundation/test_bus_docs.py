@@ -16,6 +16,8 @@ from shared.events import DeadLetter, Event, KeyEvent, KeyState, UsageRecorded
 from shared.policy import Budget, ProjectPolicy, RateLimits
 from shared.topics import TOPICS
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 MODELS: tuple[type[BaseModel], ...] = (
     Event,
     KeyState,

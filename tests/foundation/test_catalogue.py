@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from shared.catalogue import expand_env, load_catalogue
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 CATALOGUE = """
 models:
   - id: m1

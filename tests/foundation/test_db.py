@@ -64,6 +64,7 @@ async def test_failed_migration_leaves_nothing_behind(
         await pool.close()
 
 
+@pytest.mark.unit
 def test_badly_named_migration_is_refused(tmp_path: Path) -> None:
     _write(tmp_path, "create_things.sql", "SELECT 1;")
     with pytest.raises(MigrationError, match=r"0001_name\.sql"):

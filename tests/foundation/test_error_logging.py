@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 def _app() -> FastAPI:
     app = FastAPI()

@@ -27,6 +27,8 @@ from shared.http import RequestIdMiddleware
 from shared.ids import resource_id
 from shared.policy import MODEL_MAX
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 NUL, SURROGATE, ESC = "a\x00b", "a\ud800b", "a\x1bb"
 
 

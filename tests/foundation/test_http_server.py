@@ -13,6 +13,8 @@ from deploy.system import SERVICES
 from shared.http_limits import HttpSettings, http_settings, refusal
 from shared.http_server import HttpProtocol
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 def test_settings_come_from_one_prefix_for_every_service(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOLLGATE_HTTP_MAX_HEADER_BYTES", "65536")

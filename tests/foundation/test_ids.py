@@ -6,7 +6,11 @@ import os
 import re
 from collections import Counter
 
+import pytest
+
 from shared.ids import KEY_ID_CHARS, PROJECT_ID_CHARS, REQUEST_ID_CHARS, resource_id
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 BASE62 = re.compile(r"[A-Za-z0-9]+")
 

@@ -156,6 +156,7 @@ async def test_a_replication_factor_above_the_brokers_is_a_clear_error(
         )
 
 
+@pytest.mark.unit
 def test_min_insync_replicas_cannot_pass_the_replication_factor() -> None:
     with pytest.raises(ValueError, match="at most TOPIC_REPLICATION_FACTOR"):
         GatewaySettings(

@@ -11,6 +11,8 @@ import pytest
 from shared.logs import RepeatLimiter, setup_logging
 from tests.manual_clock import ManualClock
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 _LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher", "services.gateway.emitter")
 
 

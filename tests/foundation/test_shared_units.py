@@ -17,6 +17,8 @@ from shared.events import KeyEvent, UsageRecorded
 from shared.logs import JsonFormatter, redact
 from shared.settings import TokenGuardedSettings
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 def test_generated_keys_are_well_formed_and_distinct() -> None:
     keys = {apikeys.generate() for _ in range(200)}

@@ -100,6 +100,7 @@ def test_up_reuses_and_down_leaves_nothing(tmp_path: Path, endpoints: object) ->
     assert all(pid is None for pid in services.status(run_dir, replicas=2).values())
 
 
+@pytest.mark.unit
 def test_replica_layout_ports_and_names() -> None:
     layout = {s.name: s for s in services.layout(3)}
     assert [layout[n].port for n in ("gateway", "gateway-1", "gateway-2")] == [8080, 8180, 8280]
@@ -110,6 +111,7 @@ def test_replica_layout_ports_and_names() -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "x", str(services.MAX_REPLICAS + 1)])
+@pytest.mark.unit
 def test_a_bad_replica_count_is_a_clear_error(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOLLGATE_GATEWAY_REPLICAS", value)
     with pytest.raises(StackError, match="TOLLGATE_GATEWAY_REPLICAS must be 1 to"):

@@ -16,6 +16,8 @@ from shared.events import KeyEvent, KeyState
 from shared.policy import Budget, RateLimits
 from shared.state_mac import Keyring, KeyringError, canonical
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 OLD = "old1:the-old-state-mac-secret-0123456789"
 NEW = "new2:the-new-state-mac-secret-0123456789"
 

@@ -17,6 +17,8 @@ import pytest
 from shared.worker import Backoff, Worker, Workers, check_cancelled
 from tests.polling import eventually
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 _FAST = Backoff(0.05, 0.4)
 
 

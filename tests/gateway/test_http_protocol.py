@@ -329,6 +329,7 @@ def _exchange(transport: _Transport, keep_alive: bool = True) -> LeanExchange:
     )
 
 
+@pytest.mark.unit
 async def test_a_whole_answer_is_one_write_and_a_stream_is_framed() -> None:
     transport = _Transport()
     whole = _exchange(transport)
@@ -354,6 +355,7 @@ async def test_a_whole_answer_is_one_write_and_a_stream_is_framed() -> None:
     assert transport.closed
 
 
+@pytest.mark.unit
 async def test_bad_headers_and_wrong_lengths_are_refused() -> None:
     for headers in ([(b"bad name", b"v")], [(b"x", b"a\r\nb")]):
         with pytest.raises(RuntimeError, match="Invalid HTTP header"):
@@ -368,6 +370,7 @@ async def test_bad_headers_and_wrong_lengths_are_refused() -> None:
         await counted.send({"type": "http.response.body", "body": b"too long"})
 
 
+@pytest.mark.unit
 async def test_an_exchange_is_freed_as_soon_as_it_is_done() -> None:
     """No reference cycle: at 500 connections, exchanges left to the garbage collector held
     tens of MB more."""

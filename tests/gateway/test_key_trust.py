@@ -34,6 +34,7 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.mark.unit
 def test_full_trust_only_for_entries_confirmed_while_subscribed(clock: ManualClock) -> None:
     cache = LocalCache(10, 30, 1, unsubscribed_ttl_s=1, stale_max_s=300, clock=clock)
     _, state = new_key()
@@ -49,6 +50,7 @@ def test_full_trust_only_for_entries_confirmed_while_subscribed(clock: ManualClo
     assert cache.get(state.key_hash, allow_stale=True) == state
 
 
+@pytest.mark.unit
 def test_a_lookup_sent_before_the_subscription_came_up_gets_short_trust(clock: ManualClock) -> None:
     cache = LocalCache(10, 30, 1, unsubscribed_ttl_s=1, clock=clock)
     _, state = new_key()
@@ -60,6 +62,7 @@ def test_a_lookup_sent_before_the_subscription_came_up_gets_short_trust(clock: M
     assert cache.get(state.key_hash) is None
 
 
+@pytest.mark.unit
 def test_stale_entries_are_served_for_a_bounded_time_only(clock: ManualClock) -> None:
     cache = LocalCache(10, 30, 1, unsubscribed_ttl_s=1, stale_max_s=120, clock=clock)
     _, state = new_key()

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from deploy.stack import Endpoints
@@ -98,6 +99,7 @@ async def test_an_older_event_never_overwrites_a_newer_state(
     assert held.version == 2
 
 
+@pytest.mark.unit
 def test_local_cache_keeps_the_newest_version_even_after_eviction() -> None:
     cache = LocalCache(size=1, ttl_s=60, negative_ttl_s=1)
     _, v1 = new_key()

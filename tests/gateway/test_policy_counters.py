@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from services.gateway.policies.counters import (
@@ -109,6 +110,7 @@ async def test_budgets_need_a_seed_then_reserve_and_release_with_leases(
     assert spend == [(1400, 0)]
 
 
+@pytest.mark.unit
 def test_durations_are_written_as_openai_writes_them() -> None:
     assert [duration(ms) for ms in (0, 20, 999, 1000, 1001, 59_000, 60_000, 61_000, 360_000)] == [
         "0s",
@@ -124,6 +126,7 @@ def test_durations_are_written_as_openai_writes_them() -> None:
     assert duration(3_723_000) == "1h2m3s"
 
 
+@pytest.mark.unit
 def test_periods_are_utc_days_and_calendar_months() -> None:
     late = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
     day, month, total = window("day", late), window("month", late), window("total", late)
@@ -138,6 +141,7 @@ def test_periods_are_utc_days_and_calendar_months() -> None:
     )
 
 
+@pytest.mark.unit
 def test_nano_dollars_round_up() -> None:
     assert to_nano(Decimal("0.0000000001")) == 1  # a fraction of a nano-dollar counts whole
 

@@ -8,6 +8,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -18,6 +19,7 @@ from shared.kafka import ensure_topics
 from shared.topics import TOPICS, USAGE_EVENTS
 
 
+@pytest.mark.unit
 def test_the_partitioner_picks_what_aiokafka_picks_and_forgets_on_a_new_count() -> None:
     default = DefaultPartitioner()
     mine = Partitioner(max_keys=50)
@@ -29,6 +31,7 @@ def test_the_partitioner_picks_what_aiokafka_picks_and_forgets_on_a_new_count() 
     assert len(mine._known) <= 50
 
 
+@pytest.mark.unit
 async def test_small_calls_are_not_batched_and_big_ones_are_split_by_partition() -> None:
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started
     try:
@@ -131,6 +134,7 @@ async def test_a_large_call_lands_where_send_would_put_it_in_order(
         assert where[key] == {default(key, partitions, partitions)}
 
 
+@pytest.mark.unit
 async def test_the_gateway_producer_batches_a_full_emitter_call_in_one_request_a_partition() -> (
     None
 ):

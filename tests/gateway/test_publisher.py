@@ -12,6 +12,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any, cast
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     CorruptRecordException,
@@ -24,6 +25,8 @@ from aiokafka.errors import (
 
 from services.gateway.produce_batches import Message
 from services.gateway.publisher import Publisher
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 _REFUSALS: dict[bytes, type[KafkaError]] = {
     b"corrupt": CorruptRecordException,

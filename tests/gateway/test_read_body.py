@@ -15,6 +15,8 @@ from starlette.types import Message
 from services.gateway.body import Body, BodyBudget, BodyLimits, read_body
 from services.gateway.errors import LargeBodiesBusy, PayloadTooLarge, TooManyJsonValues
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 async def _read(
     request: Request,

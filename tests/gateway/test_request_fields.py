@@ -9,6 +9,8 @@ import pytest
 from services.gateway.request_fields import Reading, forwarded, read_fields
 from shared.errors import BadRequest
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 CHAT = "/v1/chat/completions"
 
 

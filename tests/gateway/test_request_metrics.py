@@ -18,6 +18,8 @@ from prometheus_client import (
 from services.gateway.metrics import Metrics
 from services.gateway.request_metrics import LabelledCounter, LabelledHistogram
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.01, 1, 30)
 # On a bound, between bounds, below the first, past the last, zero.
 _VALUES = (0.0002, 0.0003, 0.0001, 0.001, 0.5, 1.0, 31.0, 0.0, 30.0)

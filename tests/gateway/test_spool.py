@@ -17,6 +17,8 @@ from services.gateway.spool import Spool, SpoolFull
 from shared.events import UsageRecorded, utc_now
 from tests.polling import eventually
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 
 def usage(key_id: str = "key_a", **changes: object) -> UsageRecorded:
     event = UsageRecorded(

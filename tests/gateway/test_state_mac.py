@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
@@ -331,6 +332,7 @@ async def test_the_real_key_services_states_verify_at_the_gateway_by_every_path(
         await keys.stop()
 
 
+@pytest.mark.unit
 def test_the_negative_cache_is_bounded_and_forgets_the_least_recently_seen() -> None:
     clock = ManualClock()
     cache = LocalCache(10, 30, 60, negative_size=3, clock=clock)
@@ -345,6 +347,7 @@ def test_the_negative_cache_is_bounded_and_forgets_the_least_recently_seen() -> 
     assert not cache.is_negative("a")
 
 
+@pytest.mark.unit
 def test_the_verify_bound_is_a_token_bucket() -> None:
     clock = ManualClock()
     bound = RateBound(50, 100, clock=clock)
@@ -355,6 +358,7 @@ def test_the_verify_bound_is_a_token_bucket() -> None:
     assert sum(bound.take() for _ in range(1000)) == 100  # never more than the burst
 
 
+@pytest.mark.unit
 def test_unsigned_states_are_accepted_only_while_upgrading_and_wrong_macs_never() -> None:
     _, state = new_key()
     unsigned = state.model_copy(update={"mac": None})

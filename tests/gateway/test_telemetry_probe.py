@@ -14,6 +14,8 @@ from opentelemetry.util._once import Once
 
 from services.gateway import telemetry_probe
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 # Each global the probe reads, the public getter it stands for, and an SDK provider to put in.
 _PROVIDERS = [
     (trace, "_TRACER_PROVIDER", trace.get_tracer_provider, TracerProvider),

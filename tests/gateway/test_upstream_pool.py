@@ -815,11 +815,13 @@ async def test_a_gzip_answer_is_decoded_by_read(serve: Serve, make_pool: MakePoo
 
 
 @pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "a\nx-injected: 1", "a\rb", "a\x00b"])
+@pytest.mark.unit
 def test_a_header_value_with_a_line_break_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="line break"):
         Target.of("http://models.internal:8000/v1/chat/completions", {"authorization": value})
 
 
+@pytest.mark.unit
 def test_a_header_name_with_a_line_break_is_refused() -> None:
     with pytest.raises(ValueError, match="line break"):
         Target.of("http://models.internal/v1", {"x-a: 1\r\nx-b": "2"})
@@ -829,16 +831,19 @@ def test_a_header_name_with_a_line_break_is_refused() -> None:
     "url",
     ["ftp://models.internal/v1", "file:///etc/passwd", "models.internal:8000/v1", "http:///v1"],
 )
+@pytest.mark.unit
 def test_a_url_that_is_not_http_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="not an http"):
         Target.of(url, {})
 
 
+@pytest.mark.unit
 def test_a_query_string_is_kept() -> None:
     target = Target.of("http://models.internal:8000/openai/deployments/d?api-version=2024-06", {})
     assert target.head.startswith(b"POST /openai/deployments/d?api-version=2024-06 HTTP/1.1\r\n")
 
 
+@pytest.mark.unit
 def test_a_url_without_a_path_posts_to_the_root() -> None:
     assert Target.of("http://models.internal", {}).head.startswith(b"POST / HTTP/1.1\r\n")
 
@@ -856,6 +861,7 @@ def test_a_url_without_a_path_posts_to_the_root() -> None:
         ("http://[::1]:8000/v1", b"host: [::1]:8000", 8000),
     ],
 )
+@pytest.mark.unit
 def test_the_host_header_has_the_port_only_when_not_the_default(
     url: str, host_line: bytes, port: int
 ) -> None:

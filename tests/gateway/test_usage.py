@@ -9,9 +9,13 @@ import random
 from collections.abc import AsyncIterator
 from typing import cast
 
+import pytest
+
 from services.gateway.relay import relay_events
 from services.gateway.upstream_pool import UpstreamResponse
 from services.gateway.usage import StreamMeter, Usage, estimate, find_usage, from_upstream
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 
 def test_each_api_names_its_usage_fields_its_own_way() -> None:

@@ -78,6 +78,7 @@ async def test_without_a_linger_spaced_events_travel_alone(
     assert sizes == [1] * 6
 
 
+@pytest.mark.unit
 def test_the_linger_is_a_setting_bounded_to_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOLLGATE_GATEWAY_INTERNAL_TOKEN", "a-real-token-of-16-chars")
     monkeypatch.setenv("TOLLGATE_GATEWAY_STATE_MAC_KEYS", "k1:a-real-keyring-entry-0123")

@@ -17,6 +17,8 @@ from shared.events import TOKEN_COUNT_MAX, UNKNOWN_MODEL, KeyState, UsageRecorde
 from shared.ids import resource_id
 from tests.gateway.harness import new_key
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 _CASES: dict[str, dict[str, Any]] = {
     "chat": {"usage": Usage(12, 8, 4)},
     "stream cut short": {"usage": Usage(3, 2, 0, "estimated"), "stream": True},

@@ -113,11 +113,13 @@ async def test_verify_answers_whole_state_or_404(keys: Running) -> None:
         ("", "a-real-internal-token-0123456789"),
     ],
 )
+@pytest.mark.unit
 def test_settings_refuse_missing_placeholder_or_shared_tokens(admin: str, internal: str) -> None:
     with pytest.raises(ValidationError):
         KeysSettings(admin_token=SecretStr(admin), internal_token=SecretStr(internal))
 
 
+@pytest.mark.unit
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOLLGATE_KEYS_ADMIN_TOKEN", "env-admin-token-0123456789")
     monkeypatch.setenv("TOLLGATE_KEYS_INTERNAL_TOKEN", "env-internal-token-0123456789")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
@@ -19,6 +20,8 @@ from shared.ledger import parse_usage
 from shared.ledger.consumer import LedgerConsumer
 from shared.ledger.types import ConsumerConfig
 from tests.metering.harness import usage
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 
 def record(partition: int, offset: int, value: bytes | None) -> ConsumerRecord[bytes, bytes]:

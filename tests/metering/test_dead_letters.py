@@ -26,6 +26,7 @@ def record(value: bytes, offset: int = 5) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord("t.usage", 2, offset, 0, 0, b"key_1", value, None, 1, len(value), ())
 
 
+@pytest.mark.unit
 def test_a_letter_too_big_keeps_a_prefix_with_the_size_and_sha256() -> None:
     value = noise(100_000).encode()
     letter = dead_letter("metering", record(value), "why", max_bytes=5000)
@@ -41,6 +42,7 @@ def test_a_letter_too_big_keeps_a_prefix_with_the_size_and_sha256() -> None:
     assert base64.b64decode(whole.payload_base64) == b"small"
 
 
+@pytest.mark.unit
 def test_the_reason_is_bounded_and_always_encodable() -> None:
     letter = dead_letter("metering", record(b"x"), "a\ud800b" + "r" * 50_000)
     assert len(letter.reason) <= MAX_REASON

@@ -17,6 +17,7 @@ from tests.metering.harness import ADMIN_TOKEN, usage
 from tests.metering.ledgers import Case
 
 
+@pytest.mark.unit
 def test_a_window_shorter_than_the_retention_is_refused() -> None:
     with pytest.raises(ValidationError, match="dedupe_window_s"):
         MeteringSettings(admin_token=SecretStr(ADMIN_TOKEN), dedupe_window_s=RETENTION_S - 1)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncpg
+import pytest
 from asyncpg.exceptions import _base as pg_base
 
 from shared.ledger.retry import RETRYABLE, describe, record_error
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 
 def test_data_integrity_and_limit_errors_are_dead_letter_candidates() -> None:

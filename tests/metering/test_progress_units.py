@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from aiokafka import TopicPartition
 
 from shared.ledger.progress import Progress
+
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

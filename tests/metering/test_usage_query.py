@@ -10,6 +10,8 @@ from starlette.datastructures import QueryParams
 from shared.errors import BadRequest
 from shared.usage_query import parse_usage_query
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 WIDTHS = ("1m", "1h", "1d")
 GROUPS = ("api_key_id", "model")
