@@ -1,7 +1,7 @@
 """Key states in Redis, as the gateways read them and both the feeder and the key service write.
 
 Layout, under a prefix (``tollgate:gw:`` by default), every name carrying a hash tag so that
-each script touches one cluster slot only (the design's "Past one machine"):
+each script touches one cluster slot only (README.md: "Past one machine"):
 
 - ``{prefix}key:{<key_id>}``: hash, ``v`` (version) and ``s`` (state JSON): the newest state;
 - ``{prefix}key:{<key_id>}:hashes``: set of every secret hash the key has had (same slot);

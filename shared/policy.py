@@ -1,4 +1,4 @@
-"""Key policies: rate limits, spend budgets, model and endpoint scopes (design: "Key policies").
+"""Key policies: rate limits, spend budgets, model and endpoint scopes (README.md: "Key policies").
 
 A key carries its own policy, and its project's ``rate_limits`` and ``budget`` ride on each of
 the project's key states (``project_rate_limits``, ``project_budget``): the gateway learns

@@ -1,4 +1,4 @@
-"""Who is calling the management API, and what they may do (design: "Operator access").
+"""Who is calling the management API, and what they may do (README.md: "Access").
 
 Three kinds of secret, told apart by their marker: the operator token (root: everything), an
 admin key (``sk-tg-admin-...``: its permissions, within its scope) and an API key

@@ -6,7 +6,7 @@ Why this shape: the key service owns the admin keys' table, so PostgreSQL is the
 an admin key NOTIFYs ``<schema>_admin_keys`` with its id in the changing transaction, so the
 notification arrives at every replica's listener only once the change committed, within
 milliseconds, and the entry is dropped. Two backstops bound what a lost notification could
-cost: an entry lives ``ttl_s`` at most (1 s by default: the design's bound even when a
+cost: an entry lives ``ttl_s`` at most (1 s by default: a revocation's bound, even when a
 listener's connection died without the process noticing), and while the listener is not
 connected nothing is cached (every check reads the database). A read that raced a
 notification is not cached either (a generation counter), so a check never brings a revoked

@@ -1,7 +1,7 @@
 """Request and response bodies of the management API, in OpenAI's list and object style.
 
 Times in answers are Unix seconds, as in OpenAI's API; ``expires_at`` is accepted as Unix
-seconds or as an ISO 8601 time with a timezone. Policies (design: "Key policies") use the
+seconds or as an ISO 8601 time with a timezone. Policies (README.md: "Key policies") use the
 shared types of ``shared/policy.py``, their integers strict here (``true`` or ``"600"`` is not
 a rate); ``null`` or absent means no limit.
 """

@@ -3,7 +3,7 @@ the whole new row. The projects table's own statements are ``project_repository.
 
 Tables are unqualified: the pool's search path is the service's schema. Every key row comes
 with its project's policy (``project_rate_limits``, ``project_budget``), read in the same
-statement: each key state carries it (design: "Key policies"). Policies are jsonb objects in
+statement: each key state carries it (README.md: "Key policies"). Policies are jsonb objects in
 the shape of ``shared.policy`` (``rows.json_text`` writes them); scopes are text arrays.
 """
 

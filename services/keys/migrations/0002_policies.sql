@@ -1,4 +1,5 @@
--- Key policies (design: "Key policies"): rate limits, spend budgets, model and endpoint scopes.
+-- replaces sha256:1aaeb23eb7ffa19f3fd41297f342711411d962201dc073fccb75db1a2e276a38
+-- Key policies (README.md: "Key policies"): rate limits, spend budgets, model and endpoint scopes.
 -- NULL everywhere means no limit. Shapes are validated by the API (shared/policy.py); these
 -- checks only keep a hand-written row from holding something no key state could carry.
 

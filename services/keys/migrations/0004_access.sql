@@ -1,4 +1,5 @@
--- Operator access (design: "Operator access"): admin keys (hash and hint only, never the
+-- replaces sha256:b85bda19cb42ec098d81b14baea4ed5ebf34c4e88191ac8634da71733c5560df
+-- Operator access (README.md: "Access"): admin keys (hash and hint only, never the
 -- secret) and the audit log of every change the key service makes.
 
 CREATE TABLE admin_api_keys (
