@@ -25,7 +25,8 @@ import secrets
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings
 
 from shared.events import KeyState
 from shared.settings import require_real_secret
@@ -98,4 +99,25 @@ class Keyring:
         return False
 
 
-__all__ = ["Keyring", "KeyringError", "canonical", "new_keyring_text"]
+class KeyringSettings(BaseSettings):
+    """The settings of a service that holds the key-state keyring: ``<prefix>STATE_MAC_KEYS``,
+    checked when the settings are built (each service describes the field its own way)."""
+
+    state_mac_keys: SecretStr = Field(SecretStr(""), description="the key-state keyring")
+
+    @classmethod
+    def _keyring_setting(cls) -> str:
+        return f"{cls.model_config.get('env_prefix', '')}STATE_MAC_KEYS".upper()
+
+    @field_validator("state_mac_keys")
+    @classmethod
+    def _state_mac_keys_are_real(cls, value: SecretStr) -> SecretStr:
+        Keyring.parse(value, cls._keyring_setting())
+        return value
+
+    def keyring(self) -> Keyring:
+        """The parsed keyring (checked when the settings were built)."""
+        return Keyring.parse(self.state_mac_keys, self._keyring_setting())
+
+
+__all__ = ["Keyring", "KeyringError", "KeyringSettings", "canonical", "new_keyring_text"]

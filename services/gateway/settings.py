@@ -8,12 +8,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, require_real_secret
-from shared.state_mac import Keyring
+from shared.state_mac import KeyringSettings
 
 _REPO = Path(__file__).resolve().parents[2]
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, KeyringSettings):
     """Where the gateway finds its peers, and its limits."""
 
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_GATEWAY_", extra="ignore", frozen=True)
@@ -158,13 +158,3 @@ class GatewaySettings(ServiceSettings):
     @classmethod
     def _internal_token_is_real(cls, value: SecretStr) -> SecretStr:
         return require_real_secret(value, "TOLLGATE_GATEWAY_INTERNAL_TOKEN")
-
-    @field_validator("state_mac_keys")
-    @classmethod
-    def _state_mac_keys_are_real(cls, value: SecretStr) -> SecretStr:
-        Keyring.parse(value, "TOLLGATE_GATEWAY_STATE_MAC_KEYS")
-        return value
-
-    def keyring(self) -> Keyring:
-        """The parsed keyring (checked when the settings were built)."""
-        return Keyring.parse(self.state_mac_keys, "TOLLGATE_GATEWAY_STATE_MAC_KEYS")

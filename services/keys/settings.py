@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import InternalTokenSettings
-from shared.state_mac import Keyring
+from shared.state_mac import KeyringSettings
 from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ, topic_name
 
 MAX_GRACE_S = 30 * 24 * 3600
 _REPO = Path(__file__).resolve().parents[2]
 
 
-class KeysSettings(InternalTokenSettings):
+class KeysSettings(InternalTokenSettings, KeyringSettings):
     """What the key service reads from its environment (its internal token opens verify only:
     shared/settings.py checks that it is real and not the operator's)."""
 
@@ -75,16 +75,6 @@ class KeysSettings(InternalTokenSettings):
         description="audit log months kept before the current one (older partitions are "
         "dropped); 0 keeps everything",
     )
-
-    @field_validator("state_mac_keys")
-    @classmethod
-    def _state_mac_keys_are_real(cls, value: SecretStr) -> SecretStr:
-        Keyring.parse(value, "TOLLGATE_KEYS_STATE_MAC_KEYS")
-        return value
-
-    def keyring(self) -> Keyring:
-        """The parsed keyring (checked when the settings were built)."""
-        return Keyring.parse(self.state_mac_keys, "TOLLGATE_KEYS_STATE_MAC_KEYS")
 
     @property
     def keys_topic(self) -> str:
