@@ -111,11 +111,15 @@ async def read_budgets(
     budgets: Mapping[str, Mapping[str, Any] | None],
     *,
     now: datetime | None = None,
+    spend: bool = True,
 ) -> Budgets:
-    """The status of every budget given (by key id, ``PROJECT`` for the project's)."""
+    """The status of every budget given (by key id, ``PROJECT`` for the project's); with
+    ``spend`` false (a session without ``costs:read``) the limits alone, billing not asked."""
     wanted = {ident: budget for ident, budget in budgets.items() if budget}
     if not wanted:
         return Budgets()
+    if not spend:
+        return Budgets({i: BudgetStatus(_limit(b), b["period"], None) for i, b in wanted.items()})
     now = now or datetime.now(UTC)
     totals = [ident for ident, budget in wanted.items() if budget["period"] == "total"]
     needs_month = any(budget["period"] != "total" for budget in wanted.values())

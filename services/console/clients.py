@@ -3,18 +3,25 @@
     ApiProblem            an API answered with an error in OpenAI's shape (400, 404, 409...)
     └── ApiUnavailable    an API did not answer, timed out or failed (5xx)
 
-Every call carries the operator token; nothing the APIs return is logged.
+Every call carries the credential of the session it is made for (``ApiClient.bound``): the
+operator token or the admin key its user signed in with, never one of the console's own, so
+each API decides what that user may see and do. A client not bound to one refuses to call.
+Calls carry the console request's id (``X-Request-Id``), so an API's log lines and audit
+entries name the console request that caused them. Nothing the APIs return is logged.
 """
 
 from __future__ import annotations
 
+import copy
 import json as jsonlib
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from pydantic import SecretStr
+
+from shared.logs import request_id_var
 
 
 class ApiProblem(Exception):
@@ -66,13 +73,12 @@ def _problem(service: str, response: httpx.Response) -> ApiProblem:
 
 
 class ApiClient:
-    """One API: a base URL, the operator token, JSON in and out."""
+    """One API: a base URL, JSON in and out, with the credential it is bound to."""
 
     def __init__(
         self,
         service: str,
         base_url: str,
-        token: SecretStr,
         *,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -80,14 +86,27 @@ class ApiClient:
         self.service = service
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token.get_secret_value()}"},
-            timeout=timeout_s,
-            transport=transport,
+            base_url=self.base_url, timeout=timeout_s, transport=transport
         )
+        self._credential: SecretStr | None = None
+
+    def bound(self, credential: SecretStr) -> Self:
+        """This API's client calling with credential (its connections shared)."""
+        view = copy.copy(self)
+        view._credential = credential
+        return view
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        if self._credential is None:
+            raise RuntimeError(f"a call to the {self.service} made for no session")
+        headers = {"Authorization": f"Bearer {self._credential.get_secret_value()}"}
+        request_id = request_id_var.get()
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        return headers
 
     async def call(
         self,
@@ -98,8 +117,11 @@ class ApiClient:
         json: dict[str, Any] | None = None,
     ) -> Any:
         """The JSON answer of one call; ApiProblem or ApiUnavailable when it fails."""
+        headers = self._headers()
         try:
-            response = await self._http.request(method, path, params=params, json=json)
+            response = await self._http.request(
+                method, path, params=params, json=json, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise ApiUnavailable(
                 self.service, 503, f"The {self.service} at {self.base_url} did not answer."
@@ -184,6 +206,12 @@ class KeysApi(ApiClient):
 
     async def delete_key(self, project_id: str, key_id: str) -> None:
         await self.call("DELETE", f"/v1/projects/{seg(project_id)}/keys/{seg(key_id)}")
+
+    async def audit_logs(self, params: list[tuple[str, str]]) -> dict[str, Any]:
+        """One page of the audit log, newest first (``after``: the page past that entry)."""
+        query = httpx.QueryParams(tuple(params))
+        result: dict[str, Any] = await self.call("GET", "/v1/organization/audit_logs", params=query)
+        return result
 
 
 async def _all_pages(

@@ -22,18 +22,19 @@ from services.console.keys_view import (
     PolicyDep,
     keys_page_view,
 )
-from services.console.web import ConsoleDep, SessionDep
+from services.console.web import SessionDep, SignedInDep, allowed_form
 
 router = APIRouter()
 
 NameField = Annotated[str, Form()]
+KEYS_WRITE = [allowed_form("keys:write")]
 
 
 @router.get("/projects/{project_id}/keys")
 async def keys_page(
     *,
     request: Request,
-    app: ConsoleDep,
+    app: SignedInDep,
     session: SessionDep,
     project_id: str,
     revoked: int = 0,
@@ -44,7 +45,7 @@ async def keys_page(
     return await keys_page_view(request, app, session, project_id, view)
 
 
-@router.post("/projects/{project_id}/keys", response_model=None)
+@router.post("/projects/{project_id}/keys", response_model=None, dependencies=KEYS_WRITE)
 async def create_key(page: KeysActionDep, policy: PolicyDep, name: NameField = "") -> Response:
     """Create a key, with its limits if any, and show its secret, this once."""
     body = policy.body(scopes=True)
@@ -57,7 +58,9 @@ async def create_key(page: KeysActionDep, policy: PolicyDep, name: NameField = "
     )
 
 
-@router.post("/projects/{project_id}/keys/{key_id}/rename", response_model=None)
+@router.post(
+    "/projects/{project_id}/keys/{key_id}/rename", response_model=None, dependencies=KEYS_WRITE
+)
 async def rename_key(page: KeysActionDep, key_id: str, name: NameField = "") -> Response:
     """Rename a key."""
     try:
@@ -67,7 +70,9 @@ async def rename_key(page: KeysActionDep, key_id: str, name: NameField = "") -> 
     return page.done(f"Key renamed to {key.get('name', name.strip())}.")
 
 
-@router.post("/projects/{project_id}/keys/{key_id}/default", response_model=None)
+@router.post(
+    "/projects/{project_id}/keys/{key_id}/default", response_model=None, dependencies=KEYS_WRITE
+)
 async def set_default(page: KeysActionDep, key_id: str) -> Response:
     """Make a key the project's default."""
     try:
@@ -77,7 +82,9 @@ async def set_default(page: KeysActionDep, key_id: str) -> Response:
     return page.done(f"{key.get('name', 'The key')} is now the default key.")
 
 
-@router.post("/projects/{project_id}/keys/{key_id}/rotate", response_model=None)
+@router.post(
+    "/projects/{project_id}/keys/{key_id}/rotate", response_model=None, dependencies=KEYS_WRITE
+)
 async def rotate_key(
     page: KeysActionDep, key_id: str, grace: Annotated[int, Form()] = 0
 ) -> Response:
@@ -100,7 +107,9 @@ async def rotate_key(
     )
 
 
-@router.post("/projects/{project_id}/keys/{key_id}/delete", response_model=None)
+@router.post(
+    "/projects/{project_id}/keys/{key_id}/delete", response_model=None, dependencies=KEYS_WRITE
+)
 async def delete_key(page: KeysActionDep, key_id: str, name: NameField = "") -> Response:
     """Delete (revoke) a key: the gateway refuses it from then on."""
     try:

@@ -1,6 +1,9 @@
 """What the API keys page shows in one rendering: the list, each key's limits and its spend
 against its budget (billing's Costs API), the project's limits, and the dialogs' forms, with
 an error from the key service beside the form and field that caused it, what was typed kept.
+What the session may not do is left out: the list without ``keys:read``, every form and
+button that changes a key without ``keys:write``, the project's limits form without
+``projects:write``, spend without ``costs:read``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from services.console.policies import (
 )
 from services.console.projects import project_context
 from services.console.session import Session
-from services.console.web import CheckedSessionDep, Console, ConsoleDep, render
+from services.console.web import CheckedSessionDep, Console, PermissionMissing, SignedInDep, render
 
 GRACE_CHOICES: tuple[tuple[int, str], ...] = (
     (0, "None: the old secret stops working now"),
@@ -88,8 +91,13 @@ async def keys_page_view(
     *,
     status_code: int = 200,
 ) -> HTMLResponse:
+    actions = app.actions
+    if not actions.read_keys and not actions.write_keys:
+        raise PermissionMissing("keys:read")
     context = await project_context(app, project_id)
-    keys = await app.keys.list_keys(project_id, include_revoked=view.show_revoked)
+    keys = []
+    if actions.read_keys:
+        keys = await app.keys.list_keys(project_id, include_revoked=view.show_revoked)
     # An error about a key the page no longer shows (deleted meanwhile) goes on top instead.
     shown = {f"{action}-{k['id']}" for k in keys for action in ACTIONS if k["status"] != "revoked"}
     stray = [msg for where, msg in view.errors.items() if where not in (*PAGE_FORMS, *shown)]
@@ -99,6 +107,7 @@ async def keys_page_view(
         app.costs,
         project_id,
         {PROJECT: project.get("budget"), **{k["id"]: k.get("budget") for k in live}},
+        spend=actions.costs,
     )
     forms = {f"limits-{k['id']}": PolicyForm.of(k) for k in live}
     forms |= {"create": PolicyForm(), "project-limits": PolicyForm.of(project)}
@@ -166,9 +175,12 @@ class KeysAction:
         value: str | None = None,
         form: PolicyForm | None = None,
     ) -> HTMLResponse:
-        """The page again with the refusal beside the form ``where``; a service that could not
-        be reached is not a refusal of the form, so it goes on to the error page (503)."""
-        if isinstance(exc, ApiUnavailable):
+        """The page again with the refusal beside the form ``where``. What is not about the
+        form goes on to its own page: a service that could not be reached (503), a credential
+        refused (401), a permission missing (403), the project gone or out of scope (404)."""
+        if isinstance(exc, ApiUnavailable) or exc.status in (401, 403):
+            raise exc
+        if exc.status == 404 and exc.param == "project_id":
             raise exc
         return await error_page(
             self.request,
@@ -195,12 +207,14 @@ class KeysAction:
 
 async def keys_action(
     request: Request,
-    app: ConsoleDep,
+    app: SignedInDep,
     session: CheckedSessionDep,
     project_id: str,
     revoked: Annotated[int, Form()] = 0,
 ) -> KeysAction:
-    """The checked form post of a project's keys page (``revoked``: the list it came from)."""
+    """The checked form post of a project's keys page (``revoked``: the list it came from);
+    the console's 404 for a project out of the session's scope."""
+    app.check_scope(project_id)
     return KeysAction(request, app, session, project_id, bool(revoked))
 
 

@@ -8,29 +8,24 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlencode
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.types import Message, Receive, Scope, Send
 
-from services.console import auth, keys_pages, limits_pages, projects, usage_pages
-from services.console.clients import (
-    ApiClient,
-    ApiProblem,
-    ApiUnavailable,
-    CostsApi,
-    KeysApi,
-    UsageApi,
-)
+from services.console import audit_pages, auth, keys_pages, limits_pages, projects, usage_pages
+from services.console.clients import ApiClient, CostsApi, KeysApi, UsageApi
+from services.console.error_pages import install_error_pages
 from services.console.formatting import install_filters
 from services.console.policies import summary
-from services.console.session import COOKIE_NAME, Session, SessionStore, SignInThrottle
+from services.console.proxy_auth import ProxySignInMiddleware
+from services.console.session import SessionStore, SignInThrottle
 from services.console.settings import ConsoleSettings
-from services.console.web import TEMPLATES, Console, CsrfRefused, SignedOut, render
+from services.console.sign_ins import SignIns
+from services.console.web import TEMPLATES, Console
 from shared.catalogue import load_catalogue
 from shared.http import HttpMiddleware, RequestIdMiddleware
 from shared.logs import setup_logging
@@ -101,19 +96,20 @@ def create_app(
     templates.env.globals["policy_summary"] = summary
 
     def client(kind: type[_Api], service: str, url: str, peer: str) -> _Api:
-        """One API's client: the operator token, the timeout, the test's transport if any."""
-        return kind(
-            service,
-            url,
-            settings.admin_token,
-            timeout_s=settings.api_timeout_s,
-            transport=transports.get(peer),
-        )
+        """One API's client (bound to a session's credential per request), the timeout, the
+        test's transport if any."""
+        return kind(service, url, timeout_s=settings.api_timeout_s, transport=transports.get(peer))
 
     state = Console(
         settings=settings,
         sessions=SessionStore(settings.session_idle_s, settings.session_max_s),
         throttle=SignInThrottle(settings.signin_attempts_per_minute),
+        sign_ins=SignIns(
+            settings.keys_url,
+            settings.internal_token,
+            timeout_s=settings.api_timeout_s,
+            transport=transports.get("keys"),
+        ),
         keys=client(KeysApi, "key service", settings.keys_url, "keys"),
         usage=client(UsageApi, "Usage API", settings.metering_url, "metering"),
         costs=client(CostsApi, "Costs API", settings.billing_url, "billing"),
@@ -124,7 +120,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        for api in (state.keys, state.usage, state.costs):
+        for api in (state.keys, state.usage, state.costs, state.sign_ins):
             await api.aclose()
 
     app = FastAPI(
@@ -132,9 +128,8 @@ def create_app(
     )
     app.state.console = state
 
-    def _session(request: Request) -> Session | None:
-        return state.sessions.get(request.cookies.get(COOKIE_NAME))
-
+    if settings.proxy_auth:
+        app.add_middleware(ProxySignInMiddleware, console=state)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
@@ -144,43 +139,11 @@ def create_app(
         """Liveness: the process answers."""
         return PlainTextResponse("ok")
 
-    @app.exception_handler(SignedOut)
-    async def signed_out(_: Request, exc: SignedOut) -> Response:
-        query = "" if exc.next_path == "/" else "?" + urlencode({"next": exc.next_path})
-        return RedirectResponse("/signin" + query, status_code=303)
-
-    @app.exception_handler(CsrfRefused)
-    async def csrf_refused(request: Request, _: CsrfRefused) -> HTMLResponse:
-        context = {
-            "title": "Request refused",
-            "status": 403,
-            "message": (
-                "This form was out of date or came from another site, so nothing was changed. "
-                "Go back, reload the page and try again."
-            ),
-        }
-        return render(
-            request, state, "error.html", context, session=_session(request), status_code=403
-        )
-
-    @app.exception_handler(ApiProblem)
-    async def api_problem(request: Request, exc: ApiProblem) -> HTMLResponse:
-        status = 503 if isinstance(exc, ApiUnavailable) else exc.status
-        title = (
-            "Service unavailable"
-            if status >= 500
-            else "Not found"
-            if status == 404
-            else ("Request failed")
-        )
-        context = {"title": title, "status": status, "message": exc.message}
-        return render(
-            request, state, "error.html", context, session=_session(request), status_code=status
-        )
-
+    install_error_pages(app, state)
     app.include_router(auth.router)
     app.include_router(projects.router)
     app.include_router(keys_pages.router)
     app.include_router(limits_pages.router)
     app.include_router(usage_pages.router)
+    app.include_router(audit_pages.router)
     return app

@@ -1,4 +1,10 @@
-"""Projects: the switcher every project page carries, the projects page, creating one."""
+"""Projects: the switcher every project page carries, the projects page, creating one.
+
+A session sees the projects in its scope only: the key service lists no other (and answers
+404 for one), and the console refuses a project outside the scope before asking. Without
+``projects:read`` the console cannot read project names: a project-scoped session still sees
+its projects, by id.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,17 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from services.console.access import Actions, scoped_projects
 from services.console.clients import ApiProblem, ApiUnavailable
 from services.console.session import Session
-from services.console.web import CheckedSessionDep, Console, ConsoleDep, SessionDep, render
+from services.console.web import (
+    CheckedSessionDep,
+    Console,
+    SessionDep,
+    SignedInDep,
+    allowed_form,
+    render,
+)
 
 router = APIRouter()
 
@@ -18,12 +32,37 @@ router = APIRouter()
 NAME_MAX_LENGTH = 64
 
 
+def project_page(actions: Actions) -> str | None:
+    """The page a project opens on for these actions: its keys, else its usage, else none."""
+    if actions.read_keys or actions.write_keys:
+        return "keys"
+    return "usage" if actions.usage else None
+
+
+def _unnamed(project_id: str) -> dict[str, Any]:
+    return {"id": project_id, "name": project_id, "unnamed": True}
+
+
+async def visible_projects(app: Console) -> list[dict[str, Any]]:
+    """The projects of the session's scope: as the key service lists them (``projects:read``),
+    or else by id from the scope it signed in with."""
+    principal = app.who
+    if app.actions.list_projects:
+        return scoped_projects(principal, await app.keys.list_projects())
+    return [_unnamed(p) for p in sorted(principal.project_ids)]
+
+
 async def project_context(app: Console, project_id: str) -> dict[str, Any]:
-    """The switcher's projects and the current one (404 from the key service if unknown)."""
-    projects = await app.keys.list_projects()
+    """The switcher's projects and the current one (the console's 404 when out of scope, the
+    key service's when unknown)."""
+    app.check_scope(project_id)
+    projects = await visible_projects(app)
     current = next((p for p in projects if p.get("id") == project_id), None)
     if current is None:
-        current = await app.keys.get_project(project_id)
+        if app.actions.list_projects:
+            current = await app.keys.get_project(project_id)
+        else:
+            current = _unnamed(project_id)
         projects = [*projects, current]
     return {"projects": projects, "project": current, "name_max": NAME_MAX_LENGTH}
 
@@ -38,11 +77,12 @@ async def _projects_page(
     dialog: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    projects = await app.keys.list_projects()
+    projects = await visible_projects(app)
     context = {
         "title": "Projects",
         "projects": projects,
         "project": None,
+        "project_page": project_page(app.actions),
         "error": error,
         "name": name,
         "name_max": NAME_MAX_LENGTH,
@@ -53,16 +93,16 @@ async def _projects_page(
 
 @router.get("/projects")
 async def projects_page(
-    request: Request, app: ConsoleDep, session: SessionDep, dialog: str | None = None
+    request: Request, app: SignedInDep, session: SessionDep, dialog: str | None = None
 ) -> HTMLResponse:
-    """Every project, and a form to create one (``dialog`` opens it without script)."""
+    """Every project in scope, and a form to create one (``dialog`` opens it without script)."""
     return await _projects_page(request, app, session, dialog=dialog)
 
 
-@router.post("/projects", response_model=None)
+@router.post("/projects", response_model=None, dependencies=[allowed_form("projects:write")])
 async def create_project(
     request: Request,
-    app: ConsoleDep,
+    app: SignedInDep,
     session: CheckedSessionDep,
     name: Annotated[str, Form()] = "",
 ) -> Response:
@@ -72,6 +112,8 @@ async def create_project(
     except ApiUnavailable:
         raise
     except ApiProblem as exc:
+        if exc.status in (401, 403):  # not the form's fault: the refusal's own page
+            raise
         return await _projects_page(
             request, app, session, error=exc.message, name=name, status_code=exc.status
         )
@@ -89,6 +131,8 @@ async def open_project(_: SessionDep, project: str = "", page: str = "keys") -> 
 
 
 @router.get("/projects/{project_id}", response_model=None)
-async def project_home(project_id: str, _: SessionDep) -> Response:
-    """A project opens on its API keys."""
-    return RedirectResponse(f"/projects/{project_id}/keys", status_code=303)
+async def project_home(project_id: str, app: SignedInDep) -> Response:
+    """A project opens on its API keys (or its usage, for who may not see keys)."""
+    app.check_scope(project_id)
+    page = project_page(app.actions) or "keys"
+    return RedirectResponse(f"/projects/{project_id}/{page}", status_code=303)

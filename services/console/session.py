@@ -1,9 +1,13 @@
-"""Server-side sessions: the cookie carries only a random id; the operator token never leaves.
+"""Server-side sessions: the cookie carries only a random id; the credential never leaves.
 
-A session proves that someone signed in with the operator token; the console itself calls
-the APIs with the token from its own settings. Sessions live in this process's memory (a
-restart signs everyone out) and end after an idle time and after a maximum age. The store
-keys them by the SHA-256 of the cookie value, so the table never holds a usable cookie.
+A session holds the credential it signed in with (the operator token or an admin key) and
+the principal the key service answered for it; every API call the console makes for the
+session carries that credential, so the APIs decide what it may see and do. Sessions live in
+this process's memory only (a restart signs everyone out) and end after an idle time and
+after a maximum age. The store keys them by the SHA-256 of the cookie value, so the table
+never holds a usable cookie. A session started by a single sign-on proxy is bound to the
+SHA-256 of the admin key the proxy sent (``bound_key``), and ends when the proxy sends
+another.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pydantic import SecretStr
+
+from services.console.access import Principal
+
 COOKIE_NAME = "tollgate_console_session"
 MAX_TRACKED_CLIENTS = 10_000
 FlashKind = Literal["success", "error"]
@@ -23,11 +31,15 @@ FlashKind = Literal["success", "error"]
 
 @dataclass
 class Session:
-    """One signed-in browser: its CSRF token and the messages to show on its next page."""
+    """One signed-in browser: who it is, its credential, its CSRF token and the messages to
+    show on its next page."""
 
     csrf_token: str
     created_at: float
     last_seen: float
+    credential: SecretStr = field(repr=False)
+    principal: Principal
+    bound_key: str | None = None  # SHA-256 of a proxy's admin key (TOLLGATE_CONSOLE_PROXY_AUTH)
     flashes: list[tuple[FlashKind, str]] = field(default_factory=list)
 
     def flash(self, message: str, kind: FlashKind = "success") -> None:
@@ -44,6 +56,11 @@ def _digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def key_digest(secret: str) -> str:
+    """The SHA-256 of an admin key, which a session started by a proxy is bound to."""
+    return _digest(secret)
+
+
 class SessionStore:
     """Sessions by cookie value, with idle and absolute expiry."""
 
@@ -55,12 +72,22 @@ class SessionStore:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
 
-    def create(self) -> tuple[str, Session]:
-        """A new session and the cookie value that names it (256 random bits)."""
+    def create(
+        self, credential: SecretStr, principal: Principal, *, bound_key: str | None = None
+    ) -> tuple[str, Session]:
+        """A new session of principal, signed in with credential, and the cookie value that
+        names it (256 random bits)."""
         self._purge()
         raw = secrets.token_urlsafe(32)
         now = self._clock()
-        session = Session(csrf_token=secrets.token_urlsafe(32), created_at=now, last_seen=now)
+        session = Session(
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            last_seen=now,
+            credential=credential,
+            principal=principal,
+            bound_key=bound_key,
+        )
         self._sessions[_digest(raw)] = session
         return raw, session
 

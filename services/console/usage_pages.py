@@ -1,4 +1,9 @@
-"""The Usage page and its CSV exports: one period, optional key and model filters."""
+"""The Usage page and its CSV exports: one period, optional key and model filters.
+
+The page needs ``usage:read``; its cost figures (totals, the cost chart, the cost columns,
+budgets' spend) ``costs:read``, without which billing is not asked and they are left out;
+the key filter's names ``keys:read``.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +31,21 @@ from services.console.usage import (
     build_report,
     resolve_period,
 )
-from services.console.web import Console, ConsoleDep, SessionDep, render
+from services.console.web import (
+    Console,
+    PermissionMissing,
+    SessionDep,
+    SignedInDep,
+    allowed,
+    render,
+)
 
 router = APIRouter()
 GROUP_BY = ("api_key_id", "model")
 KeyFilter = Annotated[list[str], Query(alias="key")]
 ModelFilter = Annotated[list[str], Query(alias="model")]
 CSV_SECTIONS = ("time", "cost", "keys", "models")
+USAGE_READ = [allowed("usage:read")]
 
 
 def _label(moment: datetime, width: str) -> str:
@@ -53,10 +66,15 @@ async def _buckets(
         return [], exc.message
 
 
+async def _no_buckets() -> list[dict[str, Any]]:
+    return []
+
+
 async def _report(
     app: Console, project_id: str, period: Period, keys: list[str], models: list[str]
 ) -> tuple[Report, dict[str, str]]:
-    """The report, and per part of the page the error of an API that failed."""
+    """The report, and per part of the page the error of an API that failed (costs only for
+    a session with ``costs:read``)."""
     usage_query = api_query(
         period, width=period.width, group_by=GROUP_BY, key_ids=keys, models=models
     )
@@ -64,7 +82,7 @@ async def _report(
     costs_query = api_query(period, width="1d", group_by=GROUP_BY, key_ids=keys, models=models)
     (usage, usage_error), (costs, costs_error) = await asyncio.gather(
         _buckets(app.usage.usage(project_id, usage_query)),
-        _buckets(app.costs.costs(project_id, costs_query)),
+        _buckets(app.costs.costs(project_id, costs_query) if app.actions.costs else _no_buckets()),
     )
     errors = {k: v for k, v in (("usage", usage_error), ("costs", costs_error)) if v}
     return build_report(period, usage, costs), errors
@@ -84,7 +102,7 @@ async def _budgets(
     wanted = {PROJECT: project.get("budget")}
     if key is not None:
         wanted[key["id"]] = key.get("budget")
-    budgets = await read_budgets(app.costs, project["id"], wanted)
+    budgets = await read_budgets(app.costs, project["id"], wanted, spend=app.actions.costs)
     shown = budgets.of(key["id"]) if key is not None else budgets.project
     on_chart = shown if shown is not None and shown.period == "day" and not filtered else None
     return budgets, on_chart
@@ -98,11 +116,18 @@ def _period(period: str, start: str, end: str) -> tuple[Period, str | None]:
         return resolve_period("7d", "", "", now), str(exc)
 
 
-@router.get("/projects/{project_id}/usage")
+async def _keys_of(app: Console, project_id: str) -> list[dict[str, Any]]:
+    """The project's keys, revoked too, for their names (none without ``keys:read``)."""
+    if not app.actions.read_keys:
+        return []
+    return await app.keys.list_keys(project_id, include_revoked=True)
+
+
+@router.get("/projects/{project_id}/usage", dependencies=USAGE_READ)
 async def usage_page(
     *,
     request: Request,
-    app: ConsoleDep,
+    app: SignedInDep,
     session: SessionDep,
     project_id: str,
     key: KeyFilter = [],  # noqa: B006 - FastAPI copies query defaults
@@ -113,7 +138,7 @@ async def usage_page(
 ) -> HTMLResponse:
     """Tokens, requests and costs of the project over a period, by key and by model."""
     context = await project_context(app, project_id)
-    all_keys = await app.keys.list_keys(project_id, include_revoked=True)
+    all_keys = await _keys_of(app, project_id)
     chosen, period_error = _period(period, start, end)
     report, errors = await _report(app, project_id, chosen, key, model)
     if period_error:
@@ -182,7 +207,7 @@ async def usage_page(
 
 
 def _csv_rows(
-    section: str, report: Report, names: dict[str, str], labels: list[str]
+    section: str, report: Report, names: dict[str, str], labels: list[str], *, costs: bool = True
 ) -> list[list[str]]:
     if section == "time":
         rows = [["bucket_start_utc", "label", "input_tokens", "output_tokens", "requests"]]
@@ -207,14 +232,15 @@ def _csv_rows(
             "input_tokens",
             "output_tokens",
             "requests",
-            "cost_usd",
+            *(["cost_usd"] if costs else []),
         ]
     ]
     table = report.by_key if section == "keys" else report.by_model
     for ident, t in table.items():
         extra = [names.get(ident, "")] if section == "keys" else []
+        cost = [str(t.cost)] if costs else []
         rows.append(
-            [ident, *extra, str(t.input_tokens), str(t.output_tokens), str(t.requests), str(t.cost)]
+            [ident, *extra, str(t.input_tokens), str(t.output_tokens), str(t.requests), *cost]
         )
     return rows
 
@@ -224,11 +250,10 @@ def _cell(value: str) -> str:
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-@router.get("/projects/{project_id}/usage.csv")
+@router.get("/projects/{project_id}/usage.csv", dependencies=USAGE_READ)
 async def usage_csv(
     *,
-    app: ConsoleDep,
-    _: SessionDep,
+    app: SignedInDep,
     project_id: str,
     section: str = "time",
     key: KeyFilter = [],  # noqa: B006
@@ -240,8 +265,10 @@ async def usage_csv(
     """One table or chart of the Usage page as CSV, for the same period and filters."""
     if section not in CSV_SECTIONS:
         raise ApiProblem("console", 404, "No such export.")
+    if section == "cost" and not app.actions.costs:
+        raise PermissionMissing("costs:read")
     await project_context(app, project_id)
-    all_keys = await app.keys.list_keys(project_id, include_revoked=True)
+    all_keys = await _keys_of(app, project_id)
     chosen, _error = _period(period, start, end)
     report, errors = await _report(app, project_id, chosen, key, model)
     if errors:
@@ -250,7 +277,7 @@ async def usage_csv(
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     names = {k["id"]: str(k.get("name", "")) for k in all_keys}
-    for row in _csv_rows(section, report, names, labels):
+    for row in _csv_rows(section, report, names, labels, costs=app.actions.costs):
         writer.writerow([_cell(v) for v in row])
     filename = f"tollgate-{section}-{project_id}-{chosen.start:%Y%m%d}-{chosen.end:%Y%m%d}.csv"
     return Response(

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from deploy.ports import free_port
 from deploy.stack import Endpoints
 from services.billing.main import create_app as create_billing
 from services.keys.main import create_app as create_keys
@@ -22,6 +23,7 @@ from services.metering.main import create_app as create_metering
 from tests.console.browsing import browser, running
 from tests.console.helpers import TOKEN
 from tests.console.served import service_settings
+from tests.served import Served
 
 __all__ = ["Apis", "apis", "browser", "keys_only", "running", "schemas"]
 
@@ -83,11 +85,18 @@ async def keys_only(
 async def apis(
     endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
 ) -> AsyncIterator[Apis]:
-    """The real key, metering and billing services, consuming this test's usage.events."""
-    keys, metering, billing = service_settings(endpoints, schemas, topic_prefix, unique)
+    """The real key, metering and billing services, consuming this test's usage.events; the
+    key service on a port of its own, since metering and billing follow its admin keys."""
+    port = free_port()
+    keys, metering, billing = service_settings(
+        endpoints, schemas, topic_prefix, unique, keys_url=f"http://127.0.0.1:{port}"
+    )
     async with AsyncExitStack() as stack:
+        keys_app = create_keys(keys)
+        served = await Served(keys_app, port).start()  # its lifespan too
+        stack.push_async_callback(served.stop)
         yield Apis(
-            await _running(stack, create_keys(keys)),
+            keys_app,
             await _running(stack, create_metering(metering)),
             await _running(stack, create_billing(billing)),
         )

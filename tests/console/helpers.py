@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 
@@ -27,6 +28,7 @@ def console_settings(**overrides: object) -> ConsoleSettings:
     """Console settings for a test: the test token, APIs where overrides say."""
     values: dict[str, object] = {
         "admin_token": TOKEN,
+        "internal_token": INTERNAL_TOKEN,
         "keys_url": "http://keys",
         "metering_url": "http://metering",
         "billing_url": "http://billing",
@@ -61,3 +63,29 @@ async def sign_in(client: httpx.AsyncClient, token: str = TOKEN) -> httpx.Respon
         data={"token": token, "csrf_token": csrf_of(form.text), "next": "/"},
         headers={"Origin": str(client.base_url).rstrip("/")},
     )
+
+
+async def admin_key(
+    api: httpx.AsyncClient,
+    permissions: list[str],
+    project_ids: list[str] | None = None,
+    name: str = "member",
+) -> dict[str, Any]:
+    """A new admin key, made by root through the key service (None: organization scope);
+    its secret is the answer's ``value``."""
+    scope = {"organization": True} if project_ids is None else {"project_ids": project_ids}
+    answer = await api.post(
+        "/v1/organization/admin_api_keys",
+        json={"name": name, "scope": scope, "permissions": permissions},
+    )
+    assert answer.status_code == 201, answer.text
+    created: dict[str, Any] = answer.json()
+    return created
+
+
+async def audit_entries(api: httpx.AsyncClient, *params: tuple[str, str]) -> list[dict[str, Any]]:
+    """The key service's audit entries with these filters, newest first (root's sight)."""
+    answer = await api.get("/v1/organization/audit_logs", params=[("limit", "100"), *params])
+    assert answer.status_code == 200, answer.text
+    data: list[dict[str, Any]] = answer.json()["data"]
+    return data

@@ -68,10 +68,16 @@ def _settings(name: str, wired: described.Wiring) -> dict[str, object]:
 
 
 def service_settings(
-    endpoints: Endpoints, schemas: tuple[str, str, str], topic_prefix: str, unique: str
+    endpoints: Endpoints,
+    schemas: tuple[str, str, str],
+    topic_prefix: str,
+    unique: str,
+    *,
+    keys_url: str = "http://127.0.0.1:9",
 ) -> tuple[KeysSettings, MeteringSettings, BillingSettings]:
-    """Settings of one key, metering and billing service on this test's schemas and topics."""
-    wired = wiring(endpoints, schemas, topic_prefix, unique)
+    """Settings of one key, metering and billing service on this test's schemas and topics;
+    metering and billing follow the key service's admin keys at keys_url."""
+    wired = wiring(endpoints, schemas, topic_prefix, unique, urls={"keys": keys_url})
     return (
         KeysSettings.model_validate(_settings("keys", wired)),
         MeteringSettings.model_validate(_settings("metering", wired)),

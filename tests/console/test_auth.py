@@ -1,7 +1,9 @@
 """Sign-in, sign-out, the session cookie and CSRF, on the console app in this process.
 
 The key service here is an address nobody answers on: these tests must never need it, and a
-page that does need it shows the key service's outage instead of crashing.
+page that does need it shows the key service's outage instead of crashing. Sign-in with the
+operator token works all the same (break-glass, logged as not audited); an admin key cannot
+be checked, and says so.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from http.cookies import SimpleCookie
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from services.console.access import ROOT
 from services.console.session import COOKIE_NAME, SessionStore, SignInThrottle
+from shared import apikeys
 from tests.console.helpers import TOKEN, console_client, console_settings, csrf_of, sign_in
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
-DOWN = console_settings(keys_url="http://127.0.0.1:9", api_timeout_s=2)
+DOWN_VALUES: dict[str, object] = {"keys_url": "http://127.0.0.1:9", "api_timeout_s": 2}
+DOWN = console_settings(**DOWN_VALUES)
 ORIGIN = {"Origin": "http://console.test"}
 
 
@@ -77,7 +83,7 @@ async def test_a_wrong_token_cannot_sign_in() -> None:
         assert response.status_code == 401
         assert COOKIE_NAME not in response.headers.get("set-cookie", "")
         assert 'aria-describedby="token-error"' in response.text
-        assert "That is not the operator token" in response.text
+        assert "neither the operator token nor an active admin key" in response.text
         assert (await client.get("/projects")).status_code == 303
         empty = await sign_in(client, token="")
         assert empty.status_code == 401
@@ -113,6 +119,30 @@ async def test_sign_in_gives_a_strict_httponly_cookie_that_sign_out_ends() -> No
         client.cookies.set(COOKIE_NAME, raw)
         replay = await client.get("/projects")
         assert replay.status_code == 303
+
+
+async def test_the_operator_token_signs_in_unaudited_while_the_key_service_is_down(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    async with console_client(DOWN) as client:
+        response = await sign_in(client)
+        assert response.status_code == 303
+    logged = capfd.readouterr().err  # the app's log lines (setup_logging writes to stderr)
+    assert "sign-in not audited: key service unavailable" in logged
+    assert TOKEN not in logged
+
+
+async def test_an_admin_key_cannot_sign_in_while_the_key_service_is_down() -> None:
+    admin_key = apikeys.generate_admin()
+    async with console_client(console_settings(**DOWN_VALUES, signin_attempts_per_minute=2)) as c:
+        response = await sign_in(c, token=admin_key)
+        assert response.status_code == 503
+        assert "could not be reached" in response.text
+        assert admin_key not in response.text
+        assert COOKIE_NAME not in response.headers.get("set-cookie", "")
+        # Not the operator token either: it counts against the address's attempts.
+        assert (await sign_in(c, token=admin_key)).status_code == 503
+        assert (await sign_in(c)).status_code == 429
 
 
 async def test_cookies_are_secure_over_https() -> None:
@@ -223,13 +253,14 @@ async def test_pages_carry_security_headers_and_no_cache() -> None:
 def test_sessions_end_after_idle_time_and_maximum_age() -> None:
     now = [1000.0]
     store = SessionStore(idle_s=60, max_s=300, clock=lambda: now[0])
-    raw, session = store.create()
+    token = SecretStr(TOKEN)
+    raw, session = store.create(token, ROOT)
     assert store.get(raw) is session
     now[0] += 59
     assert store.get(raw) is session  # touched: the idle clock restarts
     now[0] += 61
     assert store.get(raw) is None
-    raw, session = store.create()
+    raw, session = store.create(token, ROOT)
     for _ in range(6):
         now[0] += 50
         assert store.get(raw) is session
