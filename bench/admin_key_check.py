@@ -5,8 +5,9 @@
 Runs the key service in-process (real lifespan) on the running local stack (deploy.stack), in
 a schema of its own dropped afterwards. Reports, per check: the operator token's constant-time
 comparison (the only check before admin keys); an admin key's warm path (format and checksum,
-SHA-256, the per-process cache: no network); its cold path (one PostgreSQL round trip); and a
-whole GET /v1/projects/{id} over ASGI with each credential.
+SHA-256, the per-process cache: no network); metering's and billing's (the states followed
+from the key service's stream, in memory: no network); the key service's cold path (one
+PostgreSQL round trip); and a whole GET /v1/projects/{id} over ASGI with each credential.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from deploy.stack import Stack
 from services.keys.main import create_app
 from services.keys.settings import KeysSettings
 from shared import apikeys
+from shared.admin_key_follower import AdminKeyFollower
 from shared.http import token_matches
 from shared.state_mac import new_keyring_text
 
@@ -82,6 +84,22 @@ async def main(n: int) -> None:
                 apikeys.is_well_formed_admin(secret)
                 await cache.get(apikeys.hash_key(secret))
             print(f"admin key check, warm           {per_call_us(started, n):8.2f} us")
+
+            # Metering's and billing's check: the states followed from the key service's stream
+            # (the snapshot line it sends, fed here), held in memory: no network either.
+            for _ in range(200):
+                if app.state.admin_key_states.fresh():
+                    break
+                await asyncio.sleep(0.05)
+            snapshot, queue = app.state.admin_key_states.follow()
+            app.state.admin_key_states.unfollow(queue)
+            follower = AdminKeyFollower("http://127.0.0.1:1", SecretStr(INTERNAL))
+            follower.take(snapshot)
+            started = time.perf_counter()
+            for _ in range(n):
+                apikeys.is_well_formed_admin(secret)
+                await follower.active(apikeys.hash_key(secret))
+            print(f"admin key check, followed       {per_call_us(started, n):8.2f} us")
 
             cold = max(1, n // 50)
             started = time.perf_counter()

@@ -170,6 +170,7 @@ async def main() -> None:
         "kafka_bootstrap": endpoints.kafka_bootstrap,
         "database_url": endpoints.database_url,
         "admin_token": TOKEN,
+        "internal_token": SecretStr("bench-internal-token-0123456789"),
         "topic_prefix": prefix,
         "max_batch": args.batch,
         "log_json": False,
@@ -179,7 +180,6 @@ async def main() -> None:
     b_set = BillingSettings(
         db_schema=f"bench_b_{run}",
         consumer_group=f"bench-b-{run}",
-        internal_token=SecretStr("bench-internal-token-0123456789"),
         **common,
     )
     dsn = endpoints.database_url

@@ -4,6 +4,7 @@
     ├── BadRequest                400 invalid_request_error
     ├── Unauthorized              401 invalid_api_key
     ├── NotFound                  404 not_found
+    ├── InsufficientPermissions   403 insufficient_permissions
     ├── Conflict                  409 conflict
     └── ServiceUnavailable        503 service_unavailable
 
@@ -70,6 +71,22 @@ class Conflict(ApiError):
     status_code = 409
     error_type = "invalid_request_error"
     code = "conflict"
+
+
+class InsufficientPermissions(ApiError):
+    """The admin key lacks a permission the call needs (or would grant one it lacks)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "insufficient_permissions"
+
+    def __init__(self, permission: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"This admin key lacks the permission '{permission}' that this request needs.",
+            param=None,
+        )
+        self.permission = permission
 
 
 class ServiceUnavailable(ApiError):

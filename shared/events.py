@@ -264,6 +264,8 @@ AuditEventType = Literal[
     "admin_api_key.created",
     "admin_api_key.rotated",
     "admin_api_key.deleted",
+    "login.succeeded",
+    "login.failed",
 ]
 AUDIT_EVENT_TYPES: tuple[AuditEventType, ...] = get_args(AuditEventType)
 Permission = Literal[
@@ -303,15 +305,19 @@ class AdminKeyState(BaseModel):
 
 
 class AuditActor(BaseModel):
-    """Who made a change: root (the operator token) or an admin key (its id and hint)."""
+    """Who made a change: root (the operator token) or an admin key (its id and hint); for a
+    console sign-in, the console session (signed in as root or an admin key, or ``anonymous``
+    when the sign-in failed)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    type: Literal["root", "admin_key"] = Field(description="root, or admin_key")
+    type: Literal["root", "admin_key", "console_session"] = Field(
+        description="root, admin_key, or console_session (a console sign-in)"
+    )
     id: str = Field(
         max_length=80,
-        pattern=f"^(root|{ADMIN_KEY_ID_CHARS})$",
-        description="the admin key's id, or 'root'",
+        pattern=f"^(root|anonymous|{ADMIN_KEY_ID_CHARS})$",
+        description="the admin key's id, 'root', or 'anonymous' (a failed console sign-in)",
         examples=["admkey_4f2k9QpL0xZa7TmB3cWd1YhE"],
     )
     hint: KeyHint | None = Field(None, description="the admin key's hint; null for root")

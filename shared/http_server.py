@@ -58,6 +58,17 @@ class Refused(Exception):
     """Raised in a parser callback once the request was answered: stops the parser."""
 
 
+# The addresses (host, port) of the servers of this process that began their shutdown: no new
+# connections, the open ones finish. A long answer (a stream of states) looks and ends, so the
+# shutdown is not held until the graceful timeout. By address, as the ASGI scope names it.
+_DRAINING: set[tuple[str, int]] = set()
+
+
+def draining(server: tuple[str, int] | None) -> bool:
+    """True once the server at this address (the ASGI scope's ``server``) began its shutdown."""
+    return server is not None and tuple(server) in _DRAINING
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounded heads, timed heads and bodies, a connection
     limit, a Host check and a safe early answer to ``Expect: 100-continue``."""
@@ -96,6 +107,9 @@ class HttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         over = len(self.connections) >= self._max_connections
         super().connection_made(transport)
+        if self.server is not None and self.server[1] is not None:
+            # A server that accepts is not draining (a new one on the address of an old one).
+            _DRAINING.discard((self.server[0], self.server[1]))
         now = self.loop.time()
         self._last_data = now
         self._head_since = now  # a new connection has head_timeout_s for its first head
@@ -105,6 +119,11 @@ class HttpProtocol(HttpToolsProtocol):
             self._over_limit = True
             self._head_room = 0
         self._guard = self.loop.call_later(self._head_timeout, self._guard_due)
+
+    def shutdown(self) -> None:
+        if self.server is not None and self.server[1] is not None:
+            _DRAINING.add((self.server[0], self.server[1]))
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._guard is not None:

@@ -12,6 +12,7 @@ from services.billing import repository
 from services.billing.money import dumps_exact, to_cents
 from services.billing.service import GROUP_FIELDS, WIDTHS, costs_page, parse_since, spend_body
 from services.billing.settings import BillingSettings
+from shared.access import management_guard
 from shared.events import utc_now
 from shared.http import require_bearer
 from shared.ledger import unavailable_as_503
@@ -36,8 +37,10 @@ def _query(request: Request) -> UsageQuery:
 
 
 def costs_router(settings: BillingSettings) -> APIRouter:
-    """The Costs API, guarded by the operator token and scoped to the project in the path."""
-    router = APIRouter(dependencies=[Depends(require_bearer(settings.admin_token))])
+    """The Costs API, for the operator token and admin keys holding ``costs:read``, the
+    project in scope."""
+    guard = management_guard(settings.admin_token, "costs:read")
+    router = APIRouter(dependencies=[Depends(guard)])
 
     @router.get("/v1/projects/{project_id}/costs")
     async def get_costs(project_id: ProjectId, request: Request) -> Response:

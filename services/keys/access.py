@@ -14,73 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Header, Request
 
 from services.keys.admin_key_cache import AdminKeyCache
 from services.keys.audit import AuditContext
-from services.keys.errors import DatabaseUnavailable, InsufficientPermissions, ProjectNotFound
+from services.keys.errors import DatabaseUnavailable, ProjectNotFound
 from services.keys.transactions import OUTAGE
 from shared import apikeys
+from shared.access import PROJECT_ID_PATH_MAX, ROOT, UNAUTHORIZED, Principal
 from shared.errors import Unauthorized
-from shared.events import (
-    PERMISSIONS,
-    USER_AGENT_MAX,
-    AdminKeyState,
-    AuditActor,
-    Permission,
-)
+from shared.events import USER_AGENT_MAX, Permission
 from shared.http import bearer_token, token_matches
-
-
-@dataclass(frozen=True)
-class Principal:
-    """A caller's identity and rights: root, or one admin key's scope and permissions."""
-
-    kind: Literal["root", "admin_key"]
-    id: str
-    hint: str | None
-    organization: bool
-    project_ids: frozenset[str]
-    permissions: frozenset[str]
-
-    @classmethod
-    def of(cls, state: AdminKeyState) -> Principal:
-        return cls(
-            "admin_key",
-            state.id,
-            state.hint,
-            state.organization,
-            frozenset(state.project_ids),
-            frozenset(state.permissions),
-        )
-
-    def require(self, permission: Permission) -> None:
-        """InsufficientPermissions (403, naming it) when the caller lacks the permission."""
-        if permission not in self.permissions:
-            raise InsufficientPermissions(permission)
-
-    def sees(self, project_id: str | None) -> bool:
-        """True when the project is in scope (None, the organization: only for org scope)."""
-        return self.organization or (project_id is not None and project_id in self.project_ids)
-
-    @property
-    def within(self) -> list[str] | None:
-        """The projects in scope, or None for the whole organization (SQL filters take it)."""
-        return None if self.organization else sorted(self.project_ids)
-
-    @property
-    def holding(self) -> list[str] | None:
-        """The permissions held, or None for root (who holds every one, present and future)."""
-        return None if self.kind == "root" else sorted(self.permissions)
-
-    @property
-    def actor(self) -> AuditActor:
-        return AuditActor(type=self.kind, id=self.id, hint=self.hint)
-
-
-ROOT = Principal("root", "root", None, True, frozenset(), frozenset(PERMISSIONS))
 
 
 @dataclass(frozen=True)
@@ -97,7 +43,8 @@ class Caller:
         return project_id
 
 
-def _printable(text: str | None, limit: int) -> str | None:
+def clipped(text: str | None, limit: int) -> str | None:
+    """At most limit characters of text, each unprintable one as '?'; None for none."""
     if text is None:
         return None
     kept = "".join(c if c.isprintable() else "?" for c in text[:limit])
@@ -109,17 +56,10 @@ def context_of(request: Request, principal: Principal) -> AuditContext:
     client = request.client
     return AuditContext(
         actor=principal.actor,
-        ip=_printable(client.host if client else None, 64),
-        user_agent=_printable(request.headers.get("user-agent"), USER_AGENT_MAX),
+        ip=clipped(client.host if client else None, 64),
+        user_agent=clipped(request.headers.get("user-agent"), USER_AGENT_MAX),
         request_id=getattr(request.state, "request_id", None),
     )
-
-
-PROJECT_ID_PATH_MAX = 128  # the routes' own bound; a longer id is the route's 400
-_UNAUTHORIZED = (
-    "Missing or incorrect credentials. Send the operator token or an admin key "
-    "(sk-tg-admin-...) as 'Authorization: Bearer <token>'; API keys cannot manage anything."
-)
 
 
 async def authenticate(request: Request, authorization: str | None) -> Principal:
@@ -129,14 +69,14 @@ async def authenticate(request: Request, authorization: str | None) -> Principal
     if token_matches(token, request.app.state.settings.admin_token):
         return ROOT
     if token is None or not apikeys.is_well_formed_admin(token):
-        raise Unauthorized(_UNAUTHORIZED, code="invalid_api_key")
+        raise Unauthorized(UNAUTHORIZED, code="invalid_api_key")
     cache: AdminKeyCache = request.app.state.admin_keys
     try:
         state = await cache.get(apikeys.hash_key(token))
     except OUTAGE as exc:
         raise DatabaseUnavailable("The key database is unavailable; retry shortly.") from exc
     if state is None or state.status != "active":
-        raise Unauthorized(_UNAUTHORIZED, code="invalid_api_key")
+        raise Unauthorized(UNAUTHORIZED, code="invalid_api_key")
     return Principal.of(state)
 
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -74,6 +75,7 @@ class AdminKeyCache:
         self.invalidations = 0
         self._entries: dict[str, tuple[float, AdminKeyState | None]] = {}
         self._generation = 0  # moved by every notification and every (re)connection
+        self.on_change: Callable[[str], None] | None = None  # told each notified admin key id
         self.worker = Worker(
             "keys-admin-key-listener",
             self._listen,
@@ -134,6 +136,8 @@ class AdminKeyCache:
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self.forget(str(payload))
+        if self.on_change is not None:
+            self.on_change(str(payload))
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema})

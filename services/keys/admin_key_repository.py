@@ -141,6 +141,18 @@ async def authenticate(conn: Executor, key_hash: str) -> Row | None:
     )
 
 
+async def fingerprint(conn: Executor) -> tuple[int, int]:
+    """The count of admin keys and the sum of their versions: any change moves it."""
+    row = await conn.fetchrow("SELECT count(*), coalesce(sum(version), 0) FROM admin_api_keys")
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def all_admin_keys(conn: Executor) -> list[Row]:
+    """Every admin key (revoked ones too), as the followers' states are made of."""
+    return list(await conn.fetch(f"SELECT {_COLUMNS} FROM admin_api_keys ORDER BY id"))
+
+
 async def existing_projects(conn: Executor, project_ids: Sequence[str]) -> set[str]:
     """Those of project_ids that are projects."""
     rows = await conn.fetch("SELECT id FROM projects WHERE id = ANY($1::text[])", list(project_ids))

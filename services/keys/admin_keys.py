@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from services.keys import admin_key_repository as repo
-from services.keys.access import Principal
 from services.keys.audit import AuditContext
-from services.keys.errors import AdminKeyNotFound, AdminKeyRevoked, InsufficientPermissions
+from services.keys.errors import AdminKeyNotFound, AdminKeyRevoked
 from services.keys.rows import Created, Row
 from services.keys.transactions import Transactions
 from shared import apikeys
-from shared.errors import BadRequest
+from shared.access import Principal
+from shared.errors import BadRequest, InsufficientPermissions
 from shared.events import utc_now
 from shared.ids import resource_id
 
@@ -97,6 +97,8 @@ class AdminKeys(Transactions):
                 owner=caller.actor.model_dump(),
                 now=now,
             )
+            # Every replica's stream of states passes it on at once (admin_key_stream.py).
+            await repo.notify_change(conn, self.admin_channel, row["id"])
             await self.audit(
                 conn,
                 context,

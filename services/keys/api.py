@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 
 from services.keys import repository as repo
 from services.keys.access import Caller, allowed
-from services.keys.errors import InsufficientPermissions
 from services.keys.models import (
     ApiKey,
     ApiKeyWithSecret,
@@ -30,7 +29,7 @@ from services.keys.policies import KEY_FIELDS, budget_of, rate_limits_of
 from services.keys.rows import Row
 from services.keys.service import KeyService, view_status
 from services.keys.settings import KeysSettings
-from shared.errors import NotFound
+from shared.errors import InsufficientPermissions, NotFound
 from shared.events import KeyState, utc_now
 from shared.http import liveness_router, require_bearer
 from shared.ledger.retry import READ_ERRORS
@@ -266,11 +265,15 @@ async def readyz(request: Request) -> JSONResponse:
         body |= mirror.stats()  # the direct Redis writes: written, failed, last error
     if (admin_keys := getattr(request.app.state, "admin_keys", None)) is not None:
         body |= admin_keys.stats()  # listening for changes, entries, hits, misses
+    states = getattr(request.app.state, "admin_key_states", None)
+    if states is not None:
+        body |= states.stats()  # fresh, how many, followers (metering, billing, console)
     consumer = request.app.state.consumer
     if consumer is not None:
         body |= consumer.stats()
     # Each background worker's lifecycle: running, restarts, last error (shared/worker.py).
-    workers = (relay, consumer, admin_keys, getattr(request.app.state, "partitions", None))
+    partitions = getattr(request.app.state, "partitions", None)
+    workers = (relay, consumer, admin_keys, states, partitions)
     body["workers"] = {w.worker.name: w.worker.health() for w in workers if w is not None}
     try:
         body["outbox_backlog"] = await repo.outbox_backlog(request.app.state.pool)

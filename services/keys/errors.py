@@ -7,10 +7,12 @@ KeysError                         500 server_error
 ├── KeyExpired                    409 key_expired
 ├── InvalidExpiry                 400 invalid_expires_at
 ├── ModelNotInCatalogue           400 model_not_found (param allowed_models)
-├── InsufficientPermissions       403 insufficient_permissions (the permission named)
 ├── AdminKeyNotFound              404 not_found
 ├── AdminKeyRevoked               409 key_revoked
 └── DatabaseUnavailable           503 service_unavailable
+
+InsufficientPermissions (403, the permission named) is shared.errors', as metering and billing
+answer it too.
 """
 
 from __future__ import annotations
@@ -73,22 +75,6 @@ class ModelNotInCatalogue(KeysError, BadRequest):
             param="allowed_models",
             code="model_not_found",
         )
-
-
-class InsufficientPermissions(KeysError):
-    """The admin key lacks a permission the call needs (or would grant one it lacks)."""
-
-    status_code = 403
-    error_type = "invalid_request_error"
-    code = "insufficient_permissions"
-
-    def __init__(self, permission: str, message: str | None = None) -> None:
-        super().__init__(
-            message
-            or f"This admin key lacks the permission '{permission}' that this request needs.",
-            param=None,
-        )
-        self.permission = permission
 
 
 class AdminKeyNotFound(KeysError, NotFound):

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 from fastapi import FastAPI
 
 from services.keys.access_api import organization_router
 from services.keys.admin_key_cache import AdminKeyCache
+from services.keys.admin_key_stream import AdminKeyStates, admin_key_states_router
 from services.keys.api import health_router, internal_router, management_router
 from services.keys.audit import Partitions
 from services.keys.handlers import LastUsedConsumer
@@ -21,6 +23,7 @@ from services.keys.outbox import OutboxRelay
 from services.keys.resign import resign_if_needed
 from services.keys.service import KeyService
 from services.keys.settings import KeysSettings
+from services.keys.sign_ins import sign_in_router
 from shared.catalogue import load_catalogue
 from shared.db import apply_migrations, create_pool
 from shared.errors import install_error_handlers
@@ -29,6 +32,23 @@ from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _admin_access(
+    settings: KeysSettings, pool: asyncpg.Pool
+) -> tuple[AdminKeyCache, AdminKeyStates]:
+    """This replica's cache of admin keys by hash (its own checks), and every admin key's state
+    for the other services' streams, synced at once on the cache's notifications."""
+    cache = AdminKeyCache(
+        pool,
+        dsn=settings.database_url.get_secret_value(),
+        schema=settings.db_schema,
+        channel=settings.admin_channel,
+        ttl_s=settings.admin_key_cache_ttl_s,
+    )
+    states = AdminKeyStates(pool)
+    cache.on_change = states.changed
+    return cache, states
 
 
 def create_app(settings: KeysSettings | None = None) -> FastAPI:
@@ -60,13 +80,7 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             if settings.redis_write
             else None
         )
-        admin_keys = AdminKeyCache(
-            pool,
-            dsn=settings.database_url.get_secret_value(),
-            schema=settings.db_schema,
-            channel=settings.admin_channel,
-            ttl_s=settings.admin_key_cache_ttl_s,
-        )
+        admin_keys, admin_key_states = _admin_access(settings, pool)
         partitions = Partitions(
             pool,
             months_ahead=settings.audit_months_ahead,
@@ -76,19 +90,22 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             await apply_migrations(pool, settings.db_schema, MIGRATIONS)
             # Before serving: a change with no partition for its audit entry would fail.
             await partitions.maintain()
-            partitions.start()
-            admin_keys.start()
-            app.state.settings = settings
-            app.state.admin_keys = admin_keys
-            app.state.partitions = partitions
             # Kafka is not needed to start: the API works without it and the workers retry.
-            for worker in (relay, consumer):
+            for worker in (partitions, admin_keys, admin_key_states, relay, consumer):
                 if worker is not None:
                     worker.start()
-            app.state.pool = pool
-            app.state.relay = relay
-            app.state.consumer = consumer
-            app.state.mirror = mirror
+            held = {
+                "settings": settings,
+                "admin_keys": admin_keys,
+                "admin_key_states": admin_key_states,
+                "partitions": partitions,
+                "pool": pool,
+                "relay": relay,
+                "consumer": consumer,
+                "mirror": mirror,
+            }
+            for name, value in held.items():
+                setattr(app.state, name, value)
             app.state.service = KeyService(
                 pool,
                 topic=settings.keys_topic,
@@ -104,11 +121,9 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             await resign_if_needed(app.state.service, settings.resign_batch)
             yield
         finally:
-            await admin_keys.stop()
-            await partitions.stop()
-            for worker in (consumer, relay):
-                if worker is not None:
-                    await worker.stop()
+            for stopped in (admin_key_states, admin_keys, partitions, consumer, relay):
+                if stopped is not None:
+                    await stopped.stop()
             if mirror is not None:
                 await mirror.close()
             try:
@@ -130,4 +145,6 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
     app.include_router(management_router())
     app.include_router(organization_router())
     app.include_router(internal_router(settings))
+    app.include_router(sign_in_router(settings))
+    app.include_router(admin_key_states_router(settings))
     return app

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Path, Request
 from services.metering import repository
 from services.metering.service import GROUP_FIELDS, WIDTHS, usage_page
 from services.metering.settings import MeteringSettings
+from shared.access import management_guard
 from shared.events import utc_now
-from shared.http import require_bearer
 from shared.ledger import unavailable_as_503
 from shared.usage_query import parse_usage_query
 
@@ -18,8 +18,10 @@ ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 def usage_router(settings: MeteringSettings) -> APIRouter:
-    """The Usage API, guarded by the operator token and scoped to the project in the path."""
-    router = APIRouter(dependencies=[Depends(require_bearer(settings.admin_token))])
+    """The Usage API, for the operator token and admin keys holding ``usage:read``, the
+    project in scope."""
+    guard = management_guard(settings.admin_token, "usage:read")
+    router = APIRouter(dependencies=[Depends(guard)])
 
     @router.get("/v1/projects/{project_id}/usage")
     async def get_usage(project_id: ProjectId, request: Request) -> dict[str, Any]:

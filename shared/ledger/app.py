@@ -3,10 +3,11 @@ consumer.
 
 At start: the pool on the service's schema, the migrations (the plumbing's tables, then the
 service's ledgers), the topics checked, and when ``consume`` is set the consumer joined; at
-stop, the consumer leaves its group (bounded) before the pool closes. The app has the request
-id middleware, OpenAI's error shape and ``/healthz``, ``/readyz``, ``/metrics`` (health.py); the
-service adds its routers, and whatever it keeps on ``app.state`` besides ``pool`` and
-``consumer``.
+stop, the consumer leaves its group (bounded) before the pool closes. An ``AdminKeyFollower``
+keeps the admin keys' states (``app.state.admin_keys``) for ``shared.access.management_guard``.
+The app has the request id middleware, OpenAI's error shape and ``/healthz``, ``/readyz``,
+``/metrics`` (health.py); the service adds its routers, and whatever it keeps on ``app.state``
+besides ``pool``, ``consumer`` and ``admin_keys``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter, FastAPI
 
+from shared.admin_key_follower import AdminKeyFollower
 from shared.db import MigrationSet, apply_migrations, create_pool
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
@@ -57,6 +59,12 @@ def ledger_app(
             application=f"tollgate-{name}",
         )
         running = None
+        admin_keys = AdminKeyFollower(
+            settings.keys_url,
+            settings.internal_token,
+            stale_s=settings.admin_key_stale_s,
+            name=f"{name}-admin-key-follower",
+        )
         try:
             await apply_migrations(pool, settings.db_schema, migrations)
             if settings.consume:
@@ -68,12 +76,15 @@ def ledger_app(
                 )
                 running = consumer(pool, f"{name}-{socket.gethostname()}-{os.getpid()}")
                 await running.start()
+            admin_keys.start()
             app.state.pool = pool
             app.state.consumer = running
+            app.state.admin_keys = admin_keys
             for key, value in (state or {}).items():
                 setattr(app.state, key, value)
             yield
         finally:
+            await admin_keys.stop()
             if running is not None:
                 await running.stop()
             await pool.close()

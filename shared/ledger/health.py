@@ -38,7 +38,10 @@ async def readyz(request: Request) -> JSONResponse:
         status, code = "consumer stopped", 503
     elif stats.get("stalled"):
         status, code = "consumer stalled", 503
-    return JSONResponse({"status": status, **stats}, status_code=code)
+    # Admin keys' follower is reported, never a reason for 503: the operator token still works.
+    admin_keys = getattr(request.app.state, "admin_keys", None)
+    followed = admin_keys.stats() if admin_keys is not None else {}
+    return JSONResponse({"status": status, **stats, **followed}, status_code=code)
 
 
 class _ConsumerCollector(Collector):

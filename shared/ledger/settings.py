@@ -7,14 +7,26 @@ from datetime import timedelta
 from pydantic import Field, field_validator
 
 from shared.ledger.consumer import ConsumerConfig
-from shared.settings import TokenGuardedSettings
+from shared.settings import InternalTokenSettings
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ, USAGE_RETENTION_MS, topic_name
 
 RETENTION_S = USAGE_RETENTION_MS // 1000
 
 
-class LedgerServiceSettings(TokenGuardedSettings):
-    """A service that consumes ``usage.events`` into ledgers and serves them over HTTP."""
+class LedgerServiceSettings(InternalTokenSettings):
+    """A service that consumes ``usage.events`` into ledgers and serves them over HTTP, to the
+    operator token and to admin keys, whose states it follows from the key service (with the
+    internal token: ``shared/admin_key_follower.py``)."""
+
+    keys_url: str = Field(
+        "http://127.0.0.1:8081", description="key service base URL: admin key states come from it"
+    )
+    admin_key_stale_s: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="admin keys are refused (503) when the key service was silent this long",
+    )
 
     db_schema: str = Field(description="PostgreSQL schema of the ledgers")
     consumer_group: str = Field(description="Kafka consumer group; replicas share it")

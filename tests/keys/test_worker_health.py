@@ -21,6 +21,7 @@ async def test_readyz_shows_the_relay_and_the_consumer(keys_settings: KeysSettin
             "keys-outbox-relay",
             "keys-last-used",
             "keys-admin-key-listener",
+            "keys-admin-key-states",
             "keys-audit-partitions",
         }
         for health in seen.values():

@@ -55,6 +55,7 @@ class Case:
             "kafka_bootstrap": self.bootstrap,
             "database_url": self.database_url,
             "admin_token": ADMIN_TOKEN,
+            "internal_token": SecretStr(INTERNAL_TOKEN),
             "topic_prefix": self.prefix,
             "session_timeout_ms": 6000,
             "log_json": False,
@@ -69,7 +70,6 @@ class Case:
                 db_schema=self.schemas[1],
                 consumer_group=f"billing-{self.unique}",
                 catalogue_path=self.catalogue_path,
-                internal_token=SecretStr(INTERNAL_TOKEN),
                 **common,
             ),
         )

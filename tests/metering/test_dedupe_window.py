@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -13,15 +14,17 @@ from services.metering.settings import MeteringSettings
 from shared.db import apply_migrations, create_pool
 from shared.ledger.settings import RETENTION_S
 from shared.ledger.store import claim
-from tests.metering.harness import ADMIN_TOKEN, usage
+from tests.metering.harness import ADMIN_TOKEN, INTERNAL_TOKEN, usage
 from tests.metering.ledgers import Case
+
+TOKENS: dict[str, Any] = {"admin_token": SecretStr(ADMIN_TOKEN), "internal_token": SecretStr(INTERNAL_TOKEN)}
 
 
 @pytest.mark.unit
 def test_a_window_shorter_than_the_retention_is_refused() -> None:
     with pytest.raises(ValidationError, match="dedupe_window_s"):
-        MeteringSettings(admin_token=SecretStr(ADMIN_TOKEN), dedupe_window_s=RETENTION_S - 1)
-    assert MeteringSettings(admin_token=SecretStr(ADMIN_TOKEN)).dedupe_window_s >= RETENTION_S
+        MeteringSettings(**TOKENS, dedupe_window_s=RETENTION_S - 1)
+    assert MeteringSettings(**TOKENS).dedupe_window_s >= RETENTION_S
 
 
 async def test_cleanup_forgets_only_ids_older_than_the_window(case: Case) -> None:

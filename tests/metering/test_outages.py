@@ -66,7 +66,7 @@ def _env(case: Case, service: str, schema: str) -> dict[str, str]:
         f"{p}KAFKA_BOOTSTRAP": case.bootstrap,
         f"{p}DATABASE_URL": case.database_url,
         f"{p}ADMIN_TOKEN": ADMIN_TOKEN,
-        f"{p}INTERNAL_TOKEN": INTERNAL_TOKEN,  # billing requires it; metering ignores it
+        f"{p}INTERNAL_TOKEN": INTERNAL_TOKEN,  # to follow the admin key states
         f"{p}TOPIC_PREFIX": case.prefix,
         f"{p}DB_SCHEMA": schema,
         f"{p}CONSUMER_GROUP": f"{service}-{case.unique}",
