@@ -40,7 +40,7 @@ def project_page(actions: Actions) -> str | None:
 
 
 def _unnamed(project_id: str) -> dict[str, Any]:
-    return {"id": project_id, "name": project_id, "unnamed": True}
+    return {"id": project_id, "name": project_id, "unnamed": True, "created_at": None}
 
 
 async def visible_projects(app: Console) -> list[dict[str, Any]]:

@@ -302,3 +302,22 @@ async def test_an_organization_auditor_sees_sign_ins(keys_only: Apis) -> None:
         assert "unknown_admin_key" in page.text
         signed = await client.get("/audit", params={"type": "login.succeeded"})
         assert f"console sign-in as {auditor['id']} ({hint(auditor['value'])})" in signed.text
+
+
+async def test_without_projects_read_the_projects_in_scope_show_by_id(keys_only: Apis) -> None:
+    async with (
+        keys_only.client(keys_only.keys) as api,
+        console_client(console_settings(), keys_only.transports()) as client,
+    ):
+        ours, theirs = await two_projects(api)
+        member = await admin_key(api, ["keys:read"], [ours])
+        await sign_in(client, token=member["value"])
+        listing = await client.get("/projects")
+        assert listing.status_code == 200
+        assert f'href="/projects/{ours}/keys">{ours}</a>' in listing.text
+        assert theirs not in listing.text
+        page = await client.get(f"/projects/{ours}/keys")
+        assert page.status_code == 200
+        assert "Ours-key" in page.text
+        assert "Project limits" not in page.text  # unknown without projects:read
+        assert (await client.get(f"/projects/{theirs}/keys")).status_code == 404
