@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -52,6 +52,25 @@ async def console_client(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
     ):
         yield client
+
+
+@asynccontextmanager
+async def console_browsers(
+    settings: ConsoleSettings, transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
+) -> AsyncIterator[Callable[[], httpx.AsyncClient]]:
+    """One console app in this process, and a maker of clients of it: each its own browser
+    (its own cookies), all seeing the same sessions."""
+    app = create_app(settings, transports=transports)
+    async with app.router.lifespan_context(app), AsyncExitStack() as stack:
+
+        def browser() -> httpx.AsyncClient:
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://console.test"
+            )
+            stack.push_async_callback(client.aclose)
+            return client
+
+        yield browser
 
 
 async def sign_in(client: httpx.AsyncClient, token: str = TOKEN) -> httpx.Response:
