@@ -321,3 +321,48 @@ async def test_without_projects_read_the_projects_in_scope_show_by_id(keys_only:
         assert "Ours-key" in page.text
         assert "Project limits" not in page.text  # unknown without projects:read
         assert (await client.get(f"/projects/{theirs}/keys")).status_code == 404
+
+
+async def test_usage_and_costs_follow_their_permissions(apis: Apis) -> None:
+    """Metering and billing take the session's admin key (usage:read, costs:read)."""
+    async with (
+        apis.client(apis.keys) as api,
+        console_client(console_settings(), apis.transports()) as client,
+    ):
+        ours, theirs = await two_projects(api)
+        budget = {"budget": {"limit_usd": "25.00", "period": "month"}}
+        assert (await api.patch(f"/v1/projects/{ours}", json=budget)).status_code == 200
+        usage_only = await admin_key(api, ["projects:read", "keys:read", "usage:read"], [ours])
+        await sign_in(client, token=usage_only["value"])
+        page = await client.get(f"/projects/{ours}/usage")
+        assert page.status_code == 200
+        assert "could not be loaded" not in page.text  # metering took the admin key
+        assert 'id="total-requests"' in page.text
+        assert 'id="total-cost"' not in page.text
+        assert "Cost per day" not in page.text
+        assert 'id="no-costs"' in page.text
+        assert "Project budget: $25.00 this month" in page.text  # the limit, not the spend
+        keys_page = await client.get(f"/projects/{ours}/keys")
+        assert "$25.00 this month" in keys_page.text
+        assert "spend unavailable" not in keys_page.text  # billing was not asked
+        assert (await client.get(f"/projects/{ours}/usage.csv?section=cost")).status_code == 403
+        table = await client.get(f"/projects/{ours}/usage.csv?section=keys")
+        assert table.status_code == 200
+        assert "cost_usd" not in table.text
+        assert (await client.get(f"/projects/{theirs}/usage")).status_code == 404
+
+    async with (
+        apis.client(apis.keys) as api,
+        console_client(console_settings(), apis.transports()) as client,
+    ):
+        both = await admin_key(
+            api, ["projects:read", "keys:read", "usage:read", "costs:read"], [ours], "finance"
+        )
+        await sign_in(client, token=both["value"])
+        page = await client.get(f"/projects/{ours}/usage")
+        assert page.status_code == 200
+        assert "could not be loaded" not in page.text  # billing took the admin key too
+        assert 'id="total-cost"' in page.text
+        assert "Project budget: $0.00 of $25.00 this month" in page.text
+        table = await client.get(f"/projects/{ours}/usage.csv?section=cost")
+        assert table.status_code == 200
