@@ -31,6 +31,7 @@ from tests.served import Served
 
 USAGE = "/v1/projects/{}/usage?start_time=1767225600"
 COSTS = "/v1/projects/{}/costs?start_time=1767225600"
+TOTAL = "/v1/projects/{}/costs/total?start_time=1767225600"
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -102,6 +103,8 @@ async def world(case: Case, pg_schema: str) -> AsyncIterator[World]:
 async def _statuses(w: World, secret: str, project: str) -> tuple[int, int]:
     usage = await w.metering.get(USAGE.format(project), headers=bearer(secret))
     costs = await w.billing.get(COSTS.format(project), headers=bearer(secret))
+    total = await w.billing.get(TOTAL.format(project), headers=bearer(secret))
+    assert total.status_code == costs.status_code, "both Costs API routes answer alike"
     return usage.status_code, costs.status_code
 
 
