@@ -114,7 +114,8 @@ def _value(value: Any) -> str:
 
 def change_lines(changes: Any) -> list[str]:
     """An entry's changes as lines: ``name: before → after``, ``name: value`` for what was
-    created, ``name was value`` for what was deleted; fields that did not change left out."""
+    created, ``name was value`` for what was deleted; fields that did not change left out, and
+    so are the empty ones of what was created or deleted (``budget: null`` says nothing)."""
     if not isinstance(changes, Mapping):
         return []
     before, after = changes.get("before"), changes.get("after")
@@ -123,7 +124,7 @@ def change_lines(changes: Any) -> list[str]:
     lines = []
     for name in dict.fromkeys([*old, *new]):
         was, now = old.get(name, _MISSING), new.get(name, _MISSING)
-        if was == now:
+        if was == now or (was is _MISSING and now is None) or (now is _MISSING and was is None):
             continue
         if was is _MISSING:
             lines.append(f"{name}: {_value(now)}")

@@ -288,10 +288,15 @@ def test_an_entrys_changes_in_a_few_words() -> None:
         "after": {"name": "new", "hint": "sk-...a"},
     }
     assert change_lines(renamed) == ["name: old → new"]
-    created = {"before": None, "after": {"name": "k", "rate_limits": {"requests_per_minute": 5}}}
+    created = {
+        "before": None,
+        "after": {"name": "k", "budget": None, "rate_limits": {"requests_per_minute": 5}},
+    }
     assert change_lines(created) == ["name: k", 'rate_limits: {"requests_per_minute": 5}']
-    deleted = {"before": {"status": "active"}, "after": None}
+    deleted = {"before": {"status": "active", "budget": None}, "after": None}
     assert change_lines(deleted) == ["status was active"]
+    cleared = {"before": {"budget": {"limit_usd": "5"}}, "after": {"budget": None}}
+    assert change_lines(cleared) == ['budget: {"limit_usd": "5"} → null']
     assert change_lines(None) == []
     assert change_lines("nonsense") == []
     many = {"before": None, "after": {f"f{i}": "x" * 100 for i in range(6)}}

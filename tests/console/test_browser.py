@@ -54,7 +54,9 @@ async def test_the_console_end_to_end(browser: Browser, running: System) -> None
     await shot(page, "01-sign-in")
     await page.get_by_label("Operator token").fill("not-the-operator-token-at-all")
     await page.get_by_role("button", name="Sign in").click()
-    await expect(page.locator("#token-error")).to_contain_text("not the operator token")
+    await expect(page.locator("#token-error")).to_contain_text(
+        "neither the operator token nor an active admin key"
+    )
     await shot(page, "02-sign-in-wrong-token")
     cookies = await context.cookies()
     assert not [c for c in cookies if c["name"] == "tollgate_console_session"]
