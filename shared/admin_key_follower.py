@@ -12,8 +12,8 @@ back-off, and its snapshot replaces all that was held.
 
 A key the follower does not know may be one created a moment ago, its state still on its way:
 a check waits for the stream's next line (at most ``wait_s``, a quarter second) and looks
-again before it refuses. The wait holds only that request; the HTTP server's connection limit
-bounds how many.
+again before it refuses; a secret it saw end (revoked, or rotated away) is refused at once.
+The wait holds only that request; the HTTP server's connection limit bounds how many.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from shared.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
 STREAM_PATH = "/internal/v1/admin_key_states"
+ENDED_MAX = 10_000
 
 
 class AdminKeysUnavailable(ServiceUnavailable):
@@ -73,6 +74,7 @@ class AdminKeyFollower:
         self.connect_timeout_s = connect_timeout_s
         self.by_hash: dict[str, AdminKeyState] = {}
         self._hash_of: dict[str, str] = {}  # admin key id -> the hash held for it
+        self._ended: dict[str, None] = {}  # secrets seen end, oldest first
         self._heard_at = float("-inf")
         self._heard = asyncio.Event()
         self.snapshots = 0
@@ -99,7 +101,7 @@ class AdminKeyFollower:
         stream has been silent past ``stale_s``."""
         self._require_current()
         state = self.by_hash.get(key_hash)
-        if state is None:
+        if state is None and key_hash not in self._ended:
             # Perhaps created a moment ago: its state may be a line away.
             self._heard.clear()
             with contextlib.suppress(TimeoutError):
@@ -139,10 +141,20 @@ class AdminKeyFollower:
             # Its former secret (a rotation) or itself (a revocation) stops here.
             self.by_hash.pop(held_hash, None)
             del self._hash_of[state.id]
+            self._ended_now(held_hash)
         if state.status == "active":
             self.by_hash[state.key_hash] = state
             self._hash_of[state.id] = state.key_hash
+        else:
+            self._ended_now(state.key_hash)
         self.changes += 1
+
+    def _ended_now(self, key_hash: str) -> None:
+        """Remember a secret that ended (revoked, rotated away): refused without the wait an
+        unknown one gets. Bounded: the oldest are forgotten (and then wait, as unknown)."""
+        self._ended[key_hash] = None
+        if len(self._ended) > ENDED_MAX:
+            del self._ended[next(iter(self._ended))]
 
     def start(self) -> None:
         self.worker.start()

@@ -63,6 +63,12 @@ async def test_a_snapshot_then_changes_are_held_by_hash() -> None:
 
     f.take(state_line(state(version=3, key_hash="3" * 64, status="revoked")))
     assert f.by_hash == {}
+    # Secrets seen end are refused at once, without the wait an unknown one gets.
+    f.wait_s = 5.0
+    started = time.monotonic()
+    assert await f.active("3" * 64) is None
+    assert await f.active("1" * 64) is None
+    assert time.monotonic() - started < 0.1
     # A new snapshot replaces everything held.
     f.take(snapshot(state("admkey_b", key_hash="4" * 64)))
     assert set(f.by_hash) == {"4" * 64}

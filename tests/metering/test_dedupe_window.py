@@ -17,7 +17,10 @@ from shared.ledger.store import claim
 from tests.metering.harness import ADMIN_TOKEN, INTERNAL_TOKEN, usage
 from tests.metering.ledgers import Case
 
-TOKENS: dict[str, Any] = {"admin_token": SecretStr(ADMIN_TOKEN), "internal_token": SecretStr(INTERNAL_TOKEN)}
+TOKENS: dict[str, Any] = {
+    "admin_token": SecretStr(ADMIN_TOKEN),
+    "internal_token": SecretStr(INTERNAL_TOKEN),
+}
 
 
 @pytest.mark.unit
