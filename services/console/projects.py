@@ -122,9 +122,10 @@ async def create_project(
 
 
 @router.get("/projects/open", response_model=None)
-async def open_project(_: SessionDep, project: str = "", page: str = "keys") -> Response:
-    """Where the project switcher goes: the same page of another project."""
-    target = page if page in ("keys", "usage") else "keys"
+async def open_project(app: SignedInDep, project: str = "", page: str = "keys") -> Response:
+    """Where the project switcher goes: the same page of another project (from a page that is
+    no project's, the page a project opens on)."""
+    target = page if page in ("keys", "usage") else (project_page(app.actions) or "keys")
     if not project:
         return RedirectResponse("/projects", status_code=303)
     return RedirectResponse(f"/projects/{quote(project, safe='')}/{target}", status_code=303)

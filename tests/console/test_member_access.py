@@ -128,6 +128,8 @@ async def test_a_project_member_sees_only_the_projects_in_scope(keys_only: Apis)
             refused = await client.get(path)
             assert refused.status_code == 404, path
             assert "Theirs" not in refused.text
+        switched = await client.get("/projects/open", params={"project": ours, "page": "audit"})
+        assert switched.headers["location"] == f"/projects/{ours}/keys"
         csrf = csrf_of(page.text)
         forged = await post(client, f"/projects/{theirs}/keys", {"name": "planted"}, csrf)
         assert forged.status_code == 404
