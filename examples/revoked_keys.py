@@ -25,9 +25,10 @@ from collections.abc import Awaitable, Callable
 
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from shared.events import KeyEvent
+from shared.settings import ServiceSettings
 from shared.topics import KEYS_EVENTS, topic_name
 
 log = logging.getLogger("revoked_keys")
@@ -35,13 +36,12 @@ log = logging.getLogger("revoked_keys")
 OnRevoked = Callable[[KeyEvent], Awaitable[None]]
 
 
-class Settings(BaseSettings):
-    """``TOLLGATE_KAFKA_BOOTSTRAP``, ``TOLLGATE_TOPIC_PREFIX``, ``TOLLGATE_REVOKED_KEYS_GROUP``."""
+class Settings(ServiceSettings):
+    """``TOLLGATE_KAFKA_BOOTSTRAP`` (and the ``TOLLGATE_KAFKA_*`` security settings: TLS,
+    SASL), ``TOLLGATE_TOPIC_PREFIX``, ``TOLLGATE_REVOKED_KEYS_GROUP``."""
 
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore", frozen=True)
 
-    kafka_bootstrap: str = "127.0.0.1:19092"
-    topic_prefix: str = ""
     revoked_keys_group: str = "revoked-keys-example"
 
 
@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None, on_revoked: OnRevoked = react) 
     """The app: one subscriber on keys.events that hands each revoked key to on_revoked."""
     settings = settings or Settings()
     # FastStream takes a string as one server: give it the list of a comma-separated setting.
-    broker = KafkaBroker(settings.kafka_bootstrap.split(","))
+    security, options = settings.kafka.broker_security()
+    broker = KafkaBroker(settings.kafka.servers, security=security, **options)
 
     @broker.subscriber(
         topic_name(KEYS_EVENTS, settings.topic_prefix),

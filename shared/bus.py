@@ -34,6 +34,7 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.message import StreamMessage
 
 from shared.events import AuditEvent, DeadLetter, KeyEvent
+from shared.kafka_security import KafkaAccess
 from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
 log = logging.getLogger("tollgate.bus")
@@ -52,17 +53,21 @@ KEYS_LAST_USED_TITLE = "usage.events.keys-last-used"
 Records = tuple[ConsumerRecord, ...]
 
 
-def new_broker(bootstrap: str, client_id: str, **options: Any) -> KafkaBroker:
-    """A broker with Tollgate's producer settings; FastStream's per-message logs at DEBUG.
+def new_broker(kafka: str | KafkaAccess, client_id: str, **options: Any) -> KafkaBroker:
+    """A broker with Tollgate's producer settings and the service's Kafka security (a plain
+    bootstrap string: plaintext); FastStream's per-message logs at DEBUG.
 
-    ``bootstrap`` is Tollgate's setting, servers separated by commas: FastStream takes a
-    string as one server (aiokafka would split it), so it gets the list."""
+    The bootstrap setting separates servers by commas: FastStream takes a string as one
+    server (aiokafka would split it), so it gets the list."""
+    access = KafkaAccess(kafka) if isinstance(kafka, str) else kafka
+    security, extra = access.broker_security()
     return KafkaBroker(
-        [server.strip() for server in bootstrap.split(",") if server.strip()],
+        access.servers,
         client_id=client_id,
         logger=log,
         log_level=logging.DEBUG,
-        **(PRODUCER_OPTIONS | options),
+        security=security,
+        **(PRODUCER_OPTIONS | extra | options),
     )
 
 

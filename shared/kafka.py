@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import InvalidReplicationFactorError, KafkaError, TopicAlreadyExistsError
 
+from shared.kafka_security import KafkaAccess, kafka_options
 from shared.topics import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _CHECKED_CONFIGS = ("cleanup.policy", "min.insync.replicas")
 
 
 async def ensure_topics(
-    bootstrap: str,
+    bootstrap: str | KafkaAccess,
     specs: Iterable[TopicSpec] = TOPICS,
     prefix: str = "",
     timeout: float = 30.0,
@@ -52,7 +53,7 @@ async def ensure_topics(
     the caller uses; all by default): other partitions, replication factor, cleanup policy or
     ``min.insync.replicas`` raise TopicMismatch, naming every difference."""
     wanted = [spec.with_prefix(prefix) for spec in specs]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap), request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), timeout)
     try:
         existing = set(await admin.list_topics())
@@ -136,10 +137,12 @@ async def _check(
         )
 
 
-async def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list[int]:
+async def topic_partitions(
+    bootstrap: str | KafkaAccess, topic: str, timeout: float = 10.0
+) -> list[int]:
     """The topic's partition ids, from the cluster's metadata; KafkaError while it has none
     (it does not exist, or was created a moment ago and its partitions are not known yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap), request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), timeout)
     try:
         described = await asyncio.wait_for(admin.describe_topics([topic]), timeout)
@@ -153,10 +156,12 @@ async def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) ->
     return partitions
 
 
-def idempotent_producer(bootstrap: str, client_id: str, **overrides: object) -> AIOKafkaProducer:
+def idempotent_producer(
+    bootstrap: str | KafkaAccess, client_id: str, **overrides: object
+) -> AIOKafkaProducer:
     """A producer that neither loses nor duplicates what the broker acknowledged."""
     options: dict[str, object] = {
-        "bootstrap_servers": bootstrap,
+        **kafka_options(bootstrap),
         "client_id": client_id,
         "enable_idempotence": True,
         "acks": "all",
@@ -168,9 +173,9 @@ def idempotent_producer(bootstrap: str, client_id: str, **overrides: object) -> 
     return AIOKafkaProducer(**options)
 
 
-async def broker_reachable(bootstrap: str, timeout: float = 3.0) -> bool:
+async def broker_reachable(bootstrap: str | KafkaAccess, timeout: float = 3.0) -> bool:
     """True when the cluster answers a metadata request within timeout."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap), request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.list_topics(), timeout)

@@ -14,16 +14,74 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+
+class RedisSettingsError(ValueError):
+    """The Redis settings contradict each other (TLS files with a plaintext URL, say)."""
+
+
+@dataclass(frozen=True)
+class RedisAuth:
+    """TLS and ACL credentials for Redis: a ``rediss://`` URL is TLS with the server's
+    certificate and host name checked (against ``ca_certs``, else the system's CAs), and a
+    client certificate and key make it mutual; ``username`` and ``password`` (an ACL user)
+    are sent as ``AUTH`` on every connection, and win over any in the URL. Nothing falls back
+    to plaintext: TLS files with a ``redis://`` URL are refused."""
+
+    ca_certs: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+    def check(self, url: str) -> None:
+        """RedisSettingsError, naming the setting, when these cannot be used with url."""
+        tls = urlsplit(url).scheme == "rediss"
+        files = {
+            "REDIS_SSL_CA_CERTS": self.ca_certs,
+            "REDIS_SSL_CERTFILE": self.certfile,
+            "REDIS_SSL_KEYFILE": self.keyfile,
+        }
+        if not tls and any(files.values()):
+            raise RedisSettingsError(
+                "REDIS_SSL_* files are set but REDIS_URL is redis://: use rediss:// for TLS"
+            )
+        if (self.certfile is None) != (self.keyfile is None):
+            raise RedisSettingsError("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE go together")
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise RedisSettingsError(f"{name}: no readable file at {path}")
+
+    def options(self, url: str) -> dict[str, Any]:
+        """redis-py's connection keyword arguments for url."""
+        out: dict[str, Any] = {}
+        if urlsplit(url).scheme == "rediss":
+            out |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+            if self.ca_certs is not None:
+                out["ssl_ca_certs"] = str(self.ca_certs)
+            if self.certfile is not None and self.keyfile is not None:
+                out |= {"ssl_certfile": str(self.certfile), "ssl_keyfile": str(self.keyfile)}
+        if self.username:
+            out["username"] = self.username
+        if self.password is not None:
+            out["password"] = self.password.get_secret_value()
+        return out
+
+
+PLAIN = RedisAuth()
 # What a Redis call may raise when Redis is away: redis-py's errors, the socket's, and the
 # cluster client's own RedisClusterException (no RedisError: raised when it cannot rebuild
 # its slot map, no node answering or nodes disagreeing on a slot during a failover).
@@ -32,7 +90,12 @@ Call = tuple[Sequence[str], Sequence[Any]]  # (keys, args) of one script call
 
 
 def connect(
-    url: str, *, cluster: bool, timeout_s: float, max_connections: int = 200
+    url: str,
+    *,
+    cluster: bool,
+    timeout_s: float,
+    max_connections: int = 200,
+    auth: RedisAuth = PLAIN,
 ) -> RedisClient:
     """A client with no retries of its own (callers bound and count their failures)."""
     if cluster:
@@ -41,13 +104,22 @@ def connect(
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             max_connections=max_connections,
+            **auth.options(url),
         )
+    return connect_one(url, timeout_s=timeout_s, max_connections=max_connections, auth=auth)
+
+
+def connect_one(
+    url: str, *, timeout_s: float, max_connections: int = 200, auth: RedisAuth = PLAIN
+) -> aioredis.Redis:
+    """A client of one node (a subscriber's, even on a cluster), no retries of its own."""
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         max_connections=max_connections,
+        **auth.options(url),
     )
 
 

@@ -6,12 +6,15 @@ own. Secrets are ``SecretStr`` and placeholder values are refused at start.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.kafka import Replication
+from shared.kafka_security import KafkaAccess, SaslMechanism, SecurityProtocol
+from shared.redis_client import RedisAuth
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin"})
 
@@ -22,6 +25,22 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore", frozen=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS) or SASL_SSL (TLS and SASL)"
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (with SASL_SSL)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_sasl_oauth_token_provider: str | None = Field(
+        None, description="OAUTHBEARER: module:callable returning an aiokafka token provider"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA certificates (PEM) the brokers' certificates are checked against"
+    )
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="client key (mutual TLS)")
     database_url: SecretStr = Field(
         SecretStr("postgresql://tollgate@127.0.0.1:15432/tollgate"),
         description="PostgreSQL DSN",
@@ -30,6 +49,13 @@ class ServiceSettings(BaseSettings):
         "redis://127.0.0.1:16379/0", description="Redis URL (with redis_cluster: any node's)"
     )
     redis_cluster: bool = Field(False, description="Redis is a Redis Cluster")
+    redis_ssl_ca_certs: Path | None = Field(
+        None, description="CA certificates (PEM) Redis's certificate is checked against"
+    )
+    redis_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    redis_ssl_keyfile: Path | None = Field(None, description="client key (mutual TLS)")
+    redis_username: str | None = Field(None, description="Redis ACL user (wins over the URL's)")
+    redis_password: SecretStr | None = Field(None, description="Redis ACL user's password")
     topic_prefix: str = Field("", description="prefix on every topic name (tests isolate by it)")
     topic_replication_factor: int = Field(
         1, ge=1, description="replicas of each topic Tollgate creates (3 on a cluster)"
@@ -49,6 +75,38 @@ class ServiceSettings(BaseSettings):
         if self.topic_min_insync_replicas > self.topic_replication_factor:
             raise ValueError("TOPIC_MIN_INSYNC_REPLICAS must be at most TOPIC_REPLICATION_FACTOR")
         return self
+
+    @model_validator(mode="after")
+    def _kafka_access_is_usable(self) -> ServiceSettings:
+        self.kafka  # noqa: B018 - raises KafkaSettingsError naming the setting
+        self.redis_auth.check(self.redis_url)
+        return self
+
+    @property
+    def redis_auth(self) -> RedisAuth:
+        """TLS files and ACL credentials of this service's Redis clients."""
+        return RedisAuth(
+            ca_certs=self.redis_ssl_ca_certs,
+            certfile=self.redis_ssl_certfile,
+            keyfile=self.redis_ssl_keyfile,
+            username=self.redis_username,
+            password=self.redis_password,
+        )
+
+    @property
+    def kafka(self) -> KafkaAccess:
+        """How this service's Kafka clients connect (shared/kafka_security.py)."""
+        return KafkaAccess(
+            bootstrap=self.kafka_bootstrap,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            oauth_token_provider=self.kafka_sasl_oauth_token_provider,
+        )
 
     @property
     def replication(self) -> Replication:

@@ -26,6 +26,7 @@ from services.gateway.publisher import Publisher
 from services.gateway.quarantine import Refused
 from services.gateway.spool import Spool, SpoolFull
 from shared.events import UsageRecorded
+from shared.kafka_security import KafkaAccess
 from shared.topics import USAGE_EVENTS, topic_name
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class UsageEmitter:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        bootstrap: str | KafkaAccess,
         topic_prefix: str,
         spool: Spool,
         metrics: Metrics,

@@ -34,6 +34,7 @@ from services.gateway.metrics import Metrics
 from services.gateway.trust import StateTrust
 from shared.events import KeyEvent, KeyState
 from shared.kafka import Replication, ensure_topics, topic_partitions
+from shared.kafka_security import KafkaAccess, kafka_options
 from shared.key_store import KeyStore
 from shared.redis_client import REDIS_ERRORS
 from shared.topics import KEYS_EVENTS, topic_name
@@ -50,7 +51,7 @@ class Feeder:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        bootstrap: str | KafkaAccess,
         topic_prefix: str,
         local: LocalCache,
         store: KeyStore,
@@ -82,7 +83,7 @@ class Feeder:
             checked=(KEYS_EVENTS,),  # what the feeder reads; the others are their users' to check
         )
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **kafka_options(self.bootstrap),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -39,7 +39,9 @@ class Gateway:
         self.metrics = metrics
         s = settings
         # No client-side retries: a Redis that does not answer at once is skipped (breaker).
-        self.redis = connect(s.redis_url, cluster=s.redis_cluster, timeout_s=s.redis_timeout_s)
+        self.redis = connect(
+            s.redis_url, cluster=s.redis_cluster, timeout_s=s.redis_timeout_s, auth=s.redis_auth
+        )
         self.redis_breaker = Breaker(s.dependency_retry_s)
         # Key states are trusted only with the key service's MAC, checked where they enter.
         self.trust = StateTrust(s.keyring(), metrics, accept_unsigned=s.accept_unsigned_states)
@@ -56,6 +58,7 @@ class Gateway:
         )
         self.subscriber = Subscriber(
             redis_url=s.redis_url,
+            auth=s.redis_auth,
             redis_urls=lambda: subscription_urls(s.redis_url, self.redis),
             channel=self.store.channel,
             local=self.local,
@@ -81,7 +84,7 @@ class Gateway:
             verify_bound=RateBound(s.verify_rate_per_s, s.verify_burst),
         )
         self.emitter = UsageEmitter(
-            bootstrap=s.kafka_bootstrap,
+            bootstrap=s.kafka,
             topic_prefix=s.topic_prefix,
             spool=Spool(s.spool_dir, max_bytes=s.spool_max_bytes, warn_ratio=s.spool_warn_ratio),
             metrics=metrics,
@@ -90,7 +93,7 @@ class Gateway:
             linger_s=s.usage_linger_s,
         )
         self.feeder = Feeder(
-            bootstrap=s.kafka_bootstrap,
+            bootstrap=s.kafka,
             topic_prefix=s.topic_prefix,
             local=self.local,
             store=self.store,

@@ -46,6 +46,7 @@ from services.gateway.cache import Breaker
 from services.gateway.produce_batches import MIN_PER_PARTITION, Message, Partitioner, build
 from services.gateway.quarantine import Refused
 from shared.kafka import idempotent_producer
+from shared.kafka_security import KafkaAccess
 
 log = logging.getLogger(__name__)
 # Records handed to the producer together, and the call that hands them over.
@@ -87,7 +88,7 @@ class Publisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | KafkaAccess,
         topic: str,
         delivery_timeout_s: float,
         new_producer: Callable[[], AIOKafkaProducer] | None = None,

@@ -22,16 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from services.gateway.cache import LocalCache
 from services.gateway.trust import StateTrust
 from shared.key_store import parse_published
-from shared.redis_client import REDIS_ERRORS
+from shared.redis_client import PLAIN, REDIS_ERRORS, RedisAuth, connect_one
 from shared.worker import check_cancelled
 
 log = logging.getLogger(__name__)
@@ -55,7 +52,9 @@ class Subscriber:
         ping_s: float = 0.5,
         dead_after_s: float = 2.0,
         redis_urls: Callable[[], list[str]] | None = None,
+        auth: RedisAuth = PLAIN,
     ) -> None:
+        self.auth = auth
         # Where to listen: the one node, or any node of a cluster (each hears every PUBLISH).
         self.redis_urls = redis_urls or (lambda: [redis_url])
         self._next = 0
@@ -90,12 +89,7 @@ class Subscriber:
         urls = self.redis_urls()
         url = urls[self._next % len(urls)]
         self._next += 1
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
+        client = connect_one(url, timeout_s=self.timeout_s, max_connections=2, auth=self.auth)
         pubsub = client.pubsub()
         try:
             await asyncio.wait_for(pubsub.subscribe(self.channel), self.timeout_s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from services.keys.access import Caller, allowed
 from services.keys.access_models import (
@@ -66,6 +66,13 @@ def audit_view(row: Row) -> AuditLog:
     )
 
 
+def _changed_here(request: Request, key_id: str) -> None:
+    """Drop the key's cached states on this replica now, not when the change's NOTIFY comes
+    back (the others drop theirs on it): the caller's next call here must see the change."""
+    request.app.state.admin_keys.forget(key_id)
+    request.app.state.admin_key_states.changed(key_id)
+
+
 def _at(seconds: int | None, shift: int = 0) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds + shift, UTC)
 
@@ -114,18 +121,24 @@ def organization_router() -> APIRouter:
 
     @router.delete("/admin_api_keys/{key_id}", response_model=AdminKeyDeleted)
     async def revoke_admin_key(
-        key_id: AdminKeyId, caller: AdminWrite, service: ServiceDep
+        key_id: AdminKeyId, caller: AdminWrite, service: ServiceDep, request: Request
     ) -> AdminKeyDeleted:
-        """Revoke an admin key: every replica refuses it within a second."""
+        """Revoke an admin key: this replica refuses it at once, every other within a second."""
         row = await service.revoke_admin_key(caller.principal, caller.context, key_id)
+        _changed_here(request, row["id"])
         return AdminKeyDeleted(id=row["id"])
 
     @router.post("/admin_api_keys/{key_id}/rotate", response_model=AdminApiKeyWithValue)
     async def rotate_admin_key(
-        key_id: AdminKeyId, caller: AdminWrite, service: ServiceDep, response: Response
+        key_id: AdminKeyId,
+        caller: AdminWrite,
+        service: ServiceDep,
+        response: Response,
+        request: Request,
     ) -> AdminApiKeyWithValue:
         """Give an admin key a new secret, shown this once; the old one stops at once."""
         created = await service.rotate_admin_key(caller.principal, caller.context, key_id)
+        _changed_here(request, created.row["id"])
         response.headers["Cache-Control"] = "no-store"
         return AdminApiKeyWithValue(
             **admin_key_view(created.row).model_dump(), value=created.secret

@@ -140,7 +140,7 @@ class LastUsedConsumer:
     async def _session(self) -> None:
         """One broker with the subscriber (and a dead-letter producer), until stopped or
         a batch fails: then the worker starts over from the committed offsets, after a pause."""
-        broker = new_broker(self.settings.kafka_bootstrap, self.client_id)
+        broker = new_broker(self.settings.kafka, self.client_id)
         subscriber = last_used_subscriber(
             broker,
             self.settings.consumer_group,
@@ -148,7 +148,7 @@ class LastUsedConsumer:
             topic=self.settings.usage_topic,
         )
         dlq = DeadLetterSender(
-            self.settings.kafka_bootstrap,
+            self.settings.kafka,
             f"{self.client_id}-dlq",
             self.settings.dlq_topic,
             self.settings.consumer_group,
@@ -170,7 +170,7 @@ class LastUsedConsumer:
         try:
             # Subscribing to a topic not created yet only logs errors until it exists.
             await ensure_topics(
-                self.settings.kafka_bootstrap,
+                self.settings.kafka,
                 prefix=self.settings.topic_prefix,
                 timeout=10,
                 replication=self.settings.replication,

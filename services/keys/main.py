@@ -75,6 +75,7 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
                 settings.redis_prefix,
                 settings.redis_timeout_s,
                 cluster=settings.redis_cluster,
+                auth=settings.redis_auth,
                 trusted=settings.keyring().verify,
             )
             if settings.redis_write

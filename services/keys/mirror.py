@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from shared.events import KeyState
 from shared.key_store import KeyStore
-from shared.redis_client import REDIS_ERRORS, connect
+from shared.redis_client import PLAIN, REDIS_ERRORS, RedisAuth, connect
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ class StateMirror:
         *,
         cluster: bool = False,
         trusted: Callable[[KeyState], bool] | None = None,
+        auth: RedisAuth = PLAIN,
     ) -> None:
         # No client-side retries: one attempt within the timeout, then the outbox's turn.
-        self.client = connect(redis_url, cluster=cluster, timeout_s=timeout_s)
+        self.client = connect(redis_url, cluster=cluster, timeout_s=timeout_s, auth=auth)
         # With trusted (the keyring's check), a state in Redis the key service did not make
         # is overwritten whatever its version: a forged one cannot hold back a revocation.
         self.store = KeyStore(self.client, prefix, trusted)

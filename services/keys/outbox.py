@@ -159,13 +159,13 @@ class OutboxRelay:
     async def _ensure_publishers(self) -> dict[str, DefaultPublisher]:
         if self._publishers is None:
             await ensure_topics(
-                self.settings.kafka_bootstrap,
+                self.settings.kafka,
                 prefix=self.settings.topic_prefix,
                 timeout=10,
                 replication=self.settings.replication,
                 checked=(KEYS_EVENTS, AUDIT_EVENTS),
             )
-            broker = new_broker(self.settings.kafka_bootstrap, self.client_id)
+            broker = new_broker(self.settings.kafka, self.client_id)
             publishers = {
                 self.settings.keys_topic: keys_events_publisher(broker, self.settings.keys_topic),
                 self.settings.audit_topic: audit_events_publisher(

@@ -69,7 +69,7 @@ def ledger_app(
             await apply_migrations(pool, settings.db_schema, migrations)
             if settings.consume:
                 await ensure_topics(
-                    settings.kafka_bootstrap,
+                    settings.kafka,
                     prefix=settings.topic_prefix,
                     replication=settings.replication,
                     checked=(USAGE_EVENTS, USAGE_EVENTS_DLQ),

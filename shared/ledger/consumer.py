@@ -45,6 +45,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.errors import KafkaError
 
 from shared.events import utc_now
+from shared.kafka_security import kafka_options
 from shared.ledger import store as ledger_store
 from shared.ledger.batch import BatchWriter, Prepared, prepare
 from shared.ledger.dlq import DeadLetterSender
@@ -129,7 +130,7 @@ class LedgerConsumer(Generic[T]):
     async def start(self) -> None:
         """Join the group and start consuming in the background."""
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap,
+            **kafka_options(self.config.bootstrap),
             group_id=self.config.group_id,
             client_id=self.config.client_id,
             # Offsets live in PostgreSQL; Kafka's are written by hand after each commit.

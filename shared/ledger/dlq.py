@@ -30,6 +30,7 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from shared.bus import dead_letter_publisher, new_broker
 from shared.events import DeadLetter, utc_now
+from shared.kafka_security import KafkaAccess
 from shared.ledger.retry import backoff
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class DeadLetterSender:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | KafkaAccess,
         client_id: str,
         topic: str,
         group: str,

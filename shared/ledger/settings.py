@@ -64,7 +64,7 @@ class LedgerServiceSettings(InternalTokenSettings):
     def consumer_config(self, client_id: str) -> ConsumerConfig:
         """The consumer's configuration, topics prefixed as the settings say."""
         return ConsumerConfig(
-            bootstrap=self.kafka_bootstrap,
+            bootstrap=self.kafka,
             topic=topic_name(USAGE_EVENTS, self.topic_prefix),
             dlq_topic=topic_name(USAGE_EVENTS_DLQ, self.topic_prefix),
             group_id=self.consumer_group,

@@ -12,6 +12,8 @@ import asyncpg
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
+from shared.kafka_security import KafkaAccess
+
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
@@ -56,7 +58,7 @@ Apply: TypeAlias = "Callable[[Conn, list[T]], Awaitable[None]]"
 class ConsumerConfig:
     """Where to read, who we are, and the knobs that matter for exactness and speed."""
 
-    bootstrap: str
+    bootstrap: str | KafkaAccess
     topic: str
     dlq_topic: str
     group_id: str
