@@ -81,8 +81,15 @@ class SignIns:
             raise SignInUnavailable(
                 f"the key service did not answer ({type(exc).__name__})"
             ) from exc
-        if response.status_code == 401:
+        if response.status_code == 401 and _code(response) == "invalid_credentials":
             raise SignInRefused
+        if response.status_code == 401:
+            # Not the credential: the key service refused the console itself.
+            log.error(
+                "the key service refused the console's internal token: check "
+                "TOLLGATE_CONSOLE_INTERNAL_TOKEN (the same secret as TOLLGATE_KEYS_INTERNAL_TOKEN)"
+            )
+            raise SignInUnavailable("the key service refused the console's internal token")
         if response.status_code != 200:
             # 5xx is an outage; anything else (a key service without the endpoint, a refused
             # internal token) is one too, as far as signing in goes: only it can check a key.
@@ -92,6 +99,16 @@ class SignIns:
             return Principal.of(answer["principal"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise SignInUnavailable("the key service's answer had no principal") from exc
+
+
+def _code(response: httpx.Response) -> str | None:
+    """The error code of an answer in OpenAI's shape, or None."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 async def identify(

@@ -170,6 +170,9 @@ def test_a_client_not_bound_to_a_session_never_calls() -> None:
     assert unbound._credential is None  # binding made a copy
 
 
+REFUSED = {"error": {"message": "Not a credential.", "code": "invalid_credentials"}}
+
+
 def _sign_ins(status: int, body: dict[str, Any] | None = None) -> tuple[SignIns, list[Any]]:
     """The sign-in client, answered by a stand-in for the key service: what was sent."""
     sent: list[Any] = []
@@ -192,16 +195,30 @@ async def test_every_sign_in_is_asked_of_the_key_service() -> None:
     assert authorization == "Bearer internal"
     assert body == {"credential": key, "ip": "10.0.0.1", "user_agent": ("UA" * 400)[:512]}
 
-    refused, _ = _sign_ins(401)
+    refused, _ = _sign_ins(401, REFUSED)
     with pytest.raises(SignInRefused):  # the operator token too, should the service say so
         await identify(refused, SecretStr(TOKEN), TOKEN, ip=None, user_agent=None)
-    long, sent = _sign_ins(401)
+    long, sent = _sign_ins(401, REFUSED)
     with pytest.raises(SignInRefused):
         await identify(long, SecretStr(TOKEN), "x" * 600, ip=None, user_agent=None)
     assert len(sent[0][1]["credential"]) == 512  # audited, cut to the endpoint's bound
 
 
-@pytest.mark.parametrize("status", [500, 503, 404, 403])
+async def test_a_refused_internal_token_is_an_outage_said_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wrong = {
+        "error": {"message": "Missing or incorrect internal token.", "code": "invalid_api_key"}
+    }
+    misconfigured, _ = _sign_ins(401, wrong)
+    with pytest.raises(SignInUnavailable):
+        await identify(misconfigured, SecretStr(TOKEN), generate_admin(), ip=None, user_agent=None)
+    assert "TOLLGATE_CONSOLE_INTERNAL_TOKEN" in caplog.text
+    # Break-glass still holds for the operator token.
+    assert await identify(misconfigured, SecretStr(TOKEN), TOKEN, ip=None, user_agent=None) is ROOT
+
+
+@pytest.mark.parametrize("status", [500, 503, 404, 403, 401])
 async def test_the_operator_token_alone_signs_in_when_the_key_service_cannot_answer(
     status: int,
 ) -> None:
