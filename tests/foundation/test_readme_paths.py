@@ -6,6 +6,7 @@ Mermaid diagram), and it and each service's README stay under 300 lines: detail 
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -90,6 +91,34 @@ def broken_anchors(page: Path) -> list[str]:
     return broken
 
 
+def where_is() -> list[tuple[str, list[str]]]:
+    """The rows of README.md's "Where is X" table: each answer's path and the names after it."""
+    text = (ROOT / "README.md").read_text()
+    table = text.partition("\n## Where is X\n")[2].partition("\n## ")[0]
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[1].startswith("`"):
+            path, *names = CODE.findall(cells[1])
+            rows.append((path, names))
+    return rows
+
+
+def defines(module: Path, name: str) -> bool:
+    """Whether module defines name: a function or class, or a class's method (``Cls.meth``)."""
+    tree = ast.parse(module.read_text())
+    *owner, leaf = name.split(".")
+    scopes: list[ast.AST] = [tree]
+    if owner:
+        scopes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == owner[-1]]
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return any(
+        isinstance(n, defs) and n.name == leaf
+        for scope in scopes
+        for n in ast.iter_child_nodes(scope)
+    )
+
+
 def _id(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
@@ -117,6 +146,20 @@ def test_the_readme_opens_with_the_map() -> None:
     assert text.count("```mermaid\n") == 1
     assert text.index("## The two commands") < text.index("```mermaid\n")
     assert text.index("```mermaid\n") < text.index("## Where is X")
+
+
+def test_where_is_x_answers_with_one_path_and_names_it_defines() -> None:
+    """Each answer is one existing path; a function or class named beside it is defined there,
+    so a rename fails here as a moved file does."""
+    rows = where_is()
+    assert len(rows) >= 20
+    wrong = [
+        (path, name)
+        for path, names in rows
+        for name in names
+        if not (ROOT / path).is_file() or not defines(ROOT / path, name)
+    ]
+    assert not wrong, "README.md's Where is X names what its paths do not define"
 
 
 def test_every_service_has_a_readme() -> None:
