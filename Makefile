@@ -17,8 +17,9 @@ bootstrap: ## install what is missing: uv, Python deps, JDK, Maven, PostgreSQL, 
 up: bootstrap ## start Kafka, PostgreSQL, Redis and the services (TOLLGATE_GATEWAY_REPLICAS=N: N gateways; TOLLGATE_CLUSTER=1: 3 Kafka nodes, a Redis Cluster, 2 of each scaled service)
 	@$(RUN) python -m deploy.stack up
 
-down: ## stop everything `make up` started, by PID
+down: ## stop everything `make up` started, by PID (and the secured engines, when they ran)
 	@$(RUN) python -m deploy.stack down
+	@$(RUN) python -m deploy.secure down
 
 status: ## what runs: every server, node and replica, with PID and port
 	@$(RUN) python -m deploy.stack status
@@ -31,6 +32,9 @@ test-unit: bootstrap ## the quick tier, in seconds: the tests marked `unit` (pur
 
 test-cluster: bootstrap ## the tests that start a Kafka cluster or a Redis Cluster of their own (CI's second step)
 	@$(RUN) pytest -m cluster
+
+test-secure: bootstrap ## the tests on the secured engines: Kafka SASL_SSL with SCRAM and ACLs, Redis TLS and ACL users, PostgreSQL hostssl (deploy/secure.py)
+	@$(RUN) pytest -m secure
 
 lint: bootstrap ## ruff and mypy (strict)
 	@$(RUN) ruff check .

@@ -78,7 +78,7 @@ class Compose:
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # Debian's docker-compose 1.29 by default; TOLLGATE_COMPOSE_CLIENT names another
-        # (Compose v2 built from Go modules runs the same files; see the README).
+        # (Compose v2 built from Go modules runs the same files; see docs/compose.md).
         client = shutil.which(os.environ.get("TOLLGATE_COMPOSE_CLIENT", "docker-compose"))
         if client is None:
             raise StackError("no docker-compose: run `make compose-bootstrap`")

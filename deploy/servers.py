@@ -160,6 +160,10 @@ class Kafka:
     def _java(self, *args: str) -> list[str]:
         return kafka_java(*args)
 
+    def _format_args(self) -> list[str]:
+        """More arguments of the storage format (the secured node's SCRAM users)."""
+        return []
+
     def start(self) -> None:
         fetch_kafka()
         self.home.mkdir(parents=True, exist_ok=True)
@@ -173,7 +177,13 @@ class Kafka:
             ).stdout.split()[-1]
             formatted = subprocess.run(
                 self._java(
-                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                    *self._format_args(),
                 ),
                 capture_output=True,
                 text=True,

@@ -1,5 +1,5 @@
 """Every admin key's state, kept in memory and streamed to the services that check admin keys
-too (metering, billing, the console: ``shared/admin_access.py`` follows the stream).
+too (metering and billing: ``shared/admin_key_follower.py`` follows the stream).
 
 Why a stream from here: the key service owns the admin keys' table, so it is the one source;
 a follower holds every state in memory, so checking an admin key there costs no round trip;

@@ -1,0 +1,598 @@
+"""The engines secured, as managed services run them: Kafka with a ``SASL_SSL`` listener and
+SCRAM users under ACLs, Redis with TLS only and ACL users, PostgreSQL with ``ssl=on`` and
+``hostssl`` only, each service with credentials of its own (README.md: "Secure transport").
+
+Certificates come from a private CA made at run time (``deploy/pki.py``); passwords are made
+once per run folder into ``secure/credentials.json`` (0600: ``deploy/private.py``). The
+secured engines listen on ports of their own (``SecurePorts``), so they run beside the plain
+stack. ``SecureEngines.up()`` starts what is not running, waits, creates Tollgate's topics
+as the Kafka administrator and grants each service only what it uses; ``service_settings``
+are the settings a service connects with.
+
+Least privilege, as granted (topics under ``topic_prefix``, consumer groups by prefix):
+
+- gateway: reads ``keys.events`` (no group: it assigns partitions), writes ``usage.events``;
+  Redis: the key store and its channel; no database.
+- keys: writes ``keys.events`` and ``audit.events``, reads ``usage.events`` (groups
+  ``keys-*``), writes ``usage.events.dlq``; Redis as the gateway; its own schema.
+- metering and billing: read ``usage.events`` (groups ``metering*``, ``billing*``), write
+  ``usage.events.dlq``; their own schema; no Redis.
+
+The controller listener stays plaintext on 127.0.0.1 (one node: it carries the quorum's own
+traffic, never a client's); every client connects through ``SASL_SSL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import asyncpg
+import redis
+from pydantic import SecretStr
+
+from deploy.pki import Pki, ensure_pki
+from deploy.private import write_private
+from deploy.process import is_running, port_open, read_pid, run_to_end, spawn_detached, stop_pid
+from deploy.servers import REDIS_OPTIONS, Kafka, Ports, Postgres, Redis, StackError, kafka_java
+from shared.kafka import broker_reachable, ensure_topics
+from shared.kafka_security import KafkaAccess
+from shared.redis_client import RedisAuth
+
+SERVICE_USERS = ("keys", "gateway", "metering", "billing")
+ADMIN_USER = "tollgate-admin"
+SCRAM: Literal["SCRAM-SHA-512"] = "SCRAM-SHA-512"
+REDIS_PREFIX = "tollgate:"  # every Redis key and channel a service may touch starts so
+
+
+@dataclass(frozen=True)
+class SecurePorts:
+    """Ports of the secured engines, beside the plain stack's."""
+
+    kafka: int = 19192
+    kafka_controller: int = 19193
+    postgres: int = 15532
+    redis: int = 16479
+
+    @classmethod
+    def from_env(cls) -> SecurePorts:
+        defaults = cls()
+        return cls(
+            **{
+                name: int(
+                    os.environ.get(f"TOLLGATE_SECURE_{name.upper()}_PORT", getattr(defaults, name))
+                )
+                for name in ("kafka", "kafka_controller", "postgres", "redis")
+            }
+        )
+
+    def plain(self) -> Ports:
+        """The same ports as the plain servers' classes take them."""
+        return Ports(
+            kafka=self.kafka,
+            kafka_controller=self.kafka_controller,
+            postgres=self.postgres,
+            redis=self.redis,
+        )
+
+
+def credentials(folder: Path) -> dict[str, str]:
+    """One password per user (the services and the administrator), made once, kept 0600."""
+    path = folder / "credentials.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    made = {user: secrets.token_urlsafe(24) for user in (*SERVICE_USERS, ADMIN_USER)}
+    write_private(path, json.dumps(made))
+    return made
+
+
+class SecureKafka(Kafka):
+    """One KRaft node whose clients must come over TLS with SCRAM, under ACLs."""
+
+    name = "secure-kafka"
+
+    def __init__(self, run_dir: Path, ports: SecurePorts, pki: Pki, passwords: Mapping[str, str]):
+        super().__init__(run_dir, ports.plain())
+        self.home = run_dir / "secure" / "kafka"
+        self.log = self.home / "kafka.log"
+        self.pid_file = self.home / "kafka.pid"
+        self.pki = pki
+        self.passwords = passwords
+
+    @property
+    def bootstrap(self) -> str:
+        return f"localhost:{self.ports.kafka}"
+
+    def _config(self) -> Path:
+        p = self.ports
+        admin = self.passwords[ADMIN_USER]
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        config = self.home / "server.properties"
+        write_private(
+            config,
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
+                    f"listeners=SASL_SSL://127.0.0.1:{p.kafka},"
+                    f"CONTROLLER://127.0.0.1:{p.kafka_controller}",
+                    f"advertised.listeners=SASL_SSL://localhost:{p.kafka}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=SASL_SSL",
+                    "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+                    "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+                    f"sasl.mechanism.inter.broker.protocol={SCRAM}",
+                    f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_login} "
+                    f'username="{ADMIN_USER}" password="{admin}";',
+                    f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_login};",
+                    "ssl.keystore.type=PEM",
+                    f"ssl.keystore.location={self.pki.bundle('server')}",
+                    "ssl.truststore.type=PEM",
+                    f"ssl.truststore.location={self.pki.ca}",
+                    "ssl.client.auth=requested",
+                    "ssl.endpoint.identification.algorithm=https",
+                    "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                    # The controller listener's peer is this node itself, as ANONYMOUS.
+                    f"super.users=User:{ADMIN_USER};User:ANONYMOUS",
+                    "allow.everyone.if.no.acl.found=false",
+                    f"log.dirs={self.home / 'data'}",
+                    "num.partitions=3",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=10",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "",
+                ]
+            ),
+        )
+        return config
+
+    def _format_args(self) -> list[str]:
+        """The SCRAM users, made with the storage (no broker round trip needed for them)."""
+        out: list[str] = []
+        for user, password in self.passwords.items():
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                out += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+        return out
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        super().start()
+
+    def admin_properties(self) -> Path:
+        """What the Kafka tools connect with: the administrator over SASL_SSL (0600)."""
+        path = self.home / "admin.properties"
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        write_private(
+            path,
+            "\n".join(
+                [
+                    "security.protocol=SASL_SSL",
+                    f"sasl.mechanism={SCRAM}",
+                    f'sasl.jaas.config={scram_login} username="{ADMIN_USER}" '
+                    f'password="{self.passwords[ADMIN_USER]}";',
+                    "ssl.truststore.type=PEM",
+                    f"ssl.truststore.location={self.pki.ca}",
+                    "",
+                ]
+            ),
+        )
+        return path
+
+    def grant(self, topic_prefix: str = "") -> None:
+        """Each service's ACLs: only the topics and groups it uses (idempotent)."""
+        t = {name: topic_prefix + name for name in _TOPIC_NAMES}
+        grants: list[tuple[str, list[str], list[str], list[str]]] = [
+            # (user, operations, topics, group prefixes)
+            ("gateway", ["Read", "Describe", "DescribeConfigs"], [t["keys.events"]], []),
+            ("gateway", ["Write", "Describe"], [t["usage.events"]], []),
+            (
+                "keys",
+                ["Write", "Describe", "DescribeConfigs"],
+                [t["keys.events"], t["audit.events"], t["usage.events.dlq"]],
+                [],
+            ),
+            ("keys", ["Read", "Describe", "DescribeConfigs"], [t["usage.events"]], ["keys"]),
+            (
+                "metering",
+                ["Read", "Describe", "DescribeConfigs"],
+                [t["usage.events"]],
+                ["metering"],
+            ),
+            ("metering", ["Write", "Describe", "DescribeConfigs"], [t["usage.events.dlq"]], []),
+            ("billing", ["Read", "Describe", "DescribeConfigs"], [t["usage.events"]], ["billing"]),
+            ("billing", ["Write", "Describe", "DescribeConfigs"], [t["usage.events.dlq"]], []),
+        ]
+        config = self.admin_properties()
+        for user, operations, topics, groups in grants:
+            argv = [
+                "org.apache.kafka.tools.AclCommand",
+                "--bootstrap-server",
+                self.bootstrap,
+                "--command-config",
+                str(config),
+                "--add",
+                "--allow-principal",
+                f"User:{user}",
+            ]
+            for operation in operations:
+                argv += ["--operation", operation]
+            for topic in topics:
+                argv += ["--topic", topic]
+            _run_java(argv)
+            if groups:
+                group_argv = [
+                    "org.apache.kafka.tools.AclCommand",
+                    "--bootstrap-server",
+                    self.bootstrap,
+                    "--command-config",
+                    str(config),
+                    "--add",
+                    "--allow-principal",
+                    f"User:{user}",
+                    "--operation",
+                    "Read",
+                    "--operation",
+                    "Describe",
+                    "--resource-pattern-type",
+                    "prefixed",
+                ]
+                for group in groups:
+                    group_argv += ["--group", group]
+                _run_java(group_argv)
+
+
+_TOPIC_NAMES = ("keys.events", "usage.events", "usage.events.dlq", "audit.events")
+
+
+def _run_java(argv: list[str]) -> None:
+    done = subprocess.run(
+        kafka_java(*argv, heap="256m"), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise StackError(f"{argv[0]} failed: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+
+
+class SecureRedis(Redis):
+    """Redis with TLS only (no plaintext port) and ACL users: ``default`` is off."""
+
+    name = "secure-redis"
+
+    def __init__(self, run_dir: Path, ports: SecurePorts, pki: Pki, passwords: Mapping[str, str]):
+        super().__init__(run_dir, ports.plain())
+        self.home = run_dir / "secure" / "redis"
+        self.log = self.home / "redis.log"
+        self.pid_file = self.home / "redis.pid"
+        self.pki = pki
+        self.passwords = passwords
+
+    @property
+    def url(self) -> str:
+        return f"rediss://localhost:{self.ports.redis}/0"
+
+    def _acl(self) -> Path:
+        """The ACL file: the services that use Redis, on Tollgate's keys and channels only."""
+        path = self.home / "users.acl"
+        rights = f"~{REDIS_PREFIX}* &{REDIS_PREFIX}* +@all -@admin -flushall -flushdb"
+        lines = ["user default off"]
+        lines += [f"user {u} on >{self.passwords[u]} {rights}" for u in ("gateway", "keys")]
+        lines.append(f"user {ADMIN_USER} on >{self.passwords[ADMIN_USER]} ~* &* +@all")
+        write_private(path, "\n".join(lines) + "\n")
+        return path
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise StackError("Redis is not installed: run `make bootstrap`")
+        self.home.mkdir(parents=True, exist_ok=True)
+        pid = spawn_detached(
+            [
+                binary,
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.ports.redis),
+                "--tls-cert-file",
+                str(self.pki.cert("server")),
+                "--tls-key-file",
+                str(self.pki.key("server")),
+                "--tls-ca-cert-file",
+                str(self.pki.ca),
+                "--tls-auth-clients",
+                "optional",
+                "--tls-protocols",
+                "TLSv1.2 TLSv1.3",
+                "--aclfile",
+                str(self._acl()),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.home),
+                *REDIS_OPTIONS,
+            ],
+            self.log,
+        )
+        self.pid_file.write_text(str(pid))
+
+
+class SecurePostgres(Postgres):
+    """PostgreSQL with ``ssl=on``, ``hostssl`` only (no plaintext TCP), a role per service."""
+
+    name = "secure-postgres"
+
+    def __init__(self, run_dir: Path, ports: SecurePorts, pki: Pki, passwords: Mapping[str, str]):
+        self.pki = pki
+        self.passwords = passwords
+        super().__init__(run_dir / "secure", ports.plain())
+
+    def dsn_of(self, user: str) -> str:
+        """A service's DSN: its own role, TLS required with the server's name checked."""
+        password = (
+            self.password_file.read_text().strip() if user == self.user else self.passwords[user]
+        )
+        return (
+            f"postgresql://{user}:{password}@localhost:{self.ports.postgres}/{self.database}"
+            f"?sslmode=verify-full&sslrootcert={self.pki.ca}"
+        )
+
+    @property
+    def dsn(self) -> str:
+        return self.dsn_of(self.user)
+
+    def _tls_files(self) -> tuple[Path, Path]:
+        """Copies of the server certificate and key the postgres user owns (0600)."""
+        cert, key = self.home / "server.pem", self.home / "server.key"
+        write_private(cert, self.pki.cert("server").read_text())
+        write_private(key, self.pki.key("server").read_text())
+        if os.geteuid() == 0:
+            for path in (cert, key):
+                shutil.chown(path, "postgres", "postgres")
+        return cert, key
+
+    def start(self) -> None:
+        self._prepare_dirs()
+        if not (self.data / "PG_VERSION").exists():
+            self._init()
+            # TLS from any address, and nothing else over TCP.
+            (self.data / "pg_hba.conf").write_text(
+                "local all all scram-sha-256\n"
+                "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+                "hostssl all all ::1/128 scram-sha-256\n"
+            )
+        cert, key = self._tls_files()
+        options = (
+            f"-p {self.ports.postgres} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.home} -c max_connections=300 "
+            f"-c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key} "
+            "-c ssl_min_protocol_version=TLSv1.2 -c password_encryption=scram-sha-256"
+        )
+        done = subprocess.run(
+            self._as_owner(
+                [
+                    str(self.bin_dir() / "pg_ctl"),
+                    "start",
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-o",
+                    options,
+                    "-W",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise StackError(f"PostgreSQL did not start ({self.log}): {done.stderr}")
+
+    async def roles(self) -> None:
+        """A login role per service that uses the database, which may create schemas of its
+        own (and so owns them) and reach nothing else (idempotent)."""
+        conn = await asyncpg.connect(self.dsn.replace(f"/{self.database}?", "/postgres?"))
+        try:
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", self.database
+            ):
+                await conn.execute(f'CREATE DATABASE "{self.database}"')
+            for user in ("keys", "metering", "billing"):
+                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
+                verb = "ALTER" if exists else "CREATE"
+                password = self.passwords[user].replace("'", "''")
+                await conn.execute(f"{verb} ROLE \"{user}\" LOGIN PASSWORD '{password}'")
+                await conn.execute(
+                    f'GRANT CONNECT, CREATE ON DATABASE "{self.database}" TO "{user}"'
+                )
+            await conn.execute(f'REVOKE ALL ON DATABASE "{self.database}" FROM PUBLIC')
+        finally:
+            await conn.close()
+        db = await asyncpg.connect(self.dsn)
+        try:
+            # Nobody but an owner creates in public (PostgreSQL 15's default, made explicit).
+            await db.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        finally:
+            await db.close()
+
+
+@dataclass
+class SecureEngines:
+    """The three secured engines of one run folder, and what each service connects with."""
+
+    run_dir: Path
+    ports: SecurePorts
+
+    def __post_init__(self) -> None:
+        self.folder = self.run_dir / "secure"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pki = ensure_pki(self.folder / "pki")
+        self.passwords = credentials(self.folder)
+        self.kafka = SecureKafka(self.run_dir, self.ports, self.pki, self.passwords)
+        self.redis = SecureRedis(self.run_dir, self.ports, self.pki, self.passwords)
+        self.postgres = SecurePostgres(self.run_dir, self.ports, self.pki, self.passwords)
+
+    def kafka_settings(self, user: str) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": SCRAM,
+            "KAFKA_SASL_USERNAME": user,
+            "KAFKA_SASL_PASSWORD": self.passwords[user],
+            "KAFKA_SSL_CAFILE": str(self.pki.ca),
+        }
+
+    def redis_settings(self, user: str) -> dict[str, str]:
+        return {
+            "REDIS_URL": self.redis.url,
+            "REDIS_SSL_CA_CERTS": str(self.pki.ca),
+            "REDIS_USERNAME": user,
+            "REDIS_PASSWORD": self.passwords[user],
+        }
+
+    def service_settings(self, service: str) -> dict[str, str]:
+        """The engine settings of a service (names without its prefix): its own users."""
+        out = self.kafka_settings(service)
+        if service in ("gateway", "keys"):
+            out |= self.redis_settings(service)
+        if service in ("keys", "metering", "billing"):
+            out["DATABASE_URL"] = self.postgres.dsn_of(service)
+        return out
+
+    def pids(self) -> dict[str, int | None]:
+        return {
+            "secure-postgres": self.postgres.pid(),
+            "secure-redis": read_pid(self.redis.pid_file),
+            "secure-kafka": read_pid(self.kafka.pid_file),
+        }
+
+    def stop(self) -> None:
+        stop_pid(self.kafka.pid_file, signal.SIGTERM, timeout=30)
+        self.redis.stop()
+        self.postgres.stop()
+
+    def prepare(self) -> None:
+        """Once the engines answer: Tollgate's topics (as the administrator), every
+        service's ACLs, the database roles (each idempotent; the ACLs once per folder)."""
+        asyncio.run(ensure_topics(self.admin_kafka()))
+        asyncio.run(self.postgres.roles())
+        granted = self.folder / "kafka-acls-granted"
+        if not granted.exists():
+            self.kafka.grant()
+            granted.touch()
+
+    def admin_kafka(self) -> KafkaAccess:
+        """The administrator's connection (topics, ACLs): never a service's."""
+        return KafkaAccess(
+            self.kafka.bootstrap,
+            security_protocol="SASL_SSL",
+            sasl_mechanism=SCRAM,
+            sasl_username=ADMIN_USER,
+            sasl_password=SecretStr(self.passwords[ADMIN_USER]),
+            ssl_cafile=self.pki.ca,
+        )
+
+    def up(self, deadline_s: float = 120.0) -> None:
+        """Start each engine that does not run, wait until it answers over TLS, prepare."""
+        for server, port in (
+            (self.postgres, self.ports.postgres),
+            (self.redis, self.ports.redis),
+            (self.kafka, self.ports.kafka),
+        ):
+            pid = server.pid()
+            if pid is None or not is_running(pid):
+                if port_open(port):
+                    raise StackError(f"{server.name}: port {port} is taken by another process")
+                server.start()
+        _wait_ready("secure-postgres", self._postgres_ready, deadline_s, self.postgres.log)
+        _wait_ready("secure-redis", self._redis_ready, deadline_s, self.redis.log)
+        _wait_ready("secure-kafka", self._kafka_ready, deadline_s, self.kafka.log)
+        self.prepare()
+
+    def _postgres_ready(self) -> bool:
+        async def probe() -> bool:
+            try:
+                dsn = self.postgres.dsn.replace(f"/{self.postgres.database}?", "/postgres?")
+                conn = await asyncpg.connect(dsn, timeout=2)
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                return False
+            await conn.close()
+            return True
+
+        return run_to_end(probe())
+
+    def _redis_ready(self) -> bool:
+        client = redis.Redis.from_url(
+            self.redis.url, socket_timeout=1, **self.redis_auth(ADMIN_USER).options(self.redis.url)
+        )
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def _kafka_ready(self) -> bool:
+        return port_open(self.ports.kafka) and run_to_end(broker_reachable(self.admin_kafka()))
+
+    def redis_auth(self, user: str) -> RedisAuth:
+        return RedisAuth(
+            ca_certs=self.pki.ca, username=user, password=SecretStr(self.passwords[user])
+        )
+
+
+def _wait_ready(name: str, ready: Callable[[], bool], deadline_s: float, log: Path) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.3)
+    raise StackError(f"{name} did not become ready within {deadline_s:.0f}s; its log is {log}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deploy.secure up|down|status|env SERVICE``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deploy.secure", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("service", nargs="?", choices=SERVICE_USERS)
+    args = parser.parse_args(argv)
+    from deploy.stack import DEFAULT_RUN_DIR
+
+    if args.command == "down" and not (DEFAULT_RUN_DIR / "secure").exists():
+        return 0  # never started here: nothing to stop, and nothing to make
+    engines = SecureEngines(DEFAULT_RUN_DIR, SecurePorts.from_env())
+    if args.command == "up":
+        engines.up()
+        print(f"secured engines up; credentials in {engines.folder} (0600)")
+    elif args.command == "down":
+        engines.stop()
+    elif args.command == "status":
+        for name, pid in engines.pids().items():
+            print(
+                f"{name:16} {'running, pid ' + str(pid) if pid and is_running(pid) else 'stopped'}"
+            )
+    elif args.service is None:
+        parser.error("env needs a SERVICE")
+    else:
+        for name, value in engines.service_settings(args.service).items():
+            print(f"TOLLGATE_{args.service.upper()}_{name}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
