@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import InvalidReplicationFactorError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    InvalidReplicationFactorError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
 from shared.kafka_security import KafkaAccess, kafka_options
 from shared.topics import TOPICS, TopicSpec
@@ -71,10 +77,11 @@ async def ensure_topics(
                 )
                 for s in missing
             ]
+            names = None if checked is None else {prefix + name for name in checked}
             # Another replica may create a topic between our list and our create.
             with contextlib.suppress(TopicAlreadyExistsError):
                 answer = await admin.create_topics(new)
-                _raise_refusals(answer, replication)
+                _raise_refusals(answer, replication, names)
             log.info("created topics", extra={"topics": [s.name for s in missing]})
         names = None if checked is None else {prefix + name for name in checked}
         present = [s for s in wanted if s.name in existing and (names is None or s.name in names)]
@@ -84,11 +91,26 @@ async def ensure_topics(
         await admin.close()
 
 
-def _raise_refusals(answer: object, replication: Replication) -> None:
-    """The broker answers each topic's creation apart: refusals come back as error codes."""
+# Refusals for want of a Kafka ACL (topic, cluster): under least privilege a service may not
+# create topics at all (README.md: "Secure transport"); an administrator made them.
+_NOT_ALLOWED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
+
+
+def _raise_refusals(answer: object, replication: Replication, ours: set[str] | None = None) -> None:
+    """The broker answers each topic's creation apart: refusals come back as error codes. A
+    topic the caller does not use (not in ``ours``) that its ACLs forbid it to create is left
+    to its users (one cannot see a topic one may not describe)."""
     refused = []
     for topic, code, *rest in getattr(answer, "topic_errors", ()):
         if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        if code in _NOT_ALLOWED and ours is not None and topic not in ours:
+            continue
+        if code in _NOT_ALLOWED:
+            refused.append(
+                f"{topic}: this Kafka user may not create it (a missing ACL): create it as an "
+                "administrator, or grant Create"
+            )
             continue
         if code == InvalidReplicationFactorError.errno:
             raise TopicMismatch(

@@ -49,6 +49,8 @@ SERVER_FIXTURES = frozenset(
         "running",
         "browser",
         "system",
+        "engines",
+        "secured_system",
     }
 )
 

@@ -20,23 +20,13 @@ from pydantic import SecretStr
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError
 
 from deploy.pki import Pki, ensure_pki
-from deploy.secure import ADMIN_USER, SecureEngines, SecurePorts
-from deploy.stack import DEFAULT_RUN_DIR
+from deploy.secure import ADMIN_USER, SecureEngines
 from shared.kafka import idempotent_producer
 from shared.kafka_security import KafkaAccess, kafka_options
 from shared.redis_client import RedisAuth, connect
 from shared.settings import TokenGuardedSettings
 
 pytestmark = [pytest.mark.secure, pytest.mark.slow]
-
-
-@pytest.fixture(scope="session")
-def engines() -> SecureEngines:
-    """The secured engines of the run folder, started when they do not run (and left
-    running, as the plain stack is: `make down-secure` stops them)."""
-    found = SecureEngines(DEFAULT_RUN_DIR, SecurePorts.from_env())
-    found.up()
-    return found
 
 
 @pytest.fixture(scope="session")
