@@ -6,7 +6,8 @@ the servers are up, and ``deploy.system`` turns it into each service's settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class Endpoints:
     cluster: bool = False  # Kafka and Redis are clusters: replicated topics, the cluster client
     replication_factor: int = 1
     min_insync_replicas: int = 1
+    # On the secured engines (deploy/secure.py): each service's own engine settings (users,
+    # TLS files, DSN), by service kind, instead of the shared ones above.
+    secured: Mapping[str, Mapping[str, str]] | None = field(default=None, repr=False)
 
     def as_env(self) -> dict[str, str]:
         env = {

@@ -41,6 +41,7 @@ import asyncpg
 import redis
 from pydantic import SecretStr
 
+from deploy.endpoints import Endpoints
 from deploy.pki import Pki, ensure_pki
 from deploy.private import write_private
 from deploy.process import is_running, port_open, read_pid, run_to_end, spawn_detached, stop_pid
@@ -472,6 +473,15 @@ class SecureEngines:
             out["DATABASE_URL"] = self.postgres.dsn_of(service)
         return out
 
+    def endpoints(self) -> Endpoints:
+        """Where the secured engines answer, with every service's own settings."""
+        return Endpoints(
+            self.kafka.bootstrap,
+            self.postgres.dsn,
+            self.redis.url,
+            secured={s: self.service_settings(s) for s in SERVICE_USERS},
+        )
+
     def pids(self) -> dict[str, int | None]:
         return {
             "secure-postgres": self.postgres.pid(),
@@ -596,3 +606,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def secure_from_env() -> bool:
+    """``TOLLGATE_SECURE=1``: ``make up`` runs the secured engines."""
+    return os.environ.get("TOLLGATE_SECURE", "").strip().lower() in ("1", "true", "yes")

@@ -32,6 +32,7 @@ from deploy.cluster import MIN_INSYNC_REPLICAS, REPLICATION_FACTOR, ClusterServe
 from deploy.endpoints import Endpoints
 from deploy.private import write_private
 from deploy.process import is_running, port_open, run_to_end, tail
+from deploy.secure import SecureEngines, SecurePorts, secure_from_env
 from deploy.servers import REPO, Kafka, Ports, Postgres, Redis, StackError
 
 # Endpoints lives in deploy/endpoints.py (deploy.system needs it too); callers keep finding it
@@ -250,7 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     try:
         offset = services.port_offset_from_env()
-        if args.command in ("up", "infra"):
+        if args.command in ("up", "infra") and secure_from_env():
+            # TOLLGATE_SECURE=1: the secured engines (deploy/secure.py), every service with
+            # its own credentials over TLS.
+            started = time.monotonic()
+            engines = SecureEngines(stack.run_dir, SecurePorts.from_env())
+            engines.up()
+            print(f"secured engines up; credentials in {engines.folder} (0600)")
+            if args.command == "up":
+                services.up(stack.run_dir, engines.endpoints(), port_offset=offset)
+            print(f"ready in {time.monotonic() - started:.1f}s")
+        elif args.command in ("up", "infra"):
             started = time.monotonic()
             endpoints = stack.up()
             kafka_log = stack.clustered.kafka.home if stack.cluster else stack.kafka.log

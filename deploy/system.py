@@ -208,7 +208,10 @@ def settings_of(service: Service, wiring: Wiring) -> dict[str, str]:
 
 def _servers(service: Service, ends: Endpoints) -> dict[str, str]:
     """Where the servers the service uses answer; on clusters, topics replicated as the
-    cluster's are and the Redis Cluster client."""
+    cluster's are and the Redis Cluster client; on the secured engines, the service's own
+    credentials and TLS settings."""
+    if ends.secured is not None:
+        return dict(ends.secured.get(service.kind, {}))
     out: dict[str, str] = {}
     if "kafka" in service.servers:
         out["KAFKA_BOOTSTRAP"] = ends.kafka_bootstrap

@@ -21,6 +21,7 @@ from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionE
 
 from deploy.pki import Pki, ensure_pki
 from deploy.secure import ADMIN_USER, SecureEngines
+from shared.events import UsageRecorded, utc_now
 from shared.kafka import idempotent_producer
 from shared.kafka_security import KafkaAccess, kafka_options
 from shared.redis_client import RedisAuth, connect
@@ -47,13 +48,32 @@ def kafka_of(engines: SecureEngines, user: str, **change: object) -> KafkaAccess
     return KafkaAccess(**(values | change))  # type: ignore[arg-type]
 
 
+def _record(topic: str) -> bytes:
+    """What a test writes: a real usage event on usage.events (counted for a project no one
+    reads), an empty object elsewhere (on topics nothing of Tollgate parses)."""
+    if topic != "usage.events":
+        return b"{}"
+    return UsageRecorded(
+        occurred_at=utc_now(),
+        request_id=f"req_secure{uuid.uuid4().hex[:12]}",
+        project_id="proj_secureEngineTest",
+        key_id="key_secureEngineTest",
+        model="Qwen/Qwen2.5-0.5B-Instruct",
+        endpoint="/v1/chat/completions",
+        input_tokens=1,
+        output_tokens=1,
+        status_code=200,
+        latency_ms=1,
+    ).to_bytes()
+
+
 async def _produce(access: KafkaAccess | str, topic: str) -> None:
     producer = idempotent_producer(
         access, f"secure-test-{uuid.uuid4().hex[:6]}", request_timeout_ms=5000
     )
     try:
         await asyncio.wait_for(producer.start(), 15)
-        await asyncio.wait_for(producer.send_and_wait(topic, b"{}", key=b"k"), 15)
+        await asyncio.wait_for(producer.send_and_wait(topic, _record(topic), key=b"k"), 15)
     finally:
         await producer.stop()
 
@@ -74,7 +94,7 @@ async def _read_one(access: KafkaAccess, topic: str) -> None:
 async def test_each_service_reaches_what_it_uses_over_tls(engines: SecureEngines) -> None:
     await _produce(kafka_of(engines, "gateway"), "usage.events")
     await _read_one(kafka_of(engines, "gateway"), "keys.events")
-    await _produce(kafka_of(engines, "keys"), "keys.events")
+    await _produce(kafka_of(engines, "keys"), "audit.events")
     await _produce(kafka_of(engines, "metering"), "usage.events.dlq")
     # Redis: the gateway and the key service on Tollgate's keys; TLS checked.
     client = connect(
