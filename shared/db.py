@@ -26,6 +26,8 @@ from pathlib import Path
 
 import asyncpg
 
+from shared.engine_checks import database_refusal, refused_at_start
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _REPLACES = re.compile(r"^-- replaces sha256:([0-9a-f]{64})\b", re.MULTILINE)
@@ -85,13 +87,24 @@ def load_migrations(folder: Path) -> list[Migration]:
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, application: str = "tollgate"
 ) -> asyncpg.Pool:
-    """A connection pool whose search path is the service's schema."""
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        server_settings={"search_path": check_schema_name(schema), "application_name": application},
-    )
+    """A connection pool whose search path is the service's schema; EngineRefused (logged in
+    one line) for a refusal no retry mends: a certificate not trusted, credentials refused."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings={
+                "search_path": check_schema_name(schema),
+                "application_name": application,
+            },
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        refusal = database_refusal(exc)
+        if refusal is None:
+            raise
+        refused_at_start(refusal)
+        raise refusal from exc
     assert pool is not None
     return pool
 

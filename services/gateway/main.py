@@ -16,10 +16,12 @@ from services.gateway.metrics import Metrics
 from services.gateway.responses import OverheadMiddleware
 from services.gateway.settings import GatewaySettings
 from shared.catalogue import load_catalogue
+from shared.engine_checks import check_engines
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
+from shared.topics import KEYS_EVENTS, USAGE_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ def create_app(settings: GatewaySettings | None = None) -> ProxiedRoutes:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A certificate, a password or an ACL wrong stops the start (one log line).
+        await check_engines(settings, topics=(KEYS_EVENTS, USAGE_EVENTS), redis=True)
         gateway = Gateway(settings, catalogue, metrics)
         app.state.gateway = gateway
         gateway.start()

@@ -26,10 +26,12 @@ from services.keys.settings import KeysSettings
 from services.keys.sign_ins import sign_in_router
 from shared.catalogue import load_catalogue
 from shared.db import apply_migrations, create_pool
+from shared.engine_checks import check_engines
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
+from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -49,6 +51,16 @@ def _admin_access(
     states = AdminKeyStates(pool)
     cache.on_change = states.changed
     return cache, states
+
+
+def _kafka_topics(settings: KeysSettings) -> tuple[str, ...]:
+    """The topics this replica's workers use (none when it runs neither)."""
+    out: tuple[str, ...] = ()
+    if settings.relay:
+        out += (KEYS_EVENTS, AUDIT_EVENTS)
+    if settings.consume_usage:
+        out += (USAGE_EVENTS, USAGE_EVENTS_DLQ)
+    return out
 
 
 def create_app(settings: KeysSettings | None = None) -> FastAPI:
@@ -88,6 +100,12 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
             retention_months=settings.audit_retention_months,
         )
         try:
+            # A certificate, a password or an ACL wrong stops the start (one log line).
+            await check_engines(
+                settings,
+                topics=_kafka_topics(settings),
+                redis=settings.redis_write,
+            )
             await apply_migrations(pool, settings.db_schema, MIGRATIONS)
             # Before serving: a change with no partition for its audit entry would fail.
             await partitions.maintain()

@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI
 
 from shared.admin_key_follower import AdminKeyFollower
 from shared.db import MigrationSet, apply_migrations, create_pool
+from shared.engine_checks import check_engines
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.kafka import ensure_topics
@@ -68,6 +69,7 @@ def ledger_app(
         try:
             await apply_migrations(pool, settings.db_schema, migrations)
             if settings.consume:
+                await check_engines(settings, topics=(USAGE_EVENTS, USAGE_EVENTS_DLQ))
                 await ensure_topics(
                     settings.kafka,
                     prefix=settings.topic_prefix,
