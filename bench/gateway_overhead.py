@@ -56,6 +56,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", default="1=400,50=3000,500=3000", help="per round")
     parser.add_argument("--duration", type=float, help="seconds per round instead of requests")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="the gateway on the secured engines (TLS and SASL to Kafka, TLS and an ACL user "
+        "to Redis: deploy/secure.py)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy folded stacks of the gateway here")
     parser.add_argument("--profile-levels", default="1", help="clients of the profiled rounds")
     parser.add_argument("--profile-mode", default="chat", choices=MODES)
@@ -177,7 +183,7 @@ async def measure_mode(
 async def redis_commands(srv: servers.Servers) -> int:
     """Script calls Redis has taken so far (EVALSHA, EVAL, SCRIPT: what clients send, not the
     commands a script runs inside), from INFO commandstats, to count them per request."""
-    client = aioredis.Redis.from_url(srv.endpoints.redis_url)
+    client = aioredis.Redis.from_url(srv.endpoints.redis_url, **srv.redis_options)
     try:
         stats: dict[str, Any] = await client.info("commandstats")
     finally:
@@ -197,7 +203,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if load1 > HIGH_LOAD * cores:
         print(f"WARNING: load average {load1:.2f} is high for {cores} cores: figures will be noisy")
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
-    srv = await servers.start(work)
+    srv = await servers.start(work, secure=args.secure)
     out: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": cores,
@@ -252,7 +258,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             })  # fmt: skip
     finally:
         srv.stop()
-        await servers.delete_topics(srv.endpoints.kafka_bootstrap, srv.prefix)
+        if not srv.secure:  # the secured engines' topics are the real ones: kept
+            await servers.delete_topics(srv.endpoints.kafka_bootstrap, srv.prefix)
     out["load_average_end"] = list(procstat.load_average())
     return out
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,10 +22,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from deploy.ports import free_port
-from deploy.stack import Endpoints, Stack
+from deploy.secure import ADMIN_USER, SecureEngines, SecurePorts
+from deploy.stack import DEFAULT_RUN_DIR, Endpoints, Stack
 from deploy.system import SERVICES
 from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent
+from shared.kafka_security import KafkaAccess, kafka_options
 from shared.policy import Budget, RateLimits
 from shared.state_mac import Keyring, new_keyring_text
 from shared.topics import KEYS_EVENTS
@@ -102,7 +104,7 @@ POLICY: dict[str, Any] = {
 }
 
 
-async def publish_key(bootstrap: str, prefix: str, **policy: Any) -> str:
+async def publish_key(bootstrap: str | KafkaAccess, prefix: str, **policy: Any) -> str:
     """A new key announced on the prefix's keys topic; the full secret stays in memory only."""
     secret = generate()
     event = KeyEvent(
@@ -117,7 +119,7 @@ async def publish_key(bootstrap: str, prefix: str, **policy: Any) -> str:
         **policy,
     )
     event = KEYRING.sign(event)  # as the key service signs it (shared/state_mac.py)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(**kafka_options(bootstrap))
     await producer.start()
     try:
         await producer.send_and_wait(prefix + KEYS_EVENTS, event.to_bytes(), key=b"bench")
@@ -151,6 +153,8 @@ class Servers:
     prefix: str
     endpoints: Endpoints
     work: Path
+    secure: bool = False  # on the secured engines (deploy/secure.py): its topics are kept
+    redis_options: dict[str, Any] = field(default_factory=dict)  # the benchmark's own reads
 
     def stop(self) -> None:
         for process in (self.gateway, self.upstream):
@@ -162,9 +166,34 @@ class Servers:
                 process.kill()
 
 
-async def start(work: Path) -> Servers:
-    endpoints = stack_endpoints()
-    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+async def start(work: Path, *, secure: bool = False) -> Servers:
+    """The upstream and a gateway; with secure, the gateway on the secured engines with its
+    own credentials over TLS (the topics unprefixed, as their ACLs name them)."""
+    own: dict[str, str] = {}
+    redis_options: dict[str, Any] = {}
+    publisher: str | KafkaAccess
+    if secure:
+        engines = SecureEngines(DEFAULT_RUN_DIR, SecurePorts.from_env())
+        engines.up()
+        endpoints = engines.endpoints()
+        prefix = ""
+        redis_prefix = f"tollgate:bench-{uuid.uuid4().hex[:8]}:"
+        own = {f"TOLLGATE_GATEWAY_{k}": v for k, v in engines.service_settings("gateway").items()}
+        keys = engines.service_settings("keys")
+        redis_options = engines.redis_auth(ADMIN_USER).options(endpoints.redis_url)
+        publisher = KafkaAccess(
+            keys["KAFKA_BOOTSTRAP"],
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="keys",
+            sasl_password=SecretStr(keys["KAFKA_SASL_PASSWORD"]),
+            ssl_cafile=Path(keys["KAFKA_SSL_CAFILE"]),
+        )
+    else:
+        endpoints = stack_endpoints()
+        prefix = f"bench-{uuid.uuid4().hex[:8]}."
+        redis_prefix = f"{prefix}gw:"
+        publisher = endpoints.kafka_bootstrap
     upstream_port, gateway_port = free_port(), free_port()
     catalogue = work / "models.yaml"
     catalogue.write_text(
@@ -177,7 +206,7 @@ async def start(work: Path) -> Servers:
         "TOLLGATE_GATEWAY_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
         "TOLLGATE_GATEWAY_REDIS_URL": endpoints.redis_url,
         "TOLLGATE_GATEWAY_TOPIC_PREFIX": prefix,
-        "TOLLGATE_GATEWAY_REDIS_PREFIX": f"{prefix}gw:",
+        "TOLLGATE_GATEWAY_REDIS_PREFIX": redis_prefix,
         "TOLLGATE_GATEWAY_INTERNAL_TOKEN": uuid.uuid4().hex,
         "TOLLGATE_GATEWAY_STATE_MAC_KEYS": STATE_MAC_KEYS,
         "TOLLGATE_GATEWAY_KEYS_URL": f"http://127.0.0.1:{free_port()}",
@@ -186,22 +215,24 @@ async def start(work: Path) -> Servers:
         "TOLLGATE_GATEWAY_CATALOGUE_PATH": str(catalogue),
         "TOLLGATE_GATEWAY_SPOOL_DIR": str(work / "spool"),
         "TOLLGATE_GATEWAY_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        **own,
     }
     upstream = spawn(upstream_argv(upstream_port), env, work / "upstream.log")
     gateway = spawn(gateway_argv(gateway_port), env, work / "gateway.log")
     servers = Servers(
         upstream, gateway, f"http://127.0.0.1:{upstream_port}",
-        f"http://127.0.0.1:{gateway_port}", {}, {}, prefix, endpoints, work,
+        f"http://127.0.0.1:{gateway_port}", {}, {}, prefix, endpoints, work, secure,
+        redis_options,
     )  # fmt: skip
     try:
         await wait_status(servers.upstream_url + "/healthz")
         await wait_status(servers.gateway_url + "/readyz")
-        secret = await publish_key(endpoints.kafka_bootstrap, prefix)
+        secret = await publish_key(publisher, prefix)
         servers.headers = {"Authorization": f"Bearer {secret}"}
         # The key reaches the gateway through Kafka: wait until it is accepted.
         chat = servers.gateway_url + "/v1/chat/completions"
         await wait_status(chat, 200, servers.headers, timeout=60)
-        policy_secret = await publish_key(endpoints.kafka_bootstrap, prefix, **POLICY)
+        policy_secret = await publish_key(publisher, prefix, **POLICY)
         servers.policy_headers = {"Authorization": f"Bearer {policy_secret}"}
         await wait_status(chat, 200, servers.policy_headers, timeout=60)
     except BaseException:

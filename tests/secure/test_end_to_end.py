@@ -114,12 +114,18 @@ async def test_the_system_on_secured_engines(
     finally:
         await client.close()
 
-    # No credential in any log line of any service, nor on the topics.
+    # No credential in any log line of any service, metric (labels too), nor on the topics.
     secrets = [*engines.passwords.values(), created["key"], system.admin_token]
     for log in tmp_path.glob("*.log"):
         text = log.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"a credential in {log.name}"
+    for name in ("gateway", "keys", "metering", "billing"):
+        async with httpx.AsyncClient(base_url=system.url(name)) as probe:
+            exposed = (await probe.get("/metrics")).text + (await probe.get("/readyz")).text
+        assert exposed, name
+        for secret in secrets:
+            assert secret not in exposed, f"a credential in {name}'s /metrics or /readyz"
     consumer = AIOKafkaConsumer(
         "keys.events",
         "usage.events",
