@@ -45,6 +45,7 @@ from deploy.endpoints import Endpoints
 from deploy.pki import Pki, ensure_pki
 from deploy.private import write_private
 from deploy.process import is_running, port_open, read_pid, run_to_end, spawn_detached, stop_pid
+from deploy.redis_cluster import RedisCluster
 from deploy.servers import REDIS_OPTIONS, Kafka, Ports, Postgres, Redis, StackError, kafka_java
 from shared.kafka import broker_reachable, ensure_topics
 from shared.kafka_security import KafkaAccess
@@ -285,16 +286,6 @@ class SecureRedis(Redis):
     def url(self) -> str:
         return f"rediss://localhost:{self.ports.redis}/0"
 
-    def _acl(self) -> Path:
-        """The ACL file: the services that use Redis, on Tollgate's keys and channels only."""
-        path = self.home / "users.acl"
-        rights = f"~{REDIS_PREFIX}* &{REDIS_PREFIX}* +@all -@admin -flushall -flushdb"
-        lines = ["user default off"]
-        lines += [f"user {u} on >{self.passwords[u]} {rights}" for u in ("gateway", "keys")]
-        lines.append(f"user {ADMIN_USER} on >{self.passwords[ADMIN_USER]} ~* &* +@all")
-        write_private(path, "\n".join(lines) + "\n")
-        return path
-
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
@@ -318,7 +309,7 @@ class SecureRedis(Redis):
                 "--tls-protocols",
                 "TLSv1.2 TLSv1.3",
                 "--aclfile",
-                str(self._acl()),
+                str(_acl_file(self.home, self.passwords)),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -611,3 +602,106 @@ if __name__ == "__main__":
 def secure_from_env() -> bool:
     """``TOLLGATE_SECURE=1``: ``make up`` runs the secured engines."""
     return os.environ.get("TOLLGATE_SECURE", "").strip().lower() in ("1", "true", "yes")
+
+
+class SecureRedisCluster(RedisCluster):
+    """A Redis Cluster as managed ones run: TLS only on clients, the cluster bus and
+    replication (``tls-cluster``, ``tls-replication``), the same ACL users on every node
+    (replicas sync as the administrator), ``default`` off."""
+
+    name = "secure-redis-cluster"
+
+    def __init__(
+        self, run_dir: Path, ports: list[int], pki: Pki, passwords: Mapping[str, str]
+    ) -> None:
+        super().__init__(run_dir / "secure", ports)
+        self.home = run_dir / "secure" / "redis-cluster"
+        self.log = self.home / "cluster.log"
+        self.pki = pki
+        self.passwords = passwords
+
+    @property
+    def url(self) -> str:
+        return f"rediss://localhost:{self.ports[0]}"
+
+    def _node_args(self, port: int) -> list[str]:
+        admin = self.passwords[ADMIN_USER]
+        return [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cluster", "yes",
+            "--tls-replication", "yes",
+            "--tls-cert-file", str(self.pki.cert("server")),
+            "--tls-key-file", str(self.pki.key("server")),
+            "--tls-ca-cert-file", str(self.pki.ca),
+            "--tls-auth-clients", "optional",
+            "--aclfile", str(_acl_file(self.home, self.passwords)),
+            "--masteruser", ADMIN_USER,
+            "--masterauth", admin,
+        ]  # fmt: skip
+
+    def start_node(self, port: int) -> None:
+        pid = read_pid(self.pid_file(port))
+        if pid is not None and is_running(pid):
+            return
+        folder = self.node_dir(port)
+        folder.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        pid = spawn_detached(
+            [
+                binary,
+                *self._node_args(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(folder),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000",
+                "--cluster-port", str(self.bus_ports[port]),
+                *REDIS_OPTIONS,
+            ],
+            folder / "redis.log",
+        )  # fmt: skip
+        self.pid_file(port).write_text(str(pid))
+        self._wait_ping(port)
+
+    def _tls_cli(self) -> list[str]:
+        return [
+            "redis-cli", "--tls", "--cacert", str(self.pki.ca), "--user", ADMIN_USER,
+            "--pass", self.passwords[ADMIN_USER], "--no-auth-warning",
+        ]  # fmt: skip
+
+    def _cli(self, port: int, *args: str) -> str:  # type: ignore[override]
+        done = subprocess.run(
+            [*self._tls_cli(), "-h", "localhost", "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return done.stdout
+
+    def _create(self) -> None:
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        done = subprocess.run(
+            [*self._tls_cli(), "--cluster", "create", *nodes, "--cluster-replicas",
+             str(self.replicas), "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise StackError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+
+
+def _acl_file(folder: Path, passwords: Mapping[str, str]) -> Path:
+    """The ACL file of a secured Redis: the gateway and the key service on Tollgate's keys and
+    channels only, the administrator on all; ``default`` off."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "users.acl"
+    rights = f"~{REDIS_PREFIX}* &{REDIS_PREFIX}* +@all -@admin -flushall -flushdb"
+    lines = ["user default off"]
+    lines += [f"user {u} on >{passwords[u]} {rights}" for u in ("gateway", "keys")]
+    lines.append(f"user {ADMIN_USER} on >{passwords[ADMIN_USER]} ~* &* +@all")
+    write_private(path, "\n".join(lines) + "\n")
+    return path

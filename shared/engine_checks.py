@@ -26,7 +26,12 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAuthorizationFailedError
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 
 from shared.kafka_security import KafkaAccess
 from shared.redis_client import RedisAuth, connect
@@ -116,26 +121,38 @@ async def check_redis(url: str, auth: RedisAuth, *, cluster: bool, timeout_s: fl
     client = connect(url, cluster=cluster, timeout_s=timeout_s, auth=auth)
     try:
         await asyncio.wait_for(client.ping(), timeout_s)
-    except AuthenticationError as exc:
-        raise EngineRefused(
-            "Redis", "REDIS_USERNAME and REDIS_PASSWORD", f"user {auth.username!r} refused"
-        ) from exc
-    except NoPermissionError as exc:
-        raise EngineRefused("Redis", "its ACLs", str(exc)) from exc
-    except (RedisError, OSError, TimeoutError) as exc:
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, ssl.SSLError):
-            raise _tls_refusal("Redis", "REDIS_SSL_CA_CERTS", "REDIS_SSL_CERTFILE", cause) from exc
-        if "certificate verify failed" in str(exc):
-            raise EngineRefused(
-                "Redis", "REDIS_SSL_CA_CERTS", f"its certificate is not trusted ({exc})"
-            ) from exc
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        refusal = _redis_refusal(exc, auth)
+        if refusal is not None:
+            raise refusal from exc
         log.warning(
             "Redis does not answer at start; it is retried", extra={"error": type(exc).__name__}
         )
     finally:
         with contextlib.suppress(Exception):
             await client.aclose()
+
+
+def _redis_refusal(exc: BaseException, auth: RedisAuth) -> EngineRefused | None:
+    """The refusal in exc or what caused it (the cluster client wraps its nodes' errors)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, AuthenticationError):
+            return EngineRefused(
+                "Redis", "REDIS_USERNAME and REDIS_PASSWORD", f"user {auth.username!r} refused"
+            )
+        if isinstance(seen, NoPermissionError):
+            return EngineRefused("Redis", "its ACLs", str(seen))
+        if isinstance(seen, ssl.SSLError):
+            return _tls_refusal("Redis", "REDIS_SSL_CA_CERTS", "REDIS_SSL_CERTFILE", seen)
+        if "certificate verify failed" in str(seen):
+            return EngineRefused(
+                "Redis", "REDIS_SSL_CA_CERTS", f"its certificate is not trusted ({seen})"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def database_refusal(exc: BaseException) -> EngineRefused | None:
