@@ -30,6 +30,7 @@ from deploy.process import (
     tail,
 )
 from deploy.servers import StackError, fetch_kafka, kafka_java
+from shared.kafka_security import KafkaAccess, kafka_options
 
 HEAP = "512m"  # three JVMs share the machine with everything else
 
@@ -117,6 +118,15 @@ class KafkaCluster:
         )
         return config
 
+    def _format_args(self) -> list[str]:
+        """More arguments of each node's storage format (the secured cluster's SCRAM users)."""
+        return []
+
+    @property
+    def client(self) -> str | KafkaAccess:
+        """How the stack's own admin client connects (the secured cluster: as the administrator)."""
+        return self.bootstrap
+
     def _cluster_id(self) -> str:
         """One id for every node, made the first time and kept beside them."""
         record = self.home / "cluster-id"
@@ -141,6 +151,7 @@ class KafkaCluster:
                 self._cluster_id(),
                 "-c",
                 str(config),
+                *self._format_args(),
                 heap="256m",
             ),
             capture_output=True,
@@ -194,7 +205,7 @@ class KafkaCluster:
 
     def brokers(self) -> set[int]:
         """Node ids of the brokers the cluster's metadata lists now (empty when unreachable)."""
-        return run_to_end(_brokers(self.bootstrap))
+        return run_to_end(_brokers(self.client))
 
     def wait_brokers(self, timeout: float = 120.0) -> None:
         """Until every node runs and is a broker in the metadata."""
@@ -252,12 +263,12 @@ class KafkaCluster:
         return int(found.group(1))
 
 
-async def _brokers(bootstrap: str) -> set[int]:
+async def _brokers(bootstrap: str | KafkaAccess) -> set[int]:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap), request_timeout_ms=3000)
     try:
         await asyncio.wait_for(admin.start(), 5)
         described = await asyncio.wait_for(admin.describe_cluster(), 5)

@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -41,13 +40,21 @@ import asyncpg
 import redis
 from pydantic import SecretStr
 
+from deploy.cluster import (
+    KAFKA_NODES,
+    MIN_INSYNC_REPLICAS,
+    NODE_PORT_STEP,
+    REDIS_NODES,
+    REPLICATION_FACTOR,
+)
 from deploy.endpoints import Endpoints
+from deploy.kafka_cluster import KafkaCluster, KafkaNode
 from deploy.pki import Pki, ensure_pki
 from deploy.private import write_private
-from deploy.process import is_running, port_open, read_pid, run_to_end, spawn_detached, stop_pid
+from deploy.process import is_running, port_open, read_pid, run_to_end, spawn_detached
 from deploy.redis_cluster import RedisCluster
 from deploy.servers import REDIS_OPTIONS, Kafka, Ports, Postgres, Redis, StackError, kafka_java
-from shared.kafka import broker_reachable, ensure_topics
+from shared.kafka import Replication, broker_reachable, ensure_topics
 from shared.kafka_security import KafkaAccess
 from shared.redis_client import RedisAuth
 
@@ -61,10 +68,11 @@ REDIS_PREFIX = "tollgate:"  # every Redis key and channel a service may touch st
 class SecurePorts:
     """Ports of the secured engines, beside the plain stack's."""
 
-    kafka: int = 19192
-    kafka_controller: int = 19193
+    kafka: int = 19592  # the cluster mode's nodes: + 100 per node, as the plain cluster's
+    kafka_controller: int = 19593
     postgres: int = 15532
     redis: int = 16479
+    redis_cluster: int = 17100  # six nodes from here (their bus 10000 above)
 
     @classmethod
     def from_env(cls) -> SecurePorts:
@@ -74,7 +82,7 @@ class SecurePorts:
                 name: int(
                     os.environ.get(f"TOLLGATE_SECURE_{name.upper()}_PORT", getattr(defaults, name))
                 )
-                for name in ("kafka", "kafka_controller", "postgres", "redis")
+                for name in ("kafka", "kafka_controller", "postgres", "redis", "redis_cluster")
             }
         )
 
@@ -98,6 +106,46 @@ def credentials(folder: Path) -> dict[str, str]:
     return made
 
 
+def secured_listener(
+    port: int, controller_port: int, pki: Pki, passwords: Mapping[str, str]
+) -> list[str]:
+    """A node's listeners and security: clients and brokers over ``SASL_SSL`` (SCRAM, the
+    server certificate as a PEM keystore), ACLs by ``StandardAuthorizer``, nothing allowed
+    without one; the controller listener plaintext on 127.0.0.1 (the quorum's own traffic)."""
+    scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+    return [
+        f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=SASL_SSL://localhost:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=SASL_SSL",
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+        f"sasl.mechanism.inter.broker.protocol={SCRAM}",
+        f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_login} "
+        f'username="{ADMIN_USER}" password="{passwords[ADMIN_USER]}";',
+        f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_login};",
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={pki.bundle('server')}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={pki.ca}",
+        "ssl.client.auth=requested",
+        "ssl.endpoint.identification.algorithm=https",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        # The controller listener's peers are the nodes themselves, as ANONYMOUS.
+        f"super.users=User:{ADMIN_USER};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found=false",
+    ]
+
+
+def scram_users(passwords: Mapping[str, str]) -> list[str]:
+    """The SCRAM users, made with the storage (no broker round trip needed for them)."""
+    out: list[str] = []
+    for user, password in passwords.items():
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            out += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+    return out
+
+
 class SecureKafka(Kafka):
     """One KRaft node whose clients must come over TLS with SCRAM, under ACLs."""
 
@@ -117,59 +165,28 @@ class SecureKafka(Kafka):
 
     def _config(self) -> Path:
         p = self.ports
-        admin = self.passwords[ADMIN_USER]
-        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
         config = self.home / "server.properties"
-        write_private(
-            config,
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
-                    f"listeners=SASL_SSL://127.0.0.1:{p.kafka},"
-                    f"CONTROLLER://127.0.0.1:{p.kafka_controller}",
-                    f"advertised.listeners=SASL_SSL://localhost:{p.kafka}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=SASL_SSL",
-                    "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
-                    "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
-                    f"sasl.mechanism.inter.broker.protocol={SCRAM}",
-                    f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_login} "
-                    f'username="{ADMIN_USER}" password="{admin}";',
-                    f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_login};",
-                    "ssl.keystore.type=PEM",
-                    f"ssl.keystore.location={self.pki.bundle('server')}",
-                    "ssl.truststore.type=PEM",
-                    f"ssl.truststore.location={self.pki.ca}",
-                    "ssl.client.auth=requested",
-                    "ssl.endpoint.identification.algorithm=https",
-                    "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                    # The controller listener's peer is this node itself, as ANONYMOUS.
-                    f"super.users=User:{ADMIN_USER};User:ANONYMOUS",
-                    "allow.everyone.if.no.acl.found=false",
-                    f"log.dirs={self.home / 'data'}",
-                    "num.partitions=3",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=10",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=false",
-                    "",
-                ]
-            ),
-        )
+        lines = [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
+            *secured_listener(p.kafka, p.kafka_controller, self.pki, self.passwords),
+            f"log.dirs={self.home / 'data'}",
+            "num.partitions=3",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=10",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "",
+        ]
+        write_private(config, "\n".join(lines))
         return config
 
     def _format_args(self) -> list[str]:
-        """The SCRAM users, made with the storage (no broker round trip needed for them)."""
-        out: list[str] = []
-        for user, password in self.passwords.items():
-            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
-                out += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
-        return out
+        return scram_users(self.passwords)
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -177,85 +194,71 @@ class SecureKafka(Kafka):
 
     def admin_properties(self) -> Path:
         """What the Kafka tools connect with: the administrator over SASL_SSL (0600)."""
-        path = self.home / "admin.properties"
-        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
-        write_private(
-            path,
-            "\n".join(
-                [
-                    "security.protocol=SASL_SSL",
-                    f"sasl.mechanism={SCRAM}",
-                    f'sasl.jaas.config={scram_login} username="{ADMIN_USER}" '
-                    f'password="{self.passwords[ADMIN_USER]}";',
-                    "ssl.truststore.type=PEM",
-                    f"ssl.truststore.location={self.pki.ca}",
-                    "",
-                ]
-            ),
-        )
-        return path
+        return admin_properties(self.home / "admin.properties", self.pki, self.passwords)
 
     def grant(self, topic_prefix: str = "") -> None:
         """Each service's ACLs: only the topics and groups it uses (idempotent)."""
-        t = {name: topic_prefix + name for name in _TOPIC_NAMES}
-        grants: list[tuple[str, list[str], list[str], list[str]]] = [
-            # (user, operations, topics, group prefixes)
-            ("gateway", ["Read", "Describe", "DescribeConfigs"], [t["keys.events"]], []),
-            ("gateway", ["Write", "Describe"], [t["usage.events"]], []),
-            (
-                "keys",
-                ["Write", "Describe", "DescribeConfigs"],
-                [t["keys.events"], t["audit.events"], t["usage.events.dlq"]],
-                [],
-            ),
-            ("keys", ["Read", "Describe", "DescribeConfigs"], [t["usage.events"]], ["keys"]),
-            (
-                "metering",
-                ["Read", "Describe", "DescribeConfigs"],
-                [t["usage.events"]],
-                ["metering"],
-            ),
-            ("metering", ["Write", "Describe", "DescribeConfigs"], [t["usage.events.dlq"]], []),
-            ("billing", ["Read", "Describe", "DescribeConfigs"], [t["usage.events"]], ["billing"]),
-            ("billing", ["Write", "Describe", "DescribeConfigs"], [t["usage.events.dlq"]], []),
-        ]
-        config = self.admin_properties()
-        for user, operations, topics, groups in grants:
-            argv = [
-                "org.apache.kafka.tools.AclCommand",
-                "--bootstrap-server",
-                self.bootstrap,
-                "--command-config",
-                str(config),
-                "--add",
-                "--allow-principal",
-                f"User:{user}",
+        grant_acls(self.bootstrap, self.admin_properties(), topic_prefix)
+
+
+def admin_properties(path: Path, pki: Pki, passwords: Mapping[str, str]) -> Path:
+    """What the Kafka tools connect with: the administrator over SASL_SSL (0600)."""
+    scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+    write_private(
+        path,
+        "\n".join(
+            [
+                "security.protocol=SASL_SSL",
+                f"sasl.mechanism={SCRAM}",
+                f'sasl.jaas.config={scram_login} username="{ADMIN_USER}" '
+                f'password="{passwords[ADMIN_USER]}";',
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={pki.ca}",
+                "",
             ]
-            for operation in operations:
-                argv += ["--operation", operation]
-            for topic in topics:
-                argv += ["--topic", topic]
-            _run_java(argv)
-            if groups:
-                group_argv = [
-                    "org.apache.kafka.tools.AclCommand",
-                    "--bootstrap-server",
-                    self.bootstrap,
-                    "--command-config",
-                    str(config),
-                    "--add",
-                    "--allow-principal",
-                    f"User:{user}",
-                    "--operation",
-                    "Read",
-                    "--operation",
-                    "Describe",
-                    "--resource-pattern-type",
-                    "prefixed",
-                ]
-                for group in groups:
-                    group_argv += ["--group", group]
-                _run_java(group_argv)
+        ),
+    )
+    return path
+
+
+def grant_acls(bootstrap: str, properties: Path, topic_prefix: str = "") -> None:
+    """Each service's ACLs: only the topics and groups it uses (idempotent)."""
+    t = {name: topic_prefix + name for name in _TOPIC_NAMES}
+    grants: list[tuple[str, list[str], list[str], list[str]]] = [
+        # (user, operations, topics, group prefixes)
+        ("gateway", ["Read", "Describe", "DescribeConfigs"], [t["keys.events"]], []),
+        ("gateway", ["Write", "Describe"], [t["usage.events"]], []),
+        (
+            "keys",
+            ["Write", "Describe", "DescribeConfigs"],
+            [t["keys.events"], t["audit.events"], t["usage.events.dlq"]],
+            [],
+        ),
+        ("keys", ["Read", "Describe", "DescribeConfigs"], [t["usage.events"]], ["keys"]),
+        ("metering", ["Read", "Describe", "DescribeConfigs"], [t["usage.events"]], ["metering"]),
+        ("metering", ["Write", "Describe", "DescribeConfigs"], [t["usage.events.dlq"]], []),
+        ("billing", ["Read", "Describe", "DescribeConfigs"], [t["usage.events"]], ["billing"]),
+        ("billing", ["Write", "Describe", "DescribeConfigs"], [t["usage.events.dlq"]], []),
+    ]
+    base = [
+        "org.apache.kafka.tools.AclCommand",
+        "--bootstrap-server", bootstrap,
+        "--command-config", str(properties),
+    ]  # fmt: skip
+    for user, operations, topics, groups in grants:
+        argv = [*base, "--add", "--allow-principal", f"User:{user}"]
+        for operation in operations:
+            argv += ["--operation", operation]
+        for topic in topics:
+            argv += ["--topic", topic]
+        _run_java(argv)
+        if groups:
+            group_argv = [*base, "--add", "--allow-principal", f"User:{user}"]
+            group_argv += ["--operation", "Read", "--operation", "Describe"]
+            group_argv += ["--resource-pattern-type", "prefixed"]
+            for group in groups:
+                group_argv += ["--group", group]
+            _run_java(group_argv)
 
 
 _TOPIC_NAMES = ("keys.events", "usage.events", "usage.events.dlq", "audit.events")
@@ -423,18 +426,35 @@ class SecurePostgres(Postgres):
 
 @dataclass
 class SecureEngines:
-    """The three secured engines of one run folder, and what each service connects with."""
+    """The three secured engines of one run folder, and what each service connects with; with
+    ``cluster``, three Kafka nodes and a Redis Cluster of six (the cluster mode's shape)."""
 
     run_dir: Path
     ports: SecurePorts
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         self.folder = self.run_dir / "secure"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pki = ensure_pki(self.folder / "pki")
         self.passwords = credentials(self.folder)
-        self.kafka = SecureKafka(self.run_dir, self.ports, self.pki, self.passwords)
-        self.redis = SecureRedis(self.run_dir, self.ports, self.pki, self.passwords)
+        p = self.ports
+        self.kafka: SecureKafka | SecureKafkaCluster
+        self.redis: SecureRedis | SecureRedisCluster
+        if self.cluster:
+            steps = [NODE_PORT_STEP * i for i in range(KAFKA_NODES)]
+            self.kafka = SecureKafkaCluster(
+                self.run_dir,
+                [p.kafka + step for step in steps],
+                [p.kafka_controller + step for step in steps],
+                self.pki,
+                self.passwords,
+            )
+            redis_ports = [p.redis_cluster + i for i in range(REDIS_NODES)]
+            self.redis = SecureRedisCluster(self.run_dir, redis_ports, self.pki, self.passwords)
+        else:
+            self.kafka = SecureKafka(self.run_dir, p, self.pki, self.passwords)
+            self.redis = SecureRedis(self.run_dir, p, self.pki, self.passwords)
         self.postgres = SecurePostgres(self.run_dir, self.ports, self.pki, self.passwords)
 
     def kafka_settings(self, user: str) -> dict[str, str]:
@@ -462,6 +482,13 @@ class SecureEngines:
             out |= self.redis_settings(service)
         if service in ("keys", "metering", "billing"):
             out["DATABASE_URL"] = self.postgres.dsn_of(service)
+        if self.cluster:
+            out |= {
+                "TOPIC_REPLICATION_FACTOR": str(REPLICATION_FACTOR),
+                "TOPIC_MIN_INSYNC_REPLICAS": str(MIN_INSYNC_REPLICAS),
+            }
+            if service in ("gateway", "keys"):
+                out["REDIS_CLUSTER"] = "true"
         return out
 
     def endpoints(self) -> Endpoints:
@@ -470,27 +497,43 @@ class SecureEngines:
             self.kafka.bootstrap,
             self.postgres.dsn,
             self.redis.url,
+            cluster=self.cluster,
+            replication_factor=REPLICATION_FACTOR if self.cluster else 1,
+            min_insync_replicas=MIN_INSYNC_REPLICAS if self.cluster else 1,
             secured={s: self.service_settings(s) for s in SERVICE_USERS},
         )
 
     def pids(self) -> dict[str, int | None]:
-        return {
-            "secure-postgres": self.postgres.pid(),
-            "secure-redis": read_pid(self.redis.pid_file),
-            "secure-kafka": read_pid(self.kafka.pid_file),
+        out = {"secure-postgres": self.postgres.pid()}
+        if isinstance(self.kafka, SecureKafkaCluster) and isinstance(
+            self.redis, SecureRedisCluster
+        ):
+            out |= {
+                f"secure-kafka-{n.node_id}": self.kafka.pid(n.node_id) for n in self.kafka.nodes
+            }
+            out |= {f"secure-redis-{port}": self.redis.pid(port) for port in self.redis.ports}
+            return out
+        return out | {
+            "secure-redis": self.redis.pid(),
+            "secure-kafka": self.kafka.pid(),
         }
 
     def stop(self) -> None:
-        stop_pid(self.kafka.pid_file, signal.SIGTERM, timeout=30)
+        self.kafka.stop()
         self.redis.stop()
         self.postgres.stop()
 
     def prepare(self) -> None:
         """Once the engines answer: Tollgate's topics (as the administrator), every
         service's ACLs, the database roles (each idempotent; the ACLs once per folder)."""
-        asyncio.run(ensure_topics(self.admin_kafka()))
+        replication = (
+            Replication(REPLICATION_FACTOR, MIN_INSYNC_REPLICAS) if self.cluster else Replication()
+        )
+        asyncio.run(ensure_topics(self.admin_kafka(), replication=replication))
         asyncio.run(self.postgres.roles())
-        granted = self.folder / "kafka-acls-granted"
+        granted = self.folder / (
+            "kafka-cluster-acls-granted" if self.cluster else "kafka-acls-granted"
+        )
         if not granted.exists():
             self.kafka.grant()
             granted.touch()
@@ -508,16 +551,21 @@ class SecureEngines:
 
     def up(self, deadline_s: float = 120.0) -> None:
         """Start each engine that does not run, wait until it answers over TLS, prepare."""
-        for server, port in (
-            (self.postgres, self.ports.postgres),
-            (self.redis, self.ports.redis),
-            (self.kafka, self.ports.kafka),
-        ):
+        starts: list[tuple[SecurePostgres | SecureRedis | SecureKafka, int]] = [
+            (self.postgres, self.ports.postgres)
+        ]
+        if isinstance(self.redis, SecureRedis) and isinstance(self.kafka, SecureKafka):
+            starts += [(self.redis, self.ports.redis), (self.kafka, self.ports.kafka)]
+        for server, port in starts:
             pid = server.pid()
             if pid is None or not is_running(pid):
                 if port_open(port):
                     raise StackError(f"{server.name}: port {port} is taken by another process")
                 server.start()
+        if isinstance(self.redis, SecureRedisCluster):
+            self.redis.start()  # each node that does not run; the cluster made once
+        if isinstance(self.kafka, SecureKafkaCluster):
+            self.kafka.start(deadline_s)
         _wait_ready("secure-postgres", self._postgres_ready, deadline_s, self.postgres.log)
         _wait_ready("secure-redis", self._redis_ready, deadline_s, self.redis.log)
         _wait_ready("secure-kafka", self._kafka_ready, deadline_s, self.kafka.log)
@@ -547,7 +595,7 @@ class SecureEngines:
             client.close()
 
     def _kafka_ready(self) -> bool:
-        return port_open(self.ports.kafka) and run_to_end(broker_reachable(self.admin_kafka()))
+        return run_to_end(broker_reachable(self.admin_kafka()))
 
     def redis_auth(self, user: str) -> RedisAuth:
         return RedisAuth(
@@ -564,6 +612,11 @@ def _wait_ready(name: str, ready: Callable[[], bool], deadline_s: float, log: Pa
     raise StackError(f"{name} did not become ready within {deadline_s:.0f}s; its log is {log}")
 
 
+def secure_from_env() -> bool:
+    """``TOLLGATE_SECURE=1``: ``make up`` runs the secured engines."""
+    return os.environ.get("TOLLGATE_SECURE", "").strip().lower() in ("1", "true", "yes")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m deploy.secure up|down|status|env SERVICE``."""
     import argparse
@@ -572,16 +625,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "env"])
     parser.add_argument("service", nargs="?", choices=SERVICE_USERS)
     args = parser.parse_args(argv)
+    from deploy.cluster import cluster_from_env
     from deploy.stack import DEFAULT_RUN_DIR
 
-    if args.command == "down" and not (DEFAULT_RUN_DIR / "secure").exists():
-        return 0  # never started here: nothing to stop, and nothing to make
-    engines = SecureEngines(DEFAULT_RUN_DIR, SecurePorts.from_env())
+    if args.command == "down":
+        # Whichever mode ran: the single engines, the cluster's, or neither (nothing to make).
+        if (DEFAULT_RUN_DIR / "secure").exists():
+            for cluster in (False, True):
+                SecureEngines(DEFAULT_RUN_DIR, SecurePorts.from_env(), cluster=cluster).stop()
+        return 0
+    engines = SecureEngines(DEFAULT_RUN_DIR, SecurePorts.from_env(), cluster=cluster_from_env())
     if args.command == "up":
         engines.up()
         print(f"secured engines up; credentials in {engines.folder} (0600)")
-    elif args.command == "down":
-        engines.stop()
     elif args.command == "status":
         for name, pid in engines.pids().items():
             print(
@@ -597,11 +653,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def secure_from_env() -> bool:
-    """``TOLLGATE_SECURE=1``: ``make up`` runs the secured engines."""
-    return os.environ.get("TOLLGATE_SECURE", "").strip().lower() in ("1", "true", "yes")
 
 
 class SecureRedisCluster(RedisCluster):
@@ -705,3 +756,74 @@ def _acl_file(folder: Path, passwords: Mapping[str, str]) -> Path:
     lines.append(f"user {ADMIN_USER} on >{passwords[ADMIN_USER]} ~* &* +@all")
     write_private(path, "\n".join(lines) + "\n")
     return path
+
+
+class SecureKafkaCluster(KafkaCluster):
+    """Three KRaft nodes as :class:`SecureKafka` is one: SASL_SSL between clients and brokers
+    and among brokers, SCRAM users, ACLs."""
+
+    name = "secure-kafka-cluster"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        ports: list[int],
+        controller_ports: list[int],
+        pki: Pki,
+        passwords: Mapping[str, str],
+    ) -> None:
+        super().__init__(run_dir / "secure", ports, controller_ports)
+        self.home = run_dir / "secure" / "kafka-cluster"
+        self.log = self.home / "node-1" / "kafka.log"
+        self.pki = pki
+        self.passwords = passwords
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"localhost:{n.port}" for n in self.nodes)
+
+    @property
+    def client(self) -> KafkaAccess:
+        return KafkaAccess(
+            self.bootstrap,
+            security_protocol="SASL_SSL",
+            sasl_mechanism=SCRAM,
+            sasl_username=ADMIN_USER,
+            sasl_password=SecretStr(self.passwords[ADMIN_USER]),
+            ssl_cafile=self.pki.ca,
+        )
+
+    def _format_args(self) -> list[str]:
+        return scram_users(self.passwords)
+
+    def grant(self, topic_prefix: str = "") -> None:
+        """Each service's ACLs, as on the single node (the metadata replicates them)."""
+        properties = admin_properties(self.home / "admin.properties", self.pki, self.passwords)
+        grant_acls(self.bootstrap, properties, topic_prefix)
+
+    def _config(self, node: KafkaNode) -> Path:
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        replicas = min(3, len(self.nodes))
+        config = self.node_dir(node.node_id) / "server.properties"
+        lines = [
+            "process.roles=broker,controller",
+            f"node.id={node.node_id}",
+            f"controller.quorum.voters={voters}",
+            *secured_listener(node.port, node.controller_port, self.pki, self.passwords),
+            f"log.dirs={self.node_dir(node.node_id) / 'data'}",
+            "num.partitions=3",
+            f"default.replication.factor={replicas}",
+            f"min.insync.replicas={replicas - 1}",
+            f"offsets.topic.replication.factor={replicas}",
+            "offsets.topic.num.partitions=10",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={replicas - 1}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={replicas - 1}",
+            "unclean.leader.election.enable=false",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "",
+        ]
+        write_private(config, "\n".join(lines))
+        return config

@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             # TOLLGATE_SECURE=1: the secured engines (deploy/secure.py), every service with
             # its own credentials over TLS.
             started = time.monotonic()
-            engines = SecureEngines(stack.run_dir, SecurePorts.from_env())
+            engines = SecureEngines(stack.run_dir, SecurePorts.from_env(), cluster=stack.cluster)
             engines.up()
             print(f"secured engines up; credentials in {engines.folder} (0600)")
             if args.command == "up":
