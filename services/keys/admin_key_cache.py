@@ -33,6 +33,7 @@ from shared.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
 PROBE_S = 5.0
+NEW_KEY = "new:"  # a notification's prefix when the admin key was just created
 
 
 def admin_key_state(row: Row) -> AdminKeyState:
@@ -135,9 +136,11 @@ class AdminKeyCache:
         self.clear()
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self.forget(str(payload))
+        text = str(payload)
+        if not text.startswith(NEW_KEY):  # a new key: nothing cached can be stale
+            self.forget(text)
         if self.on_change is not None:
-            self.on_change(str(payload))
+            self.on_change(text.removeprefix(NEW_KEY))
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema})

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from services.keys import admin_key_repository as repo
+from services.keys.admin_key_cache import NEW_KEY
 from services.keys.audit import AuditContext
 from services.keys.errors import AdminKeyNotFound, AdminKeyRevoked
 from services.keys.rows import Created, Row
@@ -97,8 +98,9 @@ class AdminKeys(Transactions):
                 owner=caller.actor.model_dump(),
                 now=now,
             )
-            # Every replica's stream of states passes it on at once (admin_key_stream.py).
-            await repo.notify_change(conn, self.admin_channel, row["id"])
+            # Every replica's stream of states passes it on at once (admin_key_stream.py); no
+            # cache holds a key that did not exist, so none drops anything (NEW_KEY).
+            await repo.notify_change(conn, self.admin_channel, NEW_KEY + row["id"])
             await self.audit(
                 conn,
                 context,
