@@ -15,6 +15,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.deploy.engine_access import (
+    CA_FILES,
+    CREDENTIALS,
+    ENGINE_PREFIXES,
+    ENGINES,
+    prefix,
+    wanted,
+)
 from tests.deploy.k8s_checks import (
     SECURE,
     Check,
@@ -30,52 +38,8 @@ from tests.deploy.kustomize import Obj, containers
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
-# What each service uses (deploy/secure.py's service_settings grants the same).
-ENGINES = {
-    "gateway": {"kafka", "redis"},
-    "keys": {"kafka", "redis", "postgres"},
-    "metering": {"kafka", "postgres"},
-    "billing": {"kafka", "postgres"},
-    "console": set(),
-}
-# The settings (without the service's prefix) of each engine, and which are its credentials.
-SETTINGS = {
-    "kafka": {
-        "KAFKA_BOOTSTRAP",
-        "KAFKA_SECURITY_PROTOCOL",
-        "KAFKA_SASL_MECHANISM",
-        "KAFKA_SASL_USERNAME",
-        "KAFKA_SASL_PASSWORD",
-        "KAFKA_SSL_CAFILE",
-    },
-    "redis": {
-        "REDIS_URL",
-        "REDIS_CLUSTER",
-        "REDIS_SSL_CA_CERTS",
-        "REDIS_USERNAME",
-        "REDIS_PASSWORD",
-    },
-    "postgres": {"DATABASE_URL"},
-}
-ENGINE_PREFIXES = ("KAFKA_", "REDIS_", "DATABASE_")
-CREDENTIALS = {
-    "KAFKA_SASL_USERNAME",
-    "KAFKA_SASL_PASSWORD",
-    "REDIS_USERNAME",
-    "REDIS_PASSWORD",
-    "DATABASE_URL",
-}
-CA_FILES = ("KAFKA_SSL_CAFILE", "REDIS_SSL_CA_CERTS")
 ENGINE_SECRET = "tollgate-{app}-engines"
 TOKENS = {"ADMIN_TOKEN": "a" * 32, "INTERNAL_TOKEN": "i" * 32, "STATE_MAC_KEYS": "k1:" + "m" * 32}
-
-
-def _prefix(app: str) -> str:
-    return f"TOLLGATE_{app.upper()}_"
-
-
-def _wanted(app: str) -> set[str]:
-    return {s for engine in ENGINES[app] for s in SETTINGS[engine]}
 
 
 def check_engine_access(objects: list[Obj]) -> list[str]:
@@ -89,11 +53,11 @@ def check_engine_access(objects: list[Obj]) -> list[str]:
     for d in of(objects, "Deployment").values():
         app, own = app_of(d), ENGINE_SECRET.format(app=app_of(d))
         for c in containers(d):
-            env = {e["name"].removeprefix(_prefix(app)): e for e in c.get("env", [])}
+            env = {e["name"].removeprefix(prefix(app)): e for e in c.get("env", [])}
             given = {name for name in env if name.startswith(ENGINE_PREFIXES)}
-            if missing := _wanted(app) - given:
+            if missing := wanted(app) - given:
                 problems.append(f"{app}: no {sorted(missing)}")
-            if extra := given - _wanted(app):
+            if extra := given - wanted(app):
                 problems.append(f"{app}: {sorted(extra)} for an engine it does not use")
             for name, e in env.items():
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
@@ -159,7 +123,7 @@ def test_the_secured_manifests_pass(check: Check) -> None:
 
 
 def _env(objects: list[Obj], app: str, setting: str) -> Any:
-    name = _prefix(app) + setting
+    name = prefix(app) + setting
     return next(e for e in container(objects, app)["env"] if e["name"] == name)
 
 
