@@ -24,7 +24,6 @@ traffic, never a client's); every client connects through ``SASL_SSL``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -529,8 +528,8 @@ class SecureEngines:
         replication = (
             Replication(REPLICATION_FACTOR, MIN_INSYNC_REPLICAS) if self.cluster else Replication()
         )
-        asyncio.run(ensure_topics(self.admin_kafka(), replication=replication))
-        asyncio.run(self.postgres.roles())
+        run_to_end(ensure_topics(self.admin_kafka(), replication=replication))
+        run_to_end(self.postgres.roles())
         granted = self.folder / (
             "kafka-cluster-acls-granted" if self.cluster else "kafka-acls-granted"
         )
