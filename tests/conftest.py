@@ -51,6 +51,7 @@ SERVER_FIXTURES = frozenset(
         "system",
         "engines",
         "secured_system",
+        "drop_schemas",
     }
 )
 
