@@ -10,6 +10,7 @@ new CA. ``issue`` makes further ones, an expired one too (the refusal tests).
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import tempfile
@@ -98,30 +99,15 @@ def issue(
     if alt_names:
         lines.append("subjectAltName=" + ",".join(alt_names))
     extensions.write_text("\n".join(lines) + "\n")
-    dates = ["-days", str(DAYS)]
     if expired:
-        # openssl 3.0's x509 has no -not_after: sign through a throwaway CA database instead.
-        dates = []
-    args = [
-        "x509",
-        "-req",
-        "-in",
-        str(request),
-        "-CA",
-        str(pki.ca),
-        "-CAkey",
-        str(pki.ca_key),
-        "-CAcreateserial",
-        "-out",
-        str(pki.cert(name)),
-        "-extfile",
-        str(extensions),
-        *dates,
-    ]
-    if expired:
+        # openssl 3.0's x509 has no -not_after: signed through a throwaway CA database.
         _sign_expired(pki, request, extensions, pki.cert(name))
     else:
-        _openssl(*args)
+        _openssl(
+            "x509", "-req", "-in", str(request), "-CA", str(pki.ca), "-CAkey", str(pki.ca_key),
+            "-CAcreateserial", "-out", str(pki.cert(name)), "-extfile", str(extensions),
+            "-days", str(DAYS),
+        )  # fmt: skip
     request.unlink()
     extensions.unlink()
     write_private(pki.bundle(name), pki.key(name).read_text() + pki.cert(name).read_text())
@@ -176,32 +162,29 @@ def _sign_expired(pki: Pki, request: Path, extensions: Path, out: Path) -> None:
 
 
 def ensure_pki(folder: Path) -> Pki:
-    """The CA, a server and a client certificate under folder, made once."""
+    """The CA, a server and a client certificate under folder, made once (under a lock: two
+    processes starting the secured engines at once make one CA, not two half ones)."""
     pki = Pki(folder)
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    if not pki.ca.exists():
-        _new_key(pki.ca_key)
-        _openssl(
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            str(pki.ca_key),
-            "-sha256",
-            "-days",
-            str(DAYS),
-            "-subj",
-            "/CN=Tollgate private CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-out",
-            str(pki.ca),
-        )
-    if not pki.cert("server").exists():
-        issue(pki, "server", "localhost", alt_names=SERVER_NAMES)
-    if not pki.cert("client").exists():
-        issue(pki, "client", "tollgate-client", client=True)
+    with (folder / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (pki.ca.exists() and pki.ca_key.exists()):
+            _new_key(pki.ca_key)
+            _openssl(
+                "req", "-x509", "-new", "-key", str(pki.ca_key), "-sha256", "-days", str(DAYS),
+                "-subj", "/CN=Tollgate private CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(pki.ca),
+            )  # fmt: skip
+        for name, made in (("server", _server), ("client", _client)):
+            if not all(p.exists() for p in (pki.cert(name), pki.key(name), pki.bundle(name))):
+                made(pki)
     return pki
+
+
+def _server(pki: Pki) -> None:
+    issue(pki, "server", "localhost", alt_names=SERVER_NAMES)
+
+
+def _client(pki: Pki) -> None:
+    issue(pki, "client", "tollgate-client", client=True)

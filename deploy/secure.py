@@ -650,10 +650,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 class SecureRedisCluster(RedisCluster):
     """A Redis Cluster as managed ones run: TLS only on clients, the cluster bus and
     replication (``tls-cluster``, ``tls-replication``), the same ACL users on every node
@@ -826,3 +822,7 @@ class SecureKafkaCluster(KafkaCluster):
         ]
         write_private(config, "\n".join(lines))
         return config
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,21 +7,25 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from redis.exceptions import RedisError
 
 from deploy.pki import Pki, ensure_pki, issue
 from deploy.ports import free_port
+from deploy.process import port_open
 from deploy.secure import SecureEngines
 from services.metering.main import create_app as create_metering
 from services.metering.settings import MeteringSettings
 from shared.db import create_pool
 from shared.engine_checks import EngineRefused, check_kafka, check_redis
 from shared.kafka_security import KafkaAccess
-from shared.redis_client import RedisAuth
+from shared.redis_client import RedisAuth, connect
 
 pytestmark = [pytest.mark.secure, pytest.mark.slow]
 
@@ -144,3 +148,56 @@ async def test_a_service_stops_at_start_with_one_line(
     ]
     assert critical[0]["engine"] == "Kafka"
     assert "not-metering's-password" not in json.dumps(logged)
+
+
+@pytest.fixture
+def mutual_redis(engines: SecureEngines, tmp_path: Path) -> Iterator[int]:
+    """A Redis that takes only clients with a certificate from the CA (mutual TLS)."""
+    port = free_port()
+    child = subprocess.Popen(
+        [
+            "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(engines.pki.cert("server")),
+            "--tls-key-file", str(engines.pki.key("server")),
+            "--tls-ca-cert-file", str(engines.pki.ca),
+            "--tls-auth-clients", "yes", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if port_open(port):
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        child.terminate()
+        child.wait(10)
+
+
+async def test_mutual_tls_takes_the_client_certificate(
+    engines: SecureEngines, mutual_redis: int
+) -> None:
+    url = f"rediss://localhost:{mutual_redis}/0"
+    with_cert = RedisAuth(
+        ca_certs=engines.pki.ca,
+        certfile=engines.pki.cert("client"),
+        keyfile=engines.pki.key("client"),
+    )
+    await check_redis(url, with_cert, cluster=False)
+    client = connect(url, cluster=False, timeout_s=5, auth=with_cert)
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+    # Without one the server refuses the connection. Under TLS 1.3 its alert comes after the
+    # handshake, so the client may see the alert (a refusal naming REDIS_SSL_CERTFILE) or only
+    # the connection closed (taken for an outage): either way nothing is served.
+    without = connect(url, cluster=False, timeout_s=5, auth=RedisAuth(ca_certs=engines.pki.ca))
+    try:
+        with pytest.raises((RedisError, OSError)):
+            await without.ping()
+    finally:
+        await without.aclose()
