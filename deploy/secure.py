@@ -118,11 +118,16 @@ def secured_listener(
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=SASL_SSL",
         "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
-        "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+        "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
         f"sasl.mechanism.inter.broker.protocol={SCRAM}",
         f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_login} "
         f'username="{ADMIN_USER}" password="{passwords[ADMIN_USER]}";',
         f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_login};",
+        # PLAIN (as Confluent Cloud's API keys are): the same users, their passwords here.
+        "listener.name.sasl_ssl.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        + " ".join(f'user_{user}="{password}"' for user, password in passwords.items())
+        + ";",
         "ssl.keystore.type=PEM",
         f"ssl.keystore.location={pki.bundle('server')}",
         "ssl.truststore.type=PEM",

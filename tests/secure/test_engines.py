@@ -221,3 +221,17 @@ def test_secrets_stay_in_private_files(engines: SecureEngines) -> None:
     ):
         assert path.stat().st_mode & 0o077 == 0, path
     assert ADMIN_USER not in Path(engines.pki.ca).read_text()
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_every_sasl_mechanism_and_a_client_certificate(
+    engines: SecureEngines, mechanism: str
+) -> None:
+    await _produce(kafka_of(engines, "gateway", sasl_mechanism=mechanism), "usage.events")
+    mutual = kafka_of(
+        engines,
+        "gateway",
+        ssl_certfile=engines.pki.cert("client"),
+        ssl_keyfile=engines.pki.key("client"),
+    )
+    await _produce(mutual, "usage.events")
