@@ -25,12 +25,28 @@ from services.keys.audit_repository import AuditQuery
 from services.keys.models import unix
 from services.keys.rows import Row, json_value
 from shared.events import AuditActor, AuditEventType
+from shared.openapi import NO_NUL, error_responses
 
-AdminKeyId = Annotated[str, Path(min_length=1, max_length=128)]
+AdminKeyId = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)]
 AdminWrite = Annotated[Caller, Depends(allowed("admin_keys:write"))]
 AuditRead = Annotated[Caller, Depends(allowed("audit:read"))]
-Ids = Annotated[list[Annotated[str, Query(max_length=128)]] | None, Query(max_length=100)]
-Moment = Annotated[int | None, Query(ge=0, le=253402300799)]  # Unix seconds, up to 9999
+Ids = Annotated[
+    list[Annotated[str, Query(max_length=128, pattern=NO_NUL)]] | None, Query(max_length=100)
+]
+MOMENT_MAX = 253402300799  # 9999-12-31T23:59:59Z
+Moment = Annotated[int | None, Query(ge=0, le=MOMENT_MAX)]  # Unix seconds
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=128,
+        pattern=NO_NUL,
+        description="the id of an entry of this log; an id that is no entry's is refused (400)",
+    ),
+]
+# The errors each kind of route can answer (shared/openapi.py documents them).
+MANAGING = error_responses(400, 401, 403, 503)
+ONE_KEY = error_responses(400, 401, 403, 404, 503)
+CHANGING_ONE_KEY = error_responses(400, 401, 403, 404, 409, 503)
 
 
 def admin_key_view(row: Row) -> AdminApiKey:
@@ -74,14 +90,23 @@ def _changed_here(request: Request, key_id: str) -> None:
 
 
 def _at(seconds: int | None, shift: int = 0) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds + shift, UTC)
+    if seconds is None:
+        return None
+    if seconds + shift > MOMENT_MAX:  # after 9999's last second: the end of time Python has
+        return datetime.max.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(seconds + shift, UTC)
 
 
 def organization_router() -> APIRouter:
     """Admin keys and audit logs under ``/v1/organization``."""
     router = APIRouter(prefix="/v1/organization")
 
-    @router.post("/admin_api_keys", status_code=201, response_model=AdminApiKeyWithValue)
+    @router.post(
+        "/admin_api_keys",
+        status_code=201,
+        response_model=AdminApiKeyWithValue,
+        responses=MANAGING,
+    )
     async def create_admin_key(
         body: CreateAdminKey, caller: AdminWrite, service: ServiceDep, response: Response
     ) -> AdminApiKeyWithValue:
@@ -98,7 +123,7 @@ def organization_router() -> APIRouter:
             **admin_key_view(created.row).model_dump(), value=created.secret
         )
 
-    @router.get("/admin_api_keys", response_model=AdminKeyList)
+    @router.get("/admin_api_keys", response_model=AdminKeyList, responses=MANAGING)
     async def list_admin_keys(
         caller: AdminWrite, service: ServiceDep, limit: Limit = 20, after: After = None
     ) -> AdminKeyList:
@@ -112,14 +137,16 @@ def organization_router() -> APIRouter:
             has_more=more,
         )
 
-    @router.get("/admin_api_keys/{key_id}", response_model=AdminApiKey)
+    @router.get("/admin_api_keys/{key_id}", response_model=AdminApiKey, responses=ONE_KEY)
     async def get_admin_key(
         key_id: AdminKeyId, caller: AdminWrite, service: ServiceDep
     ) -> AdminApiKey:
         """Get an admin key (never its secret)."""
         return admin_key_view(await service.get_admin_key(caller.principal, key_id))
 
-    @router.delete("/admin_api_keys/{key_id}", response_model=AdminKeyDeleted)
+    @router.delete(
+        "/admin_api_keys/{key_id}", response_model=AdminKeyDeleted, responses=CHANGING_ONE_KEY
+    )
     async def revoke_admin_key(
         key_id: AdminKeyId, caller: AdminWrite, service: ServiceDep, request: Request
     ) -> AdminKeyDeleted:
@@ -128,7 +155,11 @@ def organization_router() -> APIRouter:
         _changed_here(request, row["id"])
         return AdminKeyDeleted(id=row["id"])
 
-    @router.post("/admin_api_keys/{key_id}/rotate", response_model=AdminApiKeyWithValue)
+    @router.post(
+        "/admin_api_keys/{key_id}/rotate",
+        response_model=AdminApiKeyWithValue,
+        responses=CHANGING_ONE_KEY,
+    )
     async def rotate_admin_key(
         key_id: AdminKeyId,
         caller: AdminWrite,
@@ -144,7 +175,7 @@ def organization_router() -> APIRouter:
             **admin_key_view(created.row).model_dump(), value=created.secret
         )
 
-    @router.get("/audit_logs", response_model=AuditLogList)
+    @router.get("/audit_logs", response_model=AuditLogList, responses=MANAGING)
     async def audit_logs(
         *,
         caller: AuditRead,
@@ -160,8 +191,8 @@ def organization_router() -> APIRouter:
         actor_ids: Annotated[Ids, Query(alias="actor_ids[]")] = None,
         resource_ids: Annotated[Ids, Query(alias="resource_ids[]")] = None,
         limit: Limit = 20,
-        after: After = None,
-        before: After = None,
+        after: Cursor = None,
+        before: Cursor = None,
     ) -> AuditLogList:
         """The audit log, newest first; a project-scoped admin key sees its projects' only."""
         # Entries show whole seconds: "after second T" starts at T + 1, "up to T" includes

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
-from services.keys.models import Name
+from services.keys.fields import Name
 from shared.events import AuditActor, AuditEventType, Permission
 from shared.ids import PROJECT_ID_CHARS
 
@@ -23,20 +24,35 @@ def _distinct(values: list[str] | None) -> list[str] | None:
     return values
 
 
+# What _one_of checks, as the document says it: exactly one of the two is given (not null).
+_ONE_OF: JsonDict = {
+    "oneOf": [
+        {"required": ["organization"], "properties": {"organization": {"const": True}}},
+        {"required": ["project_ids"], "properties": {"project_ids": {"type": "array"}}},
+    ]
+}
+
+
 class AdminKeyScope(BaseModel):
     """``{"organization": true}`` or ``{"project_ids": [...]}``: exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF)
 
     organization: Literal[True] | None = Field(None, description="the whole organization")
     project_ids: (
         Annotated[
             list[ProjectIdIn],
-            Field(min_length=1, max_length=MAX_SCOPE_PROJECTS),
+            Field(
+                min_length=1, max_length=MAX_SCOPE_PROJECTS, json_schema_extra={"uniqueItems": True}
+            ),
             AfterValidator(_distinct),
         ]
         | None
-    ) = Field(None, description="these projects only (1 to 100 ids, each once)")
+    ) = Field(
+        None,
+        description="these projects only (1 to 100 ids, each once); a project that does not "
+        "exist, or is outside the caller's scope, is refused (400)",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> AdminKeyScope:
@@ -53,8 +69,13 @@ class CreateAdminKey(BaseModel):
     name: Name
     scope: AdminKeyScope = Field(examples=[{"project_ids": ["proj_8d0a..."]}])
     permissions: Annotated[
-        list[Permission], Field(min_length=1, max_length=8), AfterValidator(_distinct)
-    ] = Field(examples=[["keys:read", "keys:write"]])
+        list[Permission],
+        Field(min_length=1, max_length=8, json_schema_extra={"uniqueItems": True}),
+        AfterValidator(_distinct),
+    ] = Field(
+        examples=[["keys:read", "keys:write"]],
+        description="each once; only permissions the caller holds (else 403)",
+    )
 
 
 class AdminApiKey(BaseModel):

@@ -44,6 +44,7 @@ from shared.events import AdminKeyState
 from shared.http import require_bearer
 from shared.http_server import draining
 from shared.ledger.retry import READ_ERRORS
+from shared.openapi import error_responses
 from shared.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,18 @@ def admin_key_states_router(settings: KeysSettings) -> APIRouter:
         dependencies=[Depends(require_bearer(settings.internal_token, "internal token"))],
     )
 
-    @router.get("/admin_key_states", response_class=StreamingResponse)
+    @router.get(
+        "/admin_key_states",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "JSON Lines: a snapshot, then each change and a ping every "
+                "heartbeat, until the follower hangs up (see the module's docstring)",
+                "content": {"application/jsonl": {"schema": {"type": "string"}}},
+            },
+            **error_responses(401, 503),
+        },
+    )
     async def stream(request: Request) -> StreamingResponse:
         """Every active admin key's state, then each change, as JSON Lines (see module doc)."""
         states: AdminKeyStates = request.app.state.admin_key_states

@@ -33,11 +33,24 @@ from shared.errors import InsufficientPermissions, NotFound
 from shared.events import KeyState, utc_now
 from shared.http import liveness_router, require_bearer
 from shared.ledger.retry import READ_ERRORS
+from shared.openapi import NO_NUL, error_responses
 
-ProjectId = Annotated[str, Path(min_length=1, max_length=128)]
-KeyId = Annotated[str, Path(min_length=1, max_length=128)]
+ProjectId = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)]
+KeyId = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)]
 Limit = Annotated[int, Query(ge=1, le=100, description="page size")]
-After = Annotated[str | None, Query(max_length=128, description="id of the last item seen")]
+After = Annotated[
+    str | None,
+    Query(
+        max_length=128,
+        pattern=NO_NUL,
+        description="the id of the last item seen (a page's `last_id`); an id that is no "
+        "item's of this list is refused (400)",
+    ),
+]
+# The errors each kind of route can answer (shared/openapi.py documents them).
+MANAGING = error_responses(400, 401, 403, 503)
+IN_PROJECT = error_responses(400, 401, 403, 404, 503)
+CHANGING_A_KEY = error_responses(400, 401, 403, 404, 409, 503)
 
 
 def _service(request: Request) -> KeyService:
@@ -102,7 +115,7 @@ def management_router() -> APIRouter:
     (a project outside its scope is answered as one that does not exist)."""
     router = APIRouter(prefix="/v1/projects")
 
-    @router.post("", status_code=201, response_model=Project)
+    @router.post("", status_code=201, response_model=Project, responses=MANAGING)
     async def create_project(
         body: CreateProject, caller: ProjectsWrite, service: ServiceDep
     ) -> Project:
@@ -114,7 +127,7 @@ def management_router() -> APIRouter:
             )
         return project_view(await service.create_project(body.name, caller.context))
 
-    @router.get("", response_model=ProjectList)
+    @router.get("", response_model=ProjectList, responses=MANAGING)
     async def list_projects(
         caller: ProjectsRead, service: ServiceDep, limit: Limit = 20, after: After = None
     ) -> ProjectList:
@@ -122,14 +135,14 @@ def management_router() -> APIRouter:
         rows, more = await service.list_projects(limit, after, caller.principal.within)
         return list_page(ProjectList, [project_view(r) for r in rows], more)
 
-    @router.get("/{project_id}", response_model=Project)
+    @router.get("/{project_id}", response_model=Project, responses=IN_PROJECT)
     async def get_project(
         project_id: ProjectId, caller: ProjectsRead, service: ServiceDep
     ) -> Project:
         """Get a project."""
         return project_view(await service.get_project(caller.project(project_id)))
 
-    @router.patch("/{project_id}", response_model=Project)
+    @router.patch("/{project_id}", response_model=Project, responses=IN_PROJECT)
     async def update_project(
         project_id: ProjectId, body: UpdateProject, caller: ProjectsWrite, service: ServiceDep
     ) -> Project:
@@ -142,7 +155,9 @@ def management_router() -> APIRouter:
         project_id = caller.project(project_id)
         return project_view(await service.update_project(project_id, changes, caller.context))
 
-    @router.post("/{project_id}/keys", status_code=201, response_model=ApiKeyWithSecret)
+    @router.post(
+        "/{project_id}/keys", status_code=201, response_model=ApiKeyWithSecret, responses=IN_PROJECT
+    )
     async def create_key(
         *,
         project_id: ProjectId,
@@ -159,7 +174,7 @@ def management_router() -> APIRouter:
         response.headers["Cache-Control"] = "no-store"
         return ApiKeyWithSecret(**key_view(created.row).model_dump(), key=created.secret)
 
-    @router.get("/{project_id}/keys", response_model=KeyList)
+    @router.get("/{project_id}/keys", response_model=KeyList, responses=IN_PROJECT)
     async def list_keys(
         *,
         project_id: ProjectId,
@@ -175,14 +190,14 @@ def management_router() -> APIRouter:
         )
         return list_page(KeyList, [key_view(r) for r in rows], more)
 
-    @router.get("/{project_id}/keys/{key_id}", response_model=ApiKey)
+    @router.get("/{project_id}/keys/{key_id}", response_model=ApiKey, responses=IN_PROJECT)
     async def get_key(
         project_id: ProjectId, key_id: KeyId, caller: KeysRead, service: ServiceDep
     ) -> ApiKey:
         """Get a key (never its secret)."""
         return key_view(await service.get_key(caller.project(project_id), key_id))
 
-    @router.patch("/{project_id}/keys/{key_id}", response_model=ApiKey)
+    @router.patch("/{project_id}/keys/{key_id}", response_model=ApiKey, responses=CHANGING_A_KEY)
     async def update_key(
         *,
         project_id: ProjectId,
@@ -196,7 +211,9 @@ def management_router() -> APIRouter:
         project_id = caller.project(project_id)
         return key_view(await service.update_key(project_id, key_id, changes, caller.context))
 
-    @router.delete("/{project_id}/keys/{key_id}", response_model=KeyDeleted)
+    @router.delete(
+        "/{project_id}/keys/{key_id}", response_model=KeyDeleted, responses=CHANGING_A_KEY
+    )
     async def revoke_key(
         project_id: ProjectId, key_id: KeyId, caller: KeysWrite, service: ServiceDep
     ) -> KeyDeleted:
@@ -204,7 +221,9 @@ def management_router() -> APIRouter:
         row = await service.revoke_key(caller.project(project_id), key_id, caller.context)
         return KeyDeleted(id=row["id"])
 
-    @router.post("/{project_id}/keys/{key_id}/default", response_model=ApiKey)
+    @router.post(
+        "/{project_id}/keys/{key_id}/default", response_model=ApiKey, responses=CHANGING_A_KEY
+    )
     async def set_default(
         project_id: ProjectId, key_id: KeyId, caller: KeysWrite, service: ServiceDep
     ) -> ApiKey:
@@ -213,7 +232,11 @@ def management_router() -> APIRouter:
             await service.set_default(caller.project(project_id), key_id, caller.context)
         )
 
-    @router.post("/{project_id}/keys/{key_id}/rotate", response_model=ApiKeyWithSecret)
+    @router.post(
+        "/{project_id}/keys/{key_id}/rotate",
+        response_model=ApiKeyWithSecret,
+        responses=CHANGING_A_KEY,
+    )
     async def rotate_key(
         *,
         project_id: ProjectId,
@@ -240,7 +263,9 @@ def internal_router(settings: KeysSettings) -> APIRouter:
         dependencies=[Depends(require_bearer(settings.internal_token, "internal token"))],
     )
 
-    @router.post("/keys/verify", response_model=KeyState)
+    @router.post(
+        "/keys/verify", response_model=KeyState, responses=error_responses(400, 401, 404, 503)
+    )
     async def verify(body: VerifyRequest, service: ServiceDep) -> KeyState:
         """The state of the key with this hash (or old hash still in grace); 404 when none."""
         state = await service.verify(body.key_hash)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from services.keys.admin_key_cache import AdminKeyCache
 from services.keys.admin_key_stream import AdminKeyStates, admin_key_states_router
 from services.keys.api import health_router, internal_router, management_router
 from services.keys.audit import Partitions
+from services.keys.fields import CATALOGUE_IDS
 from services.keys.handlers import LastUsedConsumer
 from services.keys.mirror import StateMirror
 from services.keys.outbox import OutboxRelay
@@ -30,6 +32,7 @@ from shared.engine_checks import check_engines
 from shared.errors import install_error_handlers
 from shared.http import RequestIdMiddleware
 from shared.logs import setup_logging
+from shared.openapi import install_openapi, nodes
 from shared.telemetry import setup_telemetry
 from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
@@ -61,6 +64,23 @@ def _kafka_topics(settings: KeysSettings) -> tuple[str, ...]:
     if settings.consume_usage:
         out += (USAGE_EVENTS, USAGE_EVENTS_DLQ)
     return out
+
+
+def _refine(app: FastAPI, settings: KeysSettings) -> Callable[[dict[str, Any]], None]:
+    """What the served document learns from the running service: the catalogue's model ids
+    (allowed_models takes no other) and the longest grace period a rotation may ask."""
+
+    def refine(doc: dict[str, Any]) -> None:
+        service: KeyService | None = getattr(app.state, "service", None)
+        for node in nodes(doc):
+            if node.pop(CATALOGUE_IDS, None) and service is not None:
+                for branch in node.get("anyOf", [node]):
+                    if branch.get("type") == "array":
+                        branch["items"]["enum"] = sorted(service.models)
+        rotate = doc["components"]["schemas"]["RotateKey"]["properties"]
+        rotate["grace_period_seconds"]["maximum"] = settings.max_grace_s
+
+    return refine
 
 
 def create_app(settings: KeysSettings | None = None) -> FastAPI:
@@ -160,6 +180,7 @@ def create_app(settings: KeysSettings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
+    install_openapi(app, _refine(app, settings))
     app.include_router(health_router)
     app.include_router(management_router())
     app.include_router(organization_router())

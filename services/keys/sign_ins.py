@@ -28,6 +28,7 @@ from shared.access import ROOT, Principal
 from shared.errors import Unauthorized
 from shared.events import USER_AGENT_MAX, AuditActor, utc_now
 from shared.http import require_bearer, token_matches
+from shared.openapi import error_responses
 
 CREDENTIAL_MAX = 512
 FailureReason = Literal["api_key", "unknown_admin_key", "revoked_admin_key", "not_a_credential"]
@@ -93,7 +94,9 @@ def sign_in_router(settings: KeysSettings) -> APIRouter:
         dependencies=[Depends(require_bearer(settings.internal_token, "internal token"))],
     )
 
-    @router.post("/console_sign_ins", response_model=SignIn)
+    @router.post(
+        "/console_sign_ins", response_model=SignIn, responses=error_responses(400, 401, 503)
+    )
     async def sign_in(body: SignInRequest, request: Request, service: ServiceDep) -> SignIn:
         """Who the credential is (200) or 401; either way one audit entry, in its transaction."""
         try:
