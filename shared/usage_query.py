@@ -14,10 +14,12 @@ import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from starlette.datastructures import QueryParams
 
 from shared.errors import BadRequest
+from shared.openapi import NO_NUL
 
 WIDTH_SECONDS = {"1m": 60, "1h": 3600, "1d": 86400}
 # OpenAI's defaults and maxima of `limit` for each bucket width (usage API; costs: 7, 180).
@@ -86,6 +88,8 @@ def _utc(seconds: int) -> datetime:
 
 def _list(params: QueryParams, name: str) -> tuple[str, ...]:
     raw = params.getlist(name) + params.getlist(f"{name}[]")
+    if any("\x00" in item for item in raw):  # PostgreSQL's text cannot hold it
+        raise BadRequest(f"Invalid '{name}': an item holds a NUL character.", param=name)
     return tuple(v.strip() for item in raw for v in item.split(",") if v.strip())
 
 
@@ -172,3 +176,68 @@ def parse_usage_query(
         limit=limit,
         page_start=_page_start(page, first, end, width) if page else first,
     )
+
+
+def _listed(name: str, items: dict[str, Any], what: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "style": "form",
+        "explode": True,
+        "schema": {"type": "array", "items": items},
+        "description": f"{what}; repeat it, write it `{name}[]=`, or separate with commas",
+    }
+
+
+def query_parameters(
+    *,
+    widths: Sequence[str],
+    group_fields: Sequence[str],
+    default_width: str = "1d",
+    limits: Mapping[str, tuple[int, int]] = LIMITS,
+) -> list[dict[str, Any]]:
+    """The query as an OpenAPI document states it: what ``parse_usage_query`` enforces, from
+    the same bounds. Two rules join parameters, which a parameter's schema cannot say, so
+    their descriptions do: ``end_time`` after ``start_time`` and ``limit`` per width."""
+    time = {"type": "integer", "minimum": 0, "maximum": MAX_TIME}
+    per_width = ", ".join(f"{limits[w][1]} for {w} (default {limits[w][0]})" for w in widths)
+    return [
+        {
+            "name": "start_time",
+            "in": "query",
+            "required": True,
+            "schema": time,
+            "description": "Unix seconds, inclusive: the first bucket holds it",
+        },
+        {
+            "name": "end_time",
+            "in": "query",
+            "schema": time,
+            "description": "Unix seconds, exclusive: after start_time (default: now)",
+        },
+        {
+            "name": "bucket_width",
+            "in": "query",
+            "schema": {"type": "string", "enum": list(widths), "default": default_width},
+            "description": "buckets aligned to their width in UTC",
+        },
+        _listed("group_by", {"type": "string", "enum": list(group_fields)}, "split results by"),
+        _listed("api_key_ids", {"type": "string", "pattern": NO_NUL}, "only these keys"),
+        _listed("models", {"type": "string", "pattern": NO_NUL}, "only these models"),
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max(limits[w][1] for w in widths),
+            },
+            "description": f"buckets per page: at most {per_width}",
+        },
+        {
+            "name": "page",
+            "in": "query",
+            "schema": {"type": "string", "pattern": f"^{_PAGE_PREFIX}[A-Za-z0-9_-]+$"},
+            "description": "the `next_page` of the answer before, to this same query",
+        },
+    ]

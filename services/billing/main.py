@@ -11,6 +11,7 @@ from services.billing.handlers import cost_consumer
 from services.billing.settings import BillingSettings
 from shared.catalogue import load_catalogue
 from shared.ledger import ledger_app, migrations
+from shared.openapi import install_openapi
 
 MIGRATIONS = migrations(Path(__file__).parent / "migrations")
 
@@ -20,7 +21,7 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
     settings = settings or BillingSettings()
     # A broken price book stops the start, before any event could be priced wrong.
     catalogue = load_catalogue(settings.catalogue_path)
-    return ledger_app(
+    app = ledger_app(
         "billing",
         settings,
         migrations=MIGRATIONS,
@@ -28,3 +29,5 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         routers=[costs_router(settings), internal_router(settings)],
         state={"catalogue": catalogue},
     )
+    install_openapi(app)  # 400s, not 422s; the credential as a bearer scheme
+    return app

@@ -10,6 +10,7 @@ from services.metering.api import usage_router
 from services.metering.handlers import usage_consumer
 from services.metering.settings import MeteringSettings
 from shared.ledger import ledger_app, migrations
+from shared.openapi import install_openapi
 
 MIGRATIONS = migrations(Path(__file__).parent / "migrations")
 
@@ -17,10 +18,12 @@ MIGRATIONS = migrations(Path(__file__).parent / "migrations")
 def create_app(settings: MeteringSettings | None = None) -> FastAPI:
     """The metering service: Usage API on HTTP, usage.events consumer in the lifespan."""
     settings = settings or MeteringSettings()
-    return ledger_app(
+    app = ledger_app(
         "metering",
         settings,
         migrations=MIGRATIONS,
         consumer=lambda pool, client_id: usage_consumer(settings, pool, client_id),
         routers=[usage_router(settings)],
     )
+    install_openapi(app)  # 400s, not 422s; the credential as a bearer scheme
+    return app
