@@ -15,13 +15,21 @@ from __future__ import annotations
 import copy
 import json as jsonlib
 import re
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any, Self
 
 import httpx
 from pydantic import SecretStr
+from starlette.types import Receive, Scope, Send
 
+from shared.http import HttpMiddleware
 from shared.logs import request_id_var
+
+# The browser of the request being served: its address and User-Agent (BrowserMiddleware).
+browser_var: ContextVar[tuple[str | None, str | None]] = ContextVar(
+    "console_browser", default=(None, None)
+)
 
 
 class ApiProblem(Exception):
@@ -106,6 +114,14 @@ class ApiClient:
         request_id = request_id_var.get()
         if request_id:
             headers["X-Request-Id"] = request_id
+        # The browser's address and User-Agent, for the audit log's entries of what the
+        # console does for it (the key service believes the address only from the proxies
+        # TOLLGATE_HTTP_FORWARDED_ALLOW_IPS lists: name the console's there).
+        address, agent = browser_var.get()
+        if address:
+            headers["X-Forwarded-For"] = address
+        if agent:
+            headers["User-Agent"] = agent
         return headers
 
     async def call(
@@ -249,3 +265,24 @@ class CostsApi(ApiClient):
         query = httpx.QueryParams(tuple(params))
         result: dict[str, Any] = await self.call("GET", path, params=query)
         return result
+
+
+class BrowserMiddleware(HttpMiddleware):
+    """Keep the browser's address and User-Agent for the calls made while serving it."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        agent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"user-agent"), None)
+        token = browser_var.set((client[0] if client else None, _printable(agent, 512)))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            browser_var.reset(token)
+
+
+def _printable(text: str | None, limit: int) -> str | None:
+    """At most limit printable characters (a header must not carry a control character)."""
+    if text is None:
+        return None
+    kept = "".join(c for c in text[:limit] if c.isprintable())
+    return kept or None

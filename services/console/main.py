@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.types import Message, Receive, Scope, Send
 
 from services.console import audit_pages, auth, keys_pages, limits_pages, projects, usage_pages
-from services.console.clients import ApiClient, CostsApi, KeysApi, UsageApi
+from services.console.clients import ApiClient, BrowserMiddleware, CostsApi, KeysApi, UsageApi
 from services.console.error_pages import install_error_pages
 from services.console.formatting import install_filters
 from services.console.policies import summary
@@ -131,6 +131,7 @@ def create_app(
     if settings.proxy_auth:
         app.add_middleware(ProxySignInMiddleware, console=state)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BrowserMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 

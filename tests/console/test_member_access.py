@@ -368,3 +368,29 @@ async def test_usage_and_costs_follow_their_permissions(apis: Apis) -> None:
         assert "Project budget: $0.00 of $25.00 this month" in page.text
         table = await client.get(f"/projects/{ours}/usage.csv?section=cost")
         assert table.status_code == 200
+
+
+async def test_changes_made_through_the_console_name_the_browser(keys_only: Apis) -> None:
+    """The audit entry of a change made in the console holds the browser's User-Agent (and
+    its address, where the key service believes the console's X-Forwarded-For)."""
+    browser_agent = "Mozilla/5.0 (X11; Linux x86_64) TollgateTest/1.0"
+    async with (
+        keys_only.client(keys_only.keys) as api,
+        console_client(console_settings(), keys_only.transports()) as client,
+    ):
+        ours, _ = await two_projects(api)
+        writer = await admin_key(api, ["projects:read", "keys:read", "keys:write"], [ours])
+        client.headers["User-Agent"] = browser_agent
+        await sign_in(client, token=writer["value"])
+        page = await client.get(f"/projects/{ours}/keys")
+        made = await post(
+            client, f"/projects/{ours}/keys", {"name": "from-console"}, csrf_of(page.text)
+        )
+        assert made.status_code in (200, 303), made.text
+        (entry,) = [
+            e
+            for e in await audit_entries(api, ("actor_ids[]", writer["id"]))
+            if e["type"] == "api_key.created"
+        ]
+        assert entry["user_agent"] == browser_agent
+        assert entry["actor"]["id"] == writer["id"]
