@@ -30,18 +30,18 @@ from pydantic import SecretStr
 from starlette.datastructures import QueryParams
 
 from deploy.stack import Stack
-from services.billing.handlers import cost_consumer
+from services.billing.consumer import cost_consumer
 from services.billing.main import MIGRATIONS as BILLING_MIGRATIONS
 from services.billing.settings import BillingSettings
 from services.metering import repository
-from services.metering.handlers import usage_consumer
+from services.metering.consumer import usage_consumer
 from services.metering.main import MIGRATIONS as METERING_MIGRATIONS
 from services.metering.settings import MeteringSettings
 from shared.catalogue import load_catalogue
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
+from shared.exactly_once.consumer import LedgerConsumer
 from shared.kafka import ensure_topics, idempotent_producer
-from shared.ledger.consumer import LedgerConsumer
 from shared.topics import TOPICS, USAGE_EVENTS
 from shared.usage_query import parse_usage_query
 

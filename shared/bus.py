@@ -101,7 +101,7 @@ def audit_events_publisher(broker: KafkaBroker, topic: str = AUDIT_EVENTS) -> De
 def dead_letter_publisher(
     broker: KafkaBroker, group: str, topic: str = USAGE_EVENTS_DLQ, where: str = ""
 ) -> DefaultPublisher:
-    """A usage.events consumer group's dead letters (``shared/ledger/dlq.py`` sends them);
+    """A usage.events consumer group's dead letters (``shared/exactly_once/dlq.py`` sends them);
     ``where`` names the service, for the document."""
     publisher: DefaultPublisher = broker.publisher(
         topic,
@@ -153,7 +153,7 @@ def last_used_subscriber(
         parser=raw_records,
         decoder=raw_body,
         title=KEYS_LAST_USED_TITLE,
-        description="key service (services/keys/handlers.py): each key's last_used_at; "
+        description="key service (services/keys/last_used.py): each key's last_used_at; "
         "offsets committed after the batch's update committed",
     )
     return subscriber

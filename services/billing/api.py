@@ -22,8 +22,8 @@ from services.billing.service import (
 from services.billing.settings import BillingSettings
 from shared.access import management_guard
 from shared.events import utc_now
+from shared.exactly_once import unavailable_as_503
 from shared.http import require_bearer
-from shared.ledger import unavailable_as_503
 from shared.openapi import NO_NUL, error_responses
 from shared.usage_query import (
     COSTS_LIMITS,

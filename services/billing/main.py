@@ -1,4 +1,4 @@
-"""Billing's composition root: the app factory (the ledger skeleton, shared/ledger/app.py)."""
+"""Billing's composition root: the app factory (the ledger skeleton, shared/exactly_once/app.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.billing.api import costs_router, internal_router
-from services.billing.handlers import cost_consumer
+from services.billing.consumer import cost_consumer
 from services.billing.settings import BillingSettings
 from shared.catalogue import load_catalogue
-from shared.ledger import ledger_app, migrations
+from shared.exactly_once import ledger_app, migrations
 from shared.openapi import install_openapi
 
 MIGRATIONS = migrations(Path(__file__).parent / "migrations")

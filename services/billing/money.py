@@ -11,13 +11,10 @@ import json
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, Overflow
 from typing import Any
 
-from shared.pricing import EXACT, LEDGER_QUANTUM, MILLION, cost
-
 # Display context: half-up, for the one rounding to cents.
 DISPLAY = Context(prec=60, rounding=ROUND_HALF_UP, traps=[InvalidOperation, Overflow])
 CENT = Decimal("0.01")
-# The pricing itself is shared with the gateway's budgets (shared/pricing.py).
-__all__ = ["EXACT", "LEDGER_QUANTUM", "MILLION", "cost", "dumps_exact", "plain", "to_cents"]
+# The pricing itself is shared with the gateway's budgets: shared/pricing.py.
 
 
 def to_cents(amount: Decimal) -> Decimal:

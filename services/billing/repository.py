@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.billing.service import CostKey
-from shared.ledger import bucket_params
-from shared.ledger.store import columns
+from shared.exactly_once import bucket_params
+from shared.exactly_once.store import columns
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
-    from shared.ledger import Conn
+    from shared.exactly_once import Conn
 
 _ADD = """
 INSERT INTO cost_day AS c (project_id, day, key_id, model, line_item, tokens, amount)

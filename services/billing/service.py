@@ -8,12 +8,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from services.billing.money import EXACT, cost, plain
+from services.billing.money import plain
 from shared.catalogue import Catalogue
 from shared.errors import BadRequest
 from shared.events import UsageRecorded
-from shared.ledger import Poison, bucket_page, parse_usage
-from shared.pricing import CostLine, cost_lines
+from shared.exactly_once import Poison, bucket_page, parse_usage
+from shared.pricing import EXACT, CostLine, cost, cost_lines
 from shared.usage_query import MAX_TIME, UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "line_item", "project_id")

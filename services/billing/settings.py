@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.ledger import LedgerServiceSettings
+from shared.exactly_once import LedgerServiceSettings
 from shared.settings import InternalTokenSettings
 
 REPO = Path(__file__).resolve().parents[2]

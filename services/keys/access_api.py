@@ -22,8 +22,8 @@ from services.keys.admin_keys import scope_of
 from services.keys.api import After, Limit, ServiceDep
 from services.keys.audit import read_page
 from services.keys.audit_repository import AuditQuery
-from services.keys.models import unix
 from services.keys.rows import Row, json_value
+from services.keys.schemas import unix
 from shared.events import AuditActor, AuditEventType
 from shared.openapi import NO_NUL, error_responses
 

@@ -28,7 +28,7 @@ import asyncpg
 from services.keys import admin_key_repository as repo
 from services.keys.rows import Row
 from shared.events import AdminKeyState
-from shared.ledger.retry import READ_ERRORS
+from shared.exactly_once.retry import READ_ERRORS
 from shared.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)

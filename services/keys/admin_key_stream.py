@@ -41,9 +41,9 @@ from services.keys.admin_key_cache import admin_key_state
 from services.keys.errors import DatabaseUnavailable
 from services.keys.settings import KeysSettings
 from shared.events import AdminKeyState
+from shared.exactly_once.retry import READ_ERRORS
 from shared.http import require_bearer
 from shared.http_server import draining
-from shared.ledger.retry import READ_ERRORS
 from shared.openapi import error_responses
 from shared.worker import Backoff, Worker
 

@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse
 
 from services.keys import repository as repo
 from services.keys.access import Caller, allowed
-from services.keys.models import (
+from services.keys.policies import KEY_FIELDS, budget_of, rate_limits_of
+from services.keys.rows import Row
+from services.keys.schemas import (
     ApiKey,
     ApiKeyWithSecret,
     CreateKey,
@@ -25,14 +27,12 @@ from services.keys.models import (
     VerifyRequest,
     unix,
 )
-from services.keys.policies import KEY_FIELDS, budget_of, rate_limits_of
-from services.keys.rows import Row
 from services.keys.service import KeyService, view_status
 from services.keys.settings import KeysSettings
 from shared.errors import InsufficientPermissions, NotFound
 from shared.events import KeyState, utc_now
+from shared.exactly_once.retry import READ_ERRORS
 from shared.http import liveness_router, require_bearer
-from shared.ledger.retry import READ_ERRORS
 from shared.openapi import NO_NUL, error_responses
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)]

@@ -23,8 +23,8 @@ from services.keys import audit_repository as audit_repo
 from services.keys import repository as repo
 from shared.errors import BadRequest
 from shared.events import AuditActor, AuditEvent, AuditEventType, utc_now
+from shared.exactly_once.retry import READ_ERRORS
 from shared.ids import uuid7
-from shared.ledger.retry import READ_ERRORS
 from shared.worker import Backoff, Worker
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from services.keys.admin_key_stream import AdminKeyStates, admin_key_states_rout
 from services.keys.api import health_router, internal_router, management_router
 from services.keys.audit import Partitions
 from services.keys.fields import CATALOGUE_IDS
-from services.keys.handlers import LastUsedConsumer
+from services.keys.last_used import LastUsedConsumer
 from services.keys.mirror import StateMirror
 from services.keys.outbox import OutboxRelay
 from services.keys.resign import resign_if_needed

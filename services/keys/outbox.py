@@ -30,8 +30,8 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.bus import audit_events_publisher, keys_events_publisher, new_broker
+from shared.exactly_once.retry import READ_ERRORS, backoff
 from shared.kafka import ensure_topics
-from shared.ledger.retry import READ_ERRORS, backoff
 from shared.topics import AUDIT_EVENTS, KEYS_EVENTS
 from shared.worker import Backoff, Worker
 

@@ -28,7 +28,6 @@ from services.keys.errors import (
     KeyRevoked,
 )
 from services.keys.mirror import StateMirror
-from services.keys.models import unix
 from services.keys.policies import (
     KEY_FIELDS,
     check_models,
@@ -37,6 +36,7 @@ from services.keys.policies import (
 )
 from services.keys.projects import Projects, difference
 from services.keys.rows import Created, KeyPolicy, Row
+from services.keys.schemas import unix
 from shared import apikeys
 from shared.events import KeyState, utc_now
 from shared.ids import resource_id

@@ -29,7 +29,7 @@ from services.keys.errors import DatabaseUnavailable
 from services.keys.mirror import StateMirror
 from services.keys.rows import Row, json_value
 from shared.events import AuditEventType, KeyEvent, KeyEventType, KeyState
-from shared.ledger.retry import RETRYABLE
+from shared.exactly_once.retry import RETRYABLE
 from shared.state_mac import Keyring
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from services.metering.service import GROUP_FIELDS, WIDTHS, usage_page
 from services.metering.settings import MeteringSettings
 from shared.access import management_guard
 from shared.events import utc_now
-from shared.ledger import unavailable_as_503
+from shared.exactly_once import unavailable_as_503
 from shared.openapi import NO_NUL, error_responses
 from shared.usage_query import parse_usage_query, query_parameters
 

@@ -1,4 +1,5 @@
-"""Metering's composition root: the app factory (the ledger skeleton, shared/ledger/app.py)."""
+"""Metering's composition root: the app factory (the ledger service skeleton,
+shared/exactly_once/app.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.metering.api import usage_router
-from services.metering.handlers import usage_consumer
+from services.metering.consumer import usage_consumer
 from services.metering.settings import MeteringSettings
-from shared.ledger import ledger_app, migrations
+from shared.exactly_once import ledger_app, migrations
 from shared.openapi import install_openapi
 
 MIGRATIONS = migrations(Path(__file__).parent / "migrations")

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.metering.service import MinuteDelta, MinuteKey
-from shared.ledger import bucket_params
-from shared.ledger.store import columns
+from shared.exactly_once import bucket_params
+from shared.exactly_once.store import columns
 from shared.usage_query import UsageQuery
 
 if TYPE_CHECKING:
-    from shared.ledger import Conn
+    from shared.exactly_once import Conn
 
 _ADD = """
 INSERT INTO usage_minute AS u (project_id, minute, key_id, model, requests, input_tokens,

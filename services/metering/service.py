@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.events import UsageRecorded
-from shared.ledger import bucket_page
+from shared.exactly_once import bucket_page
 from shared.usage_query import UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "project_id")

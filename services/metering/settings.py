@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.ledger import LedgerServiceSettings
+from shared.exactly_once import LedgerServiceSettings
 
 
 class MeteringSettings(LedgerServiceSettings):

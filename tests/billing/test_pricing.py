@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.billing.money import cost, dumps_exact, plain, to_cents
+from services.billing.money import dumps_exact, plain, to_cents
 from services.billing.service import Pricer, cost_deltas
 from shared.catalogue import load_catalogue
-from shared.ledger.consumer import Poison
+from shared.exactly_once.consumer import Poison
+from shared.pricing import cost
 from tests.metering.harness import CHAT, EMBED, PRICE_CHANGE, UNPRICED, usage
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`

@@ -1,7 +1,7 @@
 """Migrations moved between folders: schemas migrated before the move stay valid and end the same.
 
 The exactly-once tables moved from each ledger service's first migration into the ledger
-package's own (shared/ledger/migrations); the rewritten first migrations name the text they
+package's own (shared/exactly_once/migrations); the rewritten first migrations name the text they
 replace. A schema where the first texts ran must still start, and end with the schema a new
 database gets.
 """

@@ -19,7 +19,7 @@ from services.billing.main import create_app as create_billing
 from services.billing.settings import BillingSettings
 from services.keys.fields import BEFORE_YEAR_9999, USD_AMOUNT, Name
 from services.keys.main import create_app as create_keys
-from services.keys.models import CreateKey
+from services.keys.schemas import CreateKey
 from services.metering.main import create_app as create_metering
 from services.metering.settings import MeteringSettings
 from shared.errors import error_body

@@ -14,11 +14,11 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.metering.handlers import apply_usage
+from services.metering.consumer import apply_usage
 from shared.events import utc_now
-from shared.ledger import parse_usage
-from shared.ledger.consumer import LedgerConsumer
-from shared.ledger.types import ConsumerConfig
+from shared.exactly_once import parse_usage
+from shared.exactly_once.consumer import LedgerConsumer
+from shared.exactly_once.types import ConsumerConfig
 from tests.metering.harness import usage
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`

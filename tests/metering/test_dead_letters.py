@@ -13,8 +13,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
+from shared.exactly_once.dlq import MAX_REASON, DeadLetterSender, dead_letter
 from shared.kafka import ensure_topics
-from shared.ledger.dlq import MAX_REASON, DeadLetterSender, dead_letter
 from shared.topics import USAGE_EVENTS_DLQ
 from tests.metering.harness import both, stats, stream_of, usage
 from tests.metering.ledgers import Case

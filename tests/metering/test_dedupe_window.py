@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from services.metering.handlers import usage_consumer
+from services.metering.consumer import usage_consumer
 from services.metering.main import MIGRATIONS
 from services.metering.settings import MeteringSettings
 from shared.db import apply_migrations, create_pool
-from shared.ledger.settings import RETENTION_S
-from shared.ledger.store import claim
+from shared.exactly_once.settings import RETENTION_S
+from shared.exactly_once.store import claim
 from tests.metering.harness import ADMIN_TOKEN, INTERNAL_TOKEN, usage
 from tests.metering.ledgers import Case
 

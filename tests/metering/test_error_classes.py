@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from asyncpg.exceptions import _base as pg_base
 
-from shared.ledger.retry import RETRYABLE, describe, record_error
+from shared.exactly_once.retry import RETRYABLE, describe, record_error
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from aiokafka import TopicPartition
 
-from shared.ledger.progress import Progress
+from shared.exactly_once.progress import Progress
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import asyncpg
 
-from services.metering.handlers import apply_usage
+from services.metering.consumer import apply_usage
 from services.metering.main import MIGRATIONS
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
-from shared.ledger import parse_usage
-from shared.ledger.consumer import LedgerConsumer
+from shared.exactly_once import parse_usage
+from shared.exactly_once.consumer import LedgerConsumer
 from tests.metering.harness import both, stats, stream_of, usage
 from tests.metering.ledgers import Case
 from tests.metering.poison import letters_by_group, noise, raw, send

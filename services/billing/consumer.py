@@ -10,10 +10,10 @@ from services.billing import repository
 from services.billing.service import PricedUsage, Pricer, cost_deltas
 from services.billing.settings import BillingSettings
 from shared.catalogue import Catalogue
-from shared.ledger import LedgerConsumer
+from shared.exactly_once import LedgerConsumer
 
 if TYPE_CHECKING:
-    from shared.ledger import Conn
+    from shared.exactly_once import Conn
 
 
 async def apply_costs(conn: Conn, events: list[PricedUsage]) -> None:

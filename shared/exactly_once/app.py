@@ -25,11 +25,11 @@ from shared.admin_key_follower import AdminKeyFollower
 from shared.db import MigrationSet, apply_migrations, create_pool
 from shared.engine_checks import check_engines
 from shared.errors import install_error_handlers
+from shared.exactly_once.consumer import LedgerConsumer
+from shared.exactly_once.health import health_router
+from shared.exactly_once.settings import LedgerServiceSettings
 from shared.http import RequestIdMiddleware
 from shared.kafka import ensure_topics
-from shared.ledger.consumer import LedgerConsumer
-from shared.ledger.health import health_router
-from shared.ledger.settings import LedgerServiceSettings
 from shared.logs import setup_logging
 from shared.telemetry import setup_telemetry
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ

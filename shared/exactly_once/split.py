@@ -1,7 +1,7 @@
 """Find the records the database refuses, by splitting a batch in savepoints (bisection).
 
 A batch is applied as one group inside a savepoint. When the database refuses the group
-with an error a record's values can cause (``shared.ledger.retry.record_error``), the
+with an error a record's values can cause (``shared.exactly_once.retry.record_error``), the
 savepoint is rolled back and each half is tried in a savepoint of its own, recursively,
 until the refused records stand alone; every group that succeeded stays applied in the
 enclosing transaction. A batch of n records with k refused ones costs about
@@ -27,10 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from shared.ledger.retry import describe, record_error
+from shared.exactly_once.retry import describe, record_error
 
 if TYPE_CHECKING:
-    from shared.ledger.types import Conn
+    from shared.exactly_once.types import Conn
 
 Item = TypeVar("Item")
 

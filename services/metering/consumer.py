@@ -10,10 +10,10 @@ from services.metering import repository
 from services.metering.service import minute_deltas
 from services.metering.settings import MeteringSettings
 from shared.events import UsageRecorded
-from shared.ledger import LedgerConsumer, parse_usage
+from shared.exactly_once import LedgerConsumer, parse_usage
 
 if TYPE_CHECKING:
-    from shared.ledger import Conn
+    from shared.exactly_once import Conn
 
 
 async def apply_usage(conn: Conn, events: list[UsageRecorded]) -> None:

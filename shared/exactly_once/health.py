@@ -2,7 +2,7 @@
 
 ``/readyz`` answers 503 when the database does not answer, when the consumer stopped, and
 when it is *stalled*: records wait (lag > 0) and no batch committed for ``stall_after_s``
-(shared/ledger/progress.py), whatever the cause (a table gone, a permission revoked).
+(shared/exactly_once/progress.py), whatever the cause (a table gone, a permission revoked).
 Its body and ``/metrics`` show the consumer's lag, the age of its last committed batch,
 dead letters sent and lost, and the stalled flag.
 """
@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.exactly_once.retry import READ_ERRORS
 from shared.http import liveness_router
-from shared.ledger.retry import READ_ERRORS
 
 health_router = liveness_router()
 

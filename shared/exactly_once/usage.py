@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from shared.events import UsageRecorded
-from shared.ledger.types import Poison
+from shared.exactly_once.types import Poison
 
 
 def parse_usage(value: bytes | None) -> UsageRecorded:

@@ -30,8 +30,8 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from shared.bus import dead_letter_publisher, new_broker
 from shared.events import DeadLetter, utc_now
+from shared.exactly_once.retry import backoff
 from shared.kafka_security import KafkaAccess
-from shared.ledger.retry import backoff
 
 log = logging.getLogger(__name__)
 

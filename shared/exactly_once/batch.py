@@ -6,7 +6,7 @@ but never lose one):
 
 1. Records that did not parse go to the DLQ.
 2. One transaction: the good events are claimed (``processed_events``) and applied by
-   halves in savepoints (shared/ledger/split.py). When none is refused, the partitions'
+   halves in savepoints (shared/exactly_once/split.py). When none is refused, the partitions'
    next offsets are written and the transaction commits: done.
 3. When some are refused for their values, the transaction is rolled back, the refused
    records go to the DLQ (with SQLSTATE and message), and step 2 runs again without them.
@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any, Generic
 import asyncpg
 from aiokafka import TopicPartition
 
-from shared.ledger import store as ledger_store
-from shared.ledger.dlq import DeadLetterSender
-from shared.ledger.retry import RETRYABLE, backoff
-from shared.ledger.split import CONTROL_SIZE, NotRecordSpecific, Refused, confirm, split_apply
-from shared.ledger.types import Apply, ConsumerConfig, ConsumerStats, Poison, T
+from shared.exactly_once import store as ledger_store
+from shared.exactly_once.dlq import DeadLetterSender
+from shared.exactly_once.retry import RETRYABLE, backoff
+from shared.exactly_once.split import CONTROL_SIZE, NotRecordSpecific, Refused, confirm, split_apply
+from shared.exactly_once.types import Apply, ConsumerConfig, ConsumerStats, Poison, T
 
 if TYPE_CHECKING:
-    from shared.ledger.types import Conn
+    from shared.exactly_once.types import Conn
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class BatchWriter(Generic[T]):
         self.pool = pool
         self.apply = apply
         self.stats = stats
-        self.control: list[T] = []  # events the database accepted: see shared/ledger/split.py
+        self.control: list[T] = []  # events the database accepted: see shared/exactly_once/split.py
 
     async def write(self, batch: Prepared[T], dlq: DeadLetterSender) -> None:
         """Dead letters first, then the batch's transaction, as the module docstring says."""

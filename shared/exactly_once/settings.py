@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from pydantic import Field, field_validator
 
-from shared.ledger.consumer import ConsumerConfig
+from shared.exactly_once.consumer import ConsumerConfig
 from shared.settings import InternalTokenSettings
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ, USAGE_RETENTION_MS, topic_name
 

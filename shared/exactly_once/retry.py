@@ -12,7 +12,7 @@ Three kinds of database error, told apart by SQLSTATE class:
   a NUL in a text column, a value out of range), 23 (integrity constraint violation: a
   CHECK or NOT NULL a value breaks), 54 (program limit exceeded: an index row too large),
   and asyncpg's client-side ``DataError`` (a value it cannot encode for its argument).
-  These are only *candidates*: see shared/ledger/split.py for how a record is proven at
+  These are only *candidates*: see shared/exactly_once/split.py for how a record is proven at
   fault before it is dead-lettered.
 - everything else (missing table 42P01, permission denied 42501, a bug in our SQL):
   never a record's fault. The consumer stalls loudly and retries; it never dead-letters.

@@ -6,7 +6,7 @@ from the earliest retained record.
 
 It never stalls on a record. A record that is not a valid usage event, and a record whose
 update the database refuses for its values (a NUL or an over-long key id: SQLSTATE classes
-22, 23, 54, found by splitting the batch in savepoints, shared/ledger/split.py), go to
+22, 23, 54, found by splitting the batch in savepoints, shared/exactly_once/split.py), go to
 ``usage.events.dlq`` with the reason, in the same ``DeadLetter`` shape as metering's and
 billing's (consumer group ``keys-last-used``); the rest of the batch is applied, the dead
 letters are acknowledged, and only then are the offsets committed (a crash sends a letter
@@ -40,16 +40,16 @@ from services.keys import repository as repo
 from services.keys.settings import KeysSettings
 from shared.bus import Records, last_used_subscriber, new_broker
 from shared.events import UsageRecorded
+from shared.exactly_once.dlq import DeadLetterSender
+from shared.exactly_once.retry import READ_ERRORS
+from shared.exactly_once.split import CONTROL_SIZE, confirm, split_apply
+from shared.exactly_once.types import Poison
 from shared.kafka import ensure_topics
-from shared.ledger.dlq import DeadLetterSender
-from shared.ledger.retry import READ_ERRORS
-from shared.ledger.split import CONTROL_SIZE, confirm, split_apply
-from shared.ledger.types import Poison
 from shared.topics import USAGE_EVENTS, USAGE_EVENTS_DLQ
 from shared.worker import Backoff, Worker
 
 if TYPE_CHECKING:
-    from shared.ledger.types import Conn
+    from shared.exactly_once.types import Conn
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 15.0
@@ -101,7 +101,7 @@ class LastUsedConsumer:
         self.dead_letters = 0
         self.dead_letters_lost = 0
         self.refused = 0
-        self._control: list[Use] = []  # uses the database accepted (shared/ledger/split.py)
+        self._control: list[Use] = []  # uses the database accepted (shared/exactly_once/split.py)
         self._positions: dict[TopicPartition, int] = {}
         self._ends: dict[TopicPartition, int] = {}
         # last_used_at must keep flowing whatever broke: started over with a new consumer.
@@ -222,7 +222,8 @@ class LastUsedConsumer:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
             suspects = await split_apply(conn, uses, self._touch)
-            # Before any dead letter: is the database itself at fault (shared/ledger/split.py)?
+            # Before any dead letter: is the database itself at fault?
+            # (shared/exactly_once/split.py)
             result = await confirm(conn, suspects, self._control, self._touch)
         self.updated += result.done
         self.refused += len(result.refused)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from shared.errors import ApiError, ServiceUnavailable
-from shared.ledger.retry import RETRYABLE
+from shared.exactly_once.retry import RETRYABLE
 
 
 class LedgerError(ApiError):

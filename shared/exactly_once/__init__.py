@@ -21,17 +21,17 @@ ledger, inside the batch's transaction).
 
 from typing import TYPE_CHECKING
 
-from shared.ledger.app import ledger_app
-from shared.ledger.consumer import LedgerConsumer
-from shared.ledger.errors import LedgerError, LedgerUnavailable, unavailable_as_503
-from shared.ledger.page import bucket_page, bucket_params
-from shared.ledger.settings import LedgerServiceSettings
-from shared.ledger.store import migrations
-from shared.ledger.types import Apply, ConsumerConfig, ConsumerStats, Identified, Poison
-from shared.ledger.usage import parse_usage
+from shared.exactly_once.app import ledger_app
+from shared.exactly_once.consumer import LedgerConsumer
+from shared.exactly_once.errors import LedgerError, LedgerUnavailable, unavailable_as_503
+from shared.exactly_once.page import bucket_page, bucket_params
+from shared.exactly_once.settings import LedgerServiceSettings
+from shared.exactly_once.store import migrations
+from shared.exactly_once.types import Apply, ConsumerConfig, ConsumerStats, Identified, Poison
+from shared.exactly_once.usage import parse_usage
 
 if TYPE_CHECKING:
-    from shared.ledger.types import Conn
+    from shared.exactly_once.types import Conn
 
 __all__ = [
     "Apply",

@@ -16,10 +16,10 @@ import asyncpg
 from aiokafka import TopicPartition
 
 from shared.db import MigrationSet
-from shared.ledger.types import ConsumerConfig, Identified
+from shared.exactly_once.types import ConsumerConfig, Identified
 
 if TYPE_CHECKING:
-    from shared.ledger.types import Conn
+    from shared.exactly_once.types import Conn
 
 # The plumbing's own versions, recorded apart from the service's (shared/db.py).
 TABLES = MigrationSet(Path(__file__).parent / "migrations", table="ledger_schema_migrations")

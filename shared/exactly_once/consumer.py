@@ -16,7 +16,7 @@ can be a record's fault (retry.py), and only once records applied before are sti
 (split.py); anything else is the database's fault.
 
 The database's faults stall the consumer: it retries with backoff, logs each failure, and
-after ``stall_after_s`` with records waiting /readyz answers 503 (shared/ledger/progress.py).
+after ``stall_after_s`` with records waiting /readyz answers 503 (shared/exactly_once/progress.py).
 
 It stays on aiokafka rather than FastStream's subscriber (``shared/bus.py``), for what that
 subscriber's fetch-then-handle loop (0.7.8) leaves no room for: the next batch is fetched
@@ -45,13 +45,12 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.errors import KafkaError
 
 from shared.events import utc_now
-from shared.kafka_security import kafka_options
-from shared.ledger import store as ledger_store
-from shared.ledger.batch import BatchWriter, Prepared, prepare
-from shared.ledger.dlq import DeadLetterSender
-from shared.ledger.progress import Progress, watch_ends
-from shared.ledger.retry import RETRYABLE
-from shared.ledger.types import (
+from shared.exactly_once import store as ledger_store
+from shared.exactly_once.batch import BatchWriter, Prepared, prepare
+from shared.exactly_once.dlq import DeadLetterSender
+from shared.exactly_once.progress import Progress, watch_ends
+from shared.exactly_once.retry import RETRYABLE
+from shared.exactly_once.types import (
     Apply,
     ConsumerConfig,
     ConsumerStats,
@@ -59,6 +58,7 @@ from shared.ledger.types import (
     Poison,
     T,
 )
+from shared.kafka_security import kafka_options
 from shared.worker import Backoff, Worker, Workers
 
 __all__ = ["ConsumerConfig", "ConsumerStats", "Identified", "LedgerConsumer", "Poison"]
