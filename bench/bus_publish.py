@@ -7,10 +7,10 @@ linger), three ways, interleaved: aiokafka's ``send``, a FastStream publisher's 
 and FastStream's ``broker.publish`` (both ``no_confirm``, acknowledgements gathered at the
 end, as the gateway does). CPU per record is this process's, from ``time.process_time``; the
 ratio is against aiokafka in the same round. The figures decide why the gateway's publisher
-stays on aiokafka (``services/gateway/publisher.py``). Last, the gateway's own ``Publisher``
+stays on aiokafka (``services/gateway/usage/publisher.py``). Last, the gateway's own ``Publisher``
 in calls of 500 records (a full emitter batch, each call waiting for its acknowledgements as
 the emitter does), record by record and as batches built per partition
-(``services/gateway/produce_batches.py``); the ratio is against aiokafka's ``send`` too.
+(``services/gateway/usage/produce_batches.py``); the ratio is against aiokafka's ``send`` too.
 
     uv run --frozen python bench/bus_publish.py [--records 20000] [--rounds 3] [--json]
 """
@@ -31,8 +31,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.lib.servers import delete_topics, stack_endpoints
-from services.gateway.produce_batches import MIN_PER_PARTITION
-from services.gateway.publisher import Publisher
+from services.gateway.usage.produce_batches import MIN_PER_PARTITION
+from services.gateway.usage.publisher import Publisher
 from shared.bus import PRODUCER_OPTIONS, new_broker
 from shared.topics import TOPICS, USAGE_EVENTS
 

@@ -127,7 +127,7 @@ SERVICES: tuple[Service, ...] = (
         spool=True,
         # Clients keep idle connections ~5 s; outliving them avoids the close-while-reused race.
         uvicorn_args=("--timeout-keep-alive", "75"),
-        http="services.gateway.http_protocol:GatewayProtocol",
+        http="services.gateway.transport.http_protocol:GatewayProtocol",
     ),
     Service(
         "console",

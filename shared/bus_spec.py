@@ -1,16 +1,16 @@
 """Tollgate's bus as an AsyncAPI document: every topic, who publishes it, who subscribes.
 
-Where a service runs FastStream, the document declares it with the very functions the
-service calls (``shared/bus.py``): the key service's outbox relay publisher and its
-last_used subscriber. The rest stays on aiokafka, each for a reason its module's docstring
-gives (the gateway's usage publisher ``services/gateway/publisher.py`` and its cache feeder
-``services/gateway/feeder.py``; the ledgers' consumer ``shared/ledger/consumer.py`` and their
-dead-letter sender ``shared/ledger/dlq.py``), and is declared below for the document alone,
-naming the module it stands for. The payloads are the event models of ``shared/events.py``
-(``MODELS``: a batch handler's signature would say a list), partitions, retention and
-compaction come from ``shared/topics.py`` (the configuration ``ensure_topics`` creates), so
-the document cannot drift from the code; the consumer groups are the services' settings
-defaults, which ``tests/foundation/test_bus_docs.py`` holds them to.
+Where a service runs FastStream, the document declares it with the very functions the service
+calls (``shared/bus.py``): the key service's outbox relay publisher and its last_used
+subscriber. The rest stays on aiokafka, each for a reason its module's docstring gives (the
+gateway's usage publisher ``services/gateway/usage/publisher.py`` and its cache feeder
+``services/gateway/keys/feeder.py``; the ledgers' consumer ``shared/exactly_once/consumer.py``
+and their dead-letter sender ``shared/exactly_once/dlq.py``), and is declared below for the
+document alone, naming the module it stands for. The payloads are the event models of
+``shared/events.py`` (``MODELS``: a batch handler's signature would say a list), partitions,
+retention and compaction come from ``shared/topics.py`` (the configuration ``ensure_topics``
+creates), so the document cannot drift from the code; the consumer groups are the services'
+settings defaults, which ``tests/foundation/test_bus_docs.py`` holds them to.
 
 FastStream (0.7.8) leaves out of the document what AsyncAPI's Kafka bindings can say but its
 declarations cannot: a topic's partitions and configuration, the message key, the consumer
@@ -38,8 +38,8 @@ from shared.bus import (
     last_used_subscriber,
 )
 from shared.events import AuditEvent, DeadLetter, KeyEvent, UsageRecorded
+from shared.exactly_once.dlq import MAX_KEY_BYTES
 from shared.ids import KEY_ID_CHARS, PROJECT_ID_CHARS
-from shared.ledger.dlq import MAX_KEY_BYTES
 from shared.settings import ServiceSettings
 from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, TOPICS, USAGE_EVENTS, USAGE_EVENTS_DLQ
 
@@ -115,12 +115,12 @@ keys_events_publisher(broker)
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="keys.events.gateway-feeder",
-    description="gateway (services/gateway/feeder.py): every replica reads every partition "
+    description="gateway (services/gateway/keys/feeder.py): every replica reads every partition "
     "without a consumer group, from the start when Redis holds no saved positions, into its "
     "cache and Redis",
 )
 async def gateway_feeder(event: KeyEvent) -> None:
-    """Declaration only: the gateway's feeder is aiokafka (services/gateway/feeder.py)."""
+    """Declaration only: the gateway's feeder is aiokafka (services/gateway/keys/feeder.py)."""
 
 
 # audit.events: one publisher, the key service's outbox relay (the declaration that runs).
@@ -130,7 +130,7 @@ audit_events_publisher(broker)
 broker.publisher(
     USAGE_EVENTS,
     title="usage.events.gateway",
-    description="gateway (services/gateway/emitter.py, publisher.py): one record per "
+    description="gateway (services/gateway/usage/emitter.py, publisher.py): one record per "
     "authenticated request after its response ended; spooled to disk while Kafka is away",
     schema=UsageRecorded,
 )
@@ -142,11 +142,11 @@ broker.publisher(
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.metering",
-    description="metering (shared/ledger/consumer.py): usage ledgers, exactly once; offsets "
+    description="metering (shared/exactly_once/consumer.py): usage ledgers, exactly once; offsets "
     "kept in PostgreSQL in the ledger's own transaction",
 )
 async def metering(event: UsageRecorded) -> None:
-    """Declaration only: metering's consumer is aiokafka (shared/ledger/consumer.py)."""
+    """Declaration only: metering's consumer is aiokafka (shared/exactly_once/consumer.py)."""
 
 
 @broker.subscriber(
@@ -155,14 +155,14 @@ async def metering(event: UsageRecorded) -> None:
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
     title="usage.events.billing",
-    description="billing (shared/ledger/consumer.py): cost ledgers priced with the price "
+    description="billing (shared/exactly_once/consumer.py): cost ledgers priced with the price "
     "book, exactly once; offsets kept in PostgreSQL in the ledger's own transaction",
 )
 async def billing(event: UsageRecorded) -> None:
-    """Declaration only: billing's consumer is aiokafka (shared/ledger/consumer.py)."""
+    """Declaration only: billing's consumer is aiokafka (shared/exactly_once/consumer.py)."""
 
 
-# The key service's subscriber, as it runs (its handler is services/keys/handlers.py's).
+# The key service's subscriber, as it runs (its handler is services/keys/last_used.py's).
 @last_used_subscriber(broker, KEYS_LAST_USED_GROUP, max_records=1)
 async def keys_last_used(batch: NoCast[Records]) -> None:
     """Declaration only: the key service registers its own handler on the same subscriber."""
@@ -170,9 +170,9 @@ async def keys_last_used(batch: NoCast[Records]) -> None:
 
 # usage.events.dlq: each usage.events consumer dead-letters what it cannot parse or apply.
 for _group, _where in (
-    (METERING_GROUP, "metering (shared/ledger/dlq.py)"),
-    (BILLING_GROUP, "billing (shared/ledger/dlq.py)"),
-    (KEYS_LAST_USED_GROUP, "key service (services/keys/handlers.py, shared/ledger/dlq.py)"),
+    (METERING_GROUP, "metering (shared/exactly_once/dlq.py)"),
+    (BILLING_GROUP, "billing (shared/exactly_once/dlq.py)"),
+    (KEYS_LAST_USED_GROUP, "key service (services/keys/last_used.py, shared/exactly_once/dlq.py)"),
 ):
     dead_letter_publisher(broker, _group, where=_where)
 

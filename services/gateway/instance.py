@@ -1,7 +1,7 @@
 """Every long-lived part of one gateway instance, wired together: the composition root.
 
-Apart from the app factory (``main.py``) so that the routes (``api.py``, ``asgi.py``) can name
-the ``Gateway`` they are handed without importing the module that imports them.
+Apart from the app factory (``main.py``) so that the routes (``api.py``, ``transport/asgi.py``)
+can name the ``Gateway`` they are handed without importing the module that imports them.
 """
 
 from __future__ import annotations
@@ -10,20 +10,21 @@ from typing import Any
 
 import httpx
 
-from services.gateway.auth import Authenticator, Verifier
-from services.gateway.body import BodyBudget, BodyLimits
-from services.gateway.cache import Breaker, LocalCache, RateBound
-from services.gateway.emitter import UsageEmitter
-from services.gateway.feeder import KAFKA_ERRORS, Feeder
-from services.gateway.metrics import Metrics
+from services.gateway.breaker import Breaker
+from services.gateway.keys.auth import Authenticator, Verifier
+from services.gateway.keys.cache import LocalCache, RateBound
+from services.gateway.keys.feeder import KAFKA_ERRORS, Feeder
+from services.gateway.keys.subscriber import Subscriber
+from services.gateway.keys.trust import StateTrust
 from services.gateway.policies.gate import PolicyGate
 from services.gateway.policies.ledger import SpendLedger
 from services.gateway.proxy import Proxy
+from services.gateway.request.body import BodyBudget, BodyLimits
 from services.gateway.settings import GatewaySettings
-from services.gateway.spool import Spool
-from services.gateway.subscriber import Subscriber
-from services.gateway.trust import StateTrust
-from services.gateway.upstream_pool import UpstreamPool
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.upstream.pool import UpstreamPool
+from services.gateway.usage.emitter import UsageEmitter
+from services.gateway.usage.spool import Spool
 from shared.catalogue import Catalogue
 from shared.key_store import KeyStore
 from shared.redis_client import REDIS_ERRORS, connect, subscription_urls

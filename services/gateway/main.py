@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from services.gateway.api import router
-from services.gateway.asgi import ProxiedRoutes
 from services.gateway.instance import Gateway
-from services.gateway.metrics import Metrics
-from services.gateway.responses import OverheadMiddleware
 from services.gateway.settings import GatewaySettings
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.transport.asgi import ProxiedRoutes
+from services.gateway.usage.responses import OverheadMiddleware
 from shared.catalogue import load_catalogue
 from shared.engine_checks import check_engines
 from shared.errors import install_error_handlers

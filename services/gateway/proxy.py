@@ -1,17 +1,17 @@
 """The proxy: authenticated request in, the model's upstream answer out, one usage event.
 
-The body is read once (bounded, ``body.py``) and parsed once; the fields that decide metering
-and limits are checked (``request_fields.py``), and the upstream gets the parsed body written
-again, never the client's bytes: what it reads (one ``model``, one ``stream``, the output
+The body is read once (bounded, ``request/body.py``) and parsed once; the fields that decide
+metering and limits are checked (``request/fields.py``), and the upstream gets the parsed body
+written again, never the client's bytes: what it reads (one ``model``, one ``stream``, the output
 limit reserved, its own model name, ``stream_options.include_usage`` on streams) is what the
 gateway read, whatever duplicate keys or escapes the client's bytes held. Answers are passed
 through as bytes; streams event by event as they arrive.
 
 The usage event carries the catalogue id, or ``UNKNOWN_MODEL``; never the client's string,
-and building it cannot fail on anything the client sent (``usage_event``).
+and building it cannot fail on anything the client sent (``usage/event.py``).
 
-Each model's route is built once at start (``route.py``); a stream is relayed, after this
-returned its response, by ``relay.py``.
+Each model's route is built once at start (``upstream/route.py``); a stream is relayed, after this
+returned its response, by ``usage/relay.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,15 @@ from opentelemetry import trace
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from services.gateway.auth import Authenticator
-from services.gateway.body import (
+from services.gateway.errors import (
+    ModelNotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    WrongModelKind,
+)
+from services.gateway.keys.auth import Authenticator
+from services.gateway.policies.gate import Admission, PolicyGate
+from services.gateway.request.body import (
     Body,
     BodyBudget,
     BodyLimits,
@@ -38,23 +45,16 @@ from services.gateway.body import (
     requested_model,
     serialise,
 )
-from services.gateway.emitter import UsageEmitter
-from services.gateway.errors import (
-    ModelNotFound,
-    UpstreamError,
-    UpstreamTimeout,
-    WrongModelKind,
-)
-from services.gateway.policies.gate import Admission, PolicyGate
-from services.gateway.relay import close_upstream, relay_events
-from services.gateway.request_fields import Reading, forwarded, read_fields
-from services.gateway.responses import MeteredResponse, MeteredStream
-from services.gateway.route import ENDPOINT_KINDS, Route
-from services.gateway.telemetry_probe import tracing
-from services.gateway.upstream_http import UpstreamConnectionError
-from services.gateway.upstream_pool import UpstreamPool, UpstreamResponse
-from services.gateway.usage import StreamMeter, Usage, answer_usage
-from services.gateway.usage_event import usage_message
+from services.gateway.request.fields import Reading, forwarded, read_fields
+from services.gateway.telemetry.probe import tracing
+from services.gateway.upstream.client import UpstreamConnectionError
+from services.gateway.upstream.pool import UpstreamPool, UpstreamResponse
+from services.gateway.upstream.route import ENDPOINT_KINDS, Route
+from services.gateway.usage.emitter import UsageEmitter
+from services.gateway.usage.event import usage_message
+from services.gateway.usage.meter import StreamMeter, Usage, answer_usage
+from services.gateway.usage.relay import close_upstream, relay_events
+from services.gateway.usage.responses import MeteredResponse, MeteredStream
 from shared.catalogue import Catalogue
 from shared.errors import ApiError
 from shared.events import UNKNOWN_MODEL, Endpoint, KeyState

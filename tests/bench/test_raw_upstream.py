@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from bench.lib.raw_upstream import EMBED_DIMS, PROMPT_TOKENS, TOKENS, app
-from services.gateway.usage import StreamMeter, find_usage, from_upstream
+from services.gateway.usage.meter import StreamMeter, find_usage, from_upstream
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.gateway.usage import Usage
-from services.gateway.usage_event import usage_event
+from services.gateway.usage.event import usage_event
+from services.gateway.usage.meter import Usage
 from shared import apikeys
 from shared.catalogue import Catalogue
 from shared.events import (
@@ -183,7 +183,7 @@ def test_the_gateway_builds_valid_events_from_anything_an_upstream_reports() -> 
 def test_an_event_that_would_be_refused_is_still_counted(caplog: pytest.LogCaptureFixture) -> None:
     # Cannot happen through the proxy (it passes catalogue ids only); if it did, the request
     # is counted under the marker rather than lost, and the log says which field.
-    with caplog.at_level(logging.ERROR, logger="services.gateway.usage_event"):
+    with caplog.at_level(logging.ERROR, logger="services.gateway.usage.event"):
         event = usage_event(
             request_id="not a sane id\n",
             key=_state(),

@@ -13,7 +13,12 @@ from tests.manual_clock import ManualClock
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 
-_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher", "services.gateway.emitter")
+_LOGGERS = (
+    "aiokafka",
+    "aiokafka.conn",
+    "aiokafka.consumer.fetcher",
+    "services.gateway.usage.emitter",
+)
 
 
 @pytest.fixture
@@ -66,7 +71,7 @@ def test_a_repeated_line_goes_out_once_a_window_with_the_count_held_back(
 def test_other_lines_and_other_loggers_pass(lines: tuple[list[str], ManualClock]) -> None:
     out, _ = lines
     fetcher = logging.getLogger("aiokafka.consumer.fetcher")
-    ours = logging.getLogger("services.gateway.emitter")
+    ours = logging.getLogger("services.gateway.usage.emitter")
     for _ in range(3):
         fetcher.error("Failed fetch offsets from %s: %s", 1, "NotLeader")
         fetcher.warning("Failed fetch offsets from %s: %s", 1, "NotLeader")  # another level

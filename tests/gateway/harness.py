@@ -15,9 +15,9 @@ from fastapi import FastAPI, Header, Response
 from pydantic import BaseModel, SecretStr
 
 from deploy.ports import free_port
-from services.gateway.http_protocol import GatewayProtocol
 from services.gateway.main import create_app
 from services.gateway.settings import GatewaySettings
+from services.gateway.transport.http_protocol import GatewayProtocol
 from shared.apikeys import generate, hash_key, hint
 from shared.events import KeyEvent, KeyEventType, KeyState, UsageRecorded
 from shared.topics import KEYS_EVENTS, USAGE_EVENTS

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from deploy.stack import Endpoints
-from services.gateway.cache import RedisStore
+from services.gateway.keys.cache import RedisStore
 from shared.kafka import ensure_topics
 from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import (

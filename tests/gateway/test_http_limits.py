@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from services.gateway.http_protocol import GatewayProtocol
+from services.gateway.transport.http_protocol import GatewayProtocol
 from shared.http_limits import HttpSettings
 from shared.http_server import HttpProtocol
 from tests.served import Served

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from services.gateway.http_protocol import GatewayProtocol, LeanExchange
+from services.gateway.transport.http_protocol import GatewayProtocol, LeanExchange
 from tests.served import Served
 
 CHAT = b"/v1/chat/completions"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from services.gateway.cache import LocalCache
+from services.gateway.keys.cache import LocalCache
 from shared.key_store import KeyStore
 from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import CHAT, FakeKeyService, new_key

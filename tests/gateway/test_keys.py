@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from deploy.stack import Endpoints
-from services.gateway.cache import LocalCache, RedisStore
+from services.gateway.keys.cache import LocalCache, RedisStore
 from tests.gateway.conftest import StartGateway
 from tests.gateway.harness import CHAT, FakeKeyService, new_key, publish_key
 from tests.polling import eventually

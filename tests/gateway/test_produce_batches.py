@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from deploy.stack import Endpoints
-from services.gateway.produce_batches import MIN_PER_PARTITION, Message, Partitioner, build
-from services.gateway.publisher import Publisher
+from services.gateway.usage.produce_batches import MIN_PER_PARTITION, Message, Partitioner, build
+from services.gateway.usage.publisher import Publisher
 from shared.kafka import ensure_topics
 from shared.topics import TOPICS, USAGE_EVENTS
 

@@ -23,8 +23,8 @@ from aiokafka.errors import (
     UnknownError,
 )
 
-from services.gateway.produce_batches import Message
-from services.gateway.publisher import Publisher
+from services.gateway.usage.produce_batches import Message
+from services.gateway.usage.publisher import Publisher
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

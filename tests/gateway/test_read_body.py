@@ -12,8 +12,8 @@ import pytest
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
-from services.gateway.body import Body, BodyBudget, BodyLimits, read_body
 from services.gateway.errors import LargeBodiesBusy, PayloadTooLarge, TooManyJsonValues
+from services.gateway.request.body import Body, BodyBudget, BodyLimits, read_body
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.gateway.request_fields import Reading, forwarded, read_fields
+from services.gateway.request.fields import Reading, forwarded, read_fields
 from shared.errors import BadRequest
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`

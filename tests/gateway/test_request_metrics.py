@@ -15,8 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from services.gateway.metrics import Metrics
-from services.gateway.request_metrics import LabelledCounter, LabelledHistogram
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.telemetry.request_metrics import LabelledCounter, LabelledHistogram
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

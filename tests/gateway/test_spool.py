@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from deploy.ports import free_port
-from services.gateway.emitter import UsageEmitter, parse_spooled
-from services.gateway.metrics import Metrics
-from services.gateway.quarantine import Quarantine, Refused
-from services.gateway.spool import Spool, SpoolFull
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.usage.emitter import UsageEmitter, parse_spooled
+from services.gateway.usage.quarantine import Quarantine, Refused
+from services.gateway.usage.spool import Spool, SpoolFull
 from shared.events import UsageRecorded, utc_now
 from tests.polling import eventually
 
@@ -67,7 +67,7 @@ def test_the_bound_covers_spool_and_quarantine_and_warns_near_it(
 ) -> None:
     one = len(usage().to_bytes()) + 1
     spool = Spool(tmp_path / "spool", max_bytes=10 * one, warn_ratio=0.5)
-    with caplog.at_level(logging.INFO, "services.gateway.spool"):
+    with caplog.at_level(logging.INFO, "services.gateway.usage.spool"):
         spool.append(lines(4))
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         spool.append(lines(1))

@@ -14,9 +14,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.stack import Endpoints
-from services.gateway.emitter import UsageEmitter
-from services.gateway.metrics import Metrics
-from services.gateway.spool import Spool
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.usage.emitter import UsageEmitter
+from services.gateway.usage.spool import Spool
 from shared.kafka import ensure_topics
 from shared.topics import KEYS_EVENTS, TOPICS, USAGE_EVENTS, TopicSpec
 from tests.gateway.conftest import StartGateway
@@ -49,7 +49,8 @@ async def small_prefix(endpoints: Endpoints, unique: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-# 20 go record by record; 200 as batches built per partition (services/gateway/produce_batches.py)
+# 20 go record by record; 200 as batches built per partition
+# (services/gateway/usage/produce_batches.py)
 @pytest.mark.parametrize("count", [20, 200])
 async def test_a_record_kafka_refuses_is_quarantined_and_the_rest_delivered(
     endpoints: Endpoints, small_prefix: str, tmp_path: Path, count: int

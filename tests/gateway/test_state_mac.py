@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from deploy.stack import Endpoints
-from services.gateway.cache import LocalCache, RateBound
-from services.gateway.metrics import Metrics
-from services.gateway.trust import StateTrust
+from services.gateway.keys.cache import LocalCache, RateBound
+from services.gateway.keys.trust import StateTrust
+from services.gateway.telemetry.metrics import Metrics
 from services.keys.main import create_app as create_keys
 from shared.apikeys import generate
 from shared.events import KeyEvent, KeyState

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from deploy.stack import Endpoints
-from services.gateway.cache import LocalCache
-from services.gateway.metrics import Metrics
-from services.gateway.subscriber import Subscriber
-from services.gateway.trust import StateTrust
+from services.gateway.keys.cache import LocalCache
+from services.gateway.keys.subscriber import Subscriber
+from services.gateway.keys.trust import StateTrust
+from services.gateway.telemetry.metrics import Metrics
 from tests.polling import eventually
 from tests.state_macs import KEYRING
 

@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util._once import Once
 
-from services.gateway import telemetry_probe
+from services.gateway.telemetry import probe as telemetry_probe
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

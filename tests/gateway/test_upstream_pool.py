@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import pytest
 
 from deploy.ports import free_port
-from services.gateway.upstream_http import (
+from services.gateway.upstream.client import (
     HIGH_WATER,
     UpstreamBroken,
     UpstreamConnectFailed,
     UpstreamConnection,
     UpstreamDisconnected,
 )
-from services.gateway.upstream_pool import Target, Timeouts, UpstreamPool, UpstreamResponse
+from services.gateway.upstream.pool import Target, Timeouts, UpstreamPool, UpstreamResponse
 
 TIMEOUTS = Timeouts(pool_s=2.0, connect_s=2.0, read_s=2.0)
 # What one read of a socket hands the protocol at most (asyncio's selector transports).

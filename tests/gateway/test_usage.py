@@ -11,9 +11,9 @@ from typing import cast
 
 import pytest
 
-from services.gateway.relay import relay_events
-from services.gateway.upstream_pool import UpstreamResponse
-from services.gateway.usage import StreamMeter, Usage, estimate, find_usage, from_upstream
+from services.gateway.upstream.pool import UpstreamResponse
+from services.gateway.usage.meter import StreamMeter, Usage, estimate, find_usage, from_upstream
+from services.gateway.usage.relay import relay_events
 
 pytestmark = pytest.mark.unit  # no server: `make test-unit`
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from deploy.stack import Endpoints
-from services.gateway.emitter import UsageEmitter
-from services.gateway.metrics import Metrics
-from services.gateway.produce_batches import Message
-from services.gateway.publisher import Outcome
 from services.gateway.settings import GatewaySettings
-from services.gateway.spool import Spool
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.usage.emitter import UsageEmitter
+from services.gateway.usage.produce_batches import Message
+from services.gateway.usage.publisher import Outcome
+from services.gateway.usage.spool import Spool
 from tests.gateway.harness import usage_events
 from tests.gateway.test_spool import usage
 from tests.polling import eventually

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.gateway.usage import Usage
-from services.gateway.usage_event import usage_event, usage_message
+from services.gateway.usage.event import usage_event, usage_message
+from services.gateway.usage.meter import Usage
 from shared.events import TOKEN_COUNT_MAX, UNKNOWN_MODEL, KeyState, UsageRecorded
 from shared.ids import resource_id
 from tests.gateway.harness import new_key
@@ -75,7 +75,7 @@ def test_what_the_model_would_refuse_is_counted_under_the_marker(
     field: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, key = new_key()
-    with caplog.at_level(logging.ERROR, logger="services.gateway.usage_event"):
+    with caplog.at_level(logging.ERROR, logger="services.gateway.usage.event"):
         _, written = usage_message(**_args(key, usage=Usage(4, 2), **{field: value}))
     event = UsageRecorded.model_validate_json(written)
     assert (event.model, event.input_tokens, event.output_tokens) == (UNKNOWN_MODEL, 4, 2)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from services.gateway.cache import Breaker
+from services.gateway.breaker import Breaker
 from services.gateway.errors import EndpointNotAllowed, ModelNotAllowed
 from services.gateway.policies.counters import NEEDS_SEED, RedisCounters, Verdict
 from services.gateway.policies.headers import rate_headers
@@ -28,7 +28,7 @@ from services.gateway.policies.local import LocalCounters
 from services.gateway.policies.plan import BudgetCheck, Plan, Planner, settled_cost
 from services.gateway.policies.refusals import refuse_unless_admitted
 from services.gateway.policies.settler import Settlement, Settler
-from services.gateway.usage import Usage
+from services.gateway.usage.meter import Usage
 from shared.catalogue import ModelEntry
 from shared.events import KeyState
 from shared.policy import Scope, allows_model, allows_scope

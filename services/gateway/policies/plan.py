@@ -4,7 +4,7 @@ Pure: from the key's state, the model and the request's size to the Redis names 
 the admit script takes. A request is admitted on estimates, settled with its real usage:
 
 - tokens per minute: the prompt's estimate (a token per 4 bytes of the body) plus the output
-  it asks for (its output limit times its choices, as ``request_fields.py`` reads them);
+  it asks for (its output limit times its choices, as ``request/fields.py`` reads them);
 - budget: its worst case, every byte of the body as an input token (a token is at least one
   byte) plus the most output it may get (its output limit times its choices, or the model's
   ``max_output_tokens`` when the client set none), priced with the catalogue's price in force.

@@ -26,10 +26,11 @@ from datetime import UTC, datetime
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from services.gateway.cache import Breaker, LocalCache, RateBound
+from services.gateway.breaker import Breaker
 from services.gateway.errors import AuthUnavailable, InvalidApiKey, MissingApiKey
-from services.gateway.metrics import Metrics
-from services.gateway.trust import StateTrust
+from services.gateway.keys.cache import LocalCache, RateBound
+from services.gateway.keys.trust import StateTrust
+from services.gateway.telemetry.metrics import Metrics
 from shared.apikeys import KEY_LENGTH, hash_key, hint, is_well_formed
 from shared.events import KeyState
 from shared.http import bearer_token

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from time import monotonic
 from urllib.parse import urlsplit
 
-from services.gateway.upstream_http import (
+from services.gateway.upstream.client import (
     UpstreamConnectFailed,
     UpstreamConnection,
     UpstreamDisconnected,

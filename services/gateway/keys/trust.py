@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from services.gateway.metrics import Metrics
+from services.gateway.telemetry.metrics import Metrics
 from shared.events import KeyState
 from shared.state_mac import Keyring
 

@@ -25,8 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio.client import PubSub
 
-from services.gateway.cache import LocalCache
-from services.gateway.trust import StateTrust
+from services.gateway.keys.cache import LocalCache
+from services.gateway.keys.trust import StateTrust
 from shared.key_store import parse_published
 from shared.redis_client import PLAIN, REDIS_ERRORS, RedisAuth, connect_one
 from shared.worker import check_cancelled

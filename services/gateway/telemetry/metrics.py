@@ -10,8 +10,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from services.gateway.request_metrics import LabelledCounter, LabelledHistogram
-from services.gateway.spool import Spool
+from services.gateway.telemetry.request_metrics import LabelledCounter, LabelledHistogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # Where a key state enters a gateway: the feeder (keys.events), the Redis subscription, a Redis
@@ -20,12 +19,36 @@ REFUSED_SOURCES = ("kafka", "subscription", "redis", "verify")
 _OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
+class QuarantineFigures(Protocol):
+    """What the gauges read of the quarantine."""
+
+    @property
+    def count(self) -> int: ...
+
+
+class SpoolFigures(Protocol):
+    """What the gauges read of the spool. A protocol too: the spool is in usage/, which imports
+    this module to count its events."""
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def used_bytes(self) -> int: ...
+
+    @property
+    def max_bytes(self) -> int: ...
+
+    @property
+    def quarantine(self) -> QuarantineFigures: ...
+
+
 class UsageFigures(Protocol):
     """What the gauges read from the usage emitter at each scrape. A protocol, not the
     emitter's class: the emitter imports this module to count its events."""
 
     @property
-    def spool(self) -> Spool: ...
+    def spool(self) -> SpoolFigures: ...
 
     @property
     def pending(self) -> int: ...

@@ -20,11 +20,11 @@ import json
 import logging
 from pathlib import Path
 
-from services.gateway.metrics import Metrics
-from services.gateway.produce_batches import Message
-from services.gateway.publisher import Publisher
-from services.gateway.quarantine import Refused
-from services.gateway.spool import Spool, SpoolFull
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.usage.produce_batches import Message
+from services.gateway.usage.publisher import Publisher
+from services.gateway.usage.quarantine import Refused
+from services.gateway.usage.spool import Spool, SpoolFull
 from shared.events import UsageRecorded
 from shared.kafka_security import KafkaAccess
 from shared.topics import USAGE_EVENTS, topic_name
@@ -98,7 +98,7 @@ class UsageEmitter:
         self.put((event.key_id.encode(), event.to_bytes()))
 
     def put(self, message: Message) -> None:
-        """Hand an event over as it goes on the topic (``usage_event.usage_message``)."""
+        """Hand an event over as it goes on the topic (``event.usage_message``)."""
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:

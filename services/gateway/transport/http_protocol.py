@@ -1,6 +1,6 @@
 """uvicorn's HTTP/1.1 protocol with a lean exchange for the proxied calls.
 
-``uvicorn ... --http services.gateway.http_protocol:GatewayProtocol``. It builds on
+``uvicorn ... --http services.gateway.transport.http_protocol:GatewayProtocol``. It builds on
 ``shared.http_server.HttpProtocol``, the one every service runs (bounded heads, timed heads
 and bodies, the connection limit, the Host check, the keep-alive timer armed once per idle
 spell). uvicorn keeps all that makes it a server: sockets, lifespan, signals, graceful
@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
 )
 
-from services.gateway.asgi import PROXIED
+from services.gateway.transport.asgi import PROXIED
 from shared.http_server import IDLE, HttpProtocol
 
 PROXIED_URLS = frozenset(path.encode() for path in PROXIED)

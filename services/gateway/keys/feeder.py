@@ -29,9 +29,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from services.gateway.cache import Breaker, LocalCache
-from services.gateway.metrics import Metrics
-from services.gateway.trust import StateTrust
+from services.gateway.breaker import Breaker
+from services.gateway.keys.cache import LocalCache
+from services.gateway.keys.trust import StateTrust
+from services.gateway.telemetry.metrics import Metrics
 from shared.events import KeyEvent, KeyState
 from shared.kafka import Replication, ensure_topics, topic_partitions
 from shared.kafka_security import KafkaAccess, kafka_options

@@ -32,23 +32,6 @@ class _Entry:
     confirmed_at: float  # monotonic: when a source last said this is the newest state
 
 
-class Breaker:
-    """After a failure, skip a dependency for a while instead of waiting on it per request."""
-
-    def __init__(self, retry_s: float) -> None:
-        self.retry_s = retry_s
-        self._down_until = 0.0
-
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def failed(self) -> None:
-        self._down_until = time.monotonic() + self.retry_s
-
-    def succeeded(self) -> None:
-        self._down_until = 0.0
-
-
 class RateBound:
     """A token bucket: at most ``rate_per_s`` a second on average, ``burst`` at once."""
 
@@ -195,4 +178,4 @@ class LocalCache:
 RedisStore = KeyStore
 
 
-__all__ = ["Breaker", "KeyStore", "LocalCache", "RateBound", "RedisError", "RedisStore"]
+__all__ = ["KeyStore", "LocalCache", "RateBound", "RedisError", "RedisStore"]

@@ -18,7 +18,13 @@ import logging
 import threading
 from pathlib import Path
 
-from services.gateway.quarantine import SUFFIX, Quarantine, count_in_name, new_name, write_durably
+from services.gateway.usage.quarantine import (
+    SUFFIX,
+    Quarantine,
+    count_in_name,
+    new_name,
+    write_durably,
+)
 
 log = logging.getLogger(__name__)
 

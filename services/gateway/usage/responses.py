@@ -10,7 +10,7 @@ from time import perf_counter
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.metrics import Metrics
+from services.gateway.telemetry.metrics import Metrics
 from shared.http import HttpMiddleware
 
 OVERHEAD_HEADER = b"x-tollgate-overhead-ms"

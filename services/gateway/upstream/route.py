@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.gateway.upstream_pool import Target, Timeouts
+from services.gateway.upstream.pool import Target, Timeouts
 from shared.catalogue import ModelEntry
 from shared.events import Endpoint
 

@@ -23,9 +23,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway.errors import UsageUnavailable
 from services.gateway.instance import Gateway
-from services.gateway.metrics import Metrics
-from services.gateway.responses import OVERHEAD_HEADER
-from services.gateway.telemetry_probe import configured, load_from_environment
+from services.gateway.telemetry.metrics import Metrics
+from services.gateway.telemetry.probe import configured, load_from_environment
+from services.gateway.usage.responses import OVERHEAD_HEADER
 from shared.errors import ApiError, UnexpectedErrors, error_body
 from shared.http import request_id_of
 from shared.logs import request_id_var

@@ -42,9 +42,9 @@ from aiokafka.errors import (
     UnknownError,
 )
 
-from services.gateway.cache import Breaker
-from services.gateway.produce_batches import MIN_PER_PARTITION, Message, Partitioner, build
-from services.gateway.quarantine import Refused
+from services.gateway.breaker import Breaker
+from services.gateway.usage.produce_batches import MIN_PER_PARTITION, Message, Partitioner, build
+from services.gateway.usage.quarantine import Refused
 from shared.kafka import idempotent_producer
 from shared.kafka_security import KafkaAccess
 

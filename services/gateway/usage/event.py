@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from services.gateway.produce_batches import Message
-from services.gateway.usage import Usage
+from services.gateway.usage.meter import Usage
+from services.gateway.usage.produce_batches import Message
 from shared.events import (
     SCHEMA_VERSION,
     TOKEN_COUNT_MAX,

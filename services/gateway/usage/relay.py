@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from services.gateway.upstream_http import UpstreamConnectionError
-from services.gateway.upstream_pool import UpstreamResponse
-from services.gateway.usage import StreamMeter
+from services.gateway.upstream.client import UpstreamConnectionError
+from services.gateway.upstream.pool import UpstreamResponse
+from services.gateway.usage.meter import StreamMeter
 
 # Every log line of a proxied request comes from the proxy's logger: one name to filter on.
 log = logging.getLogger("services.gateway.proxy")

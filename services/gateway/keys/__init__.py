@@ -1,0 +1,1 @@
+"""API keys at the gateway: the check, the process cache, and what keeps it current."""

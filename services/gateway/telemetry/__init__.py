@@ -1,0 +1,1 @@
+"""What the gateway tells operators: Prometheus metrics and whether tracing is configured."""

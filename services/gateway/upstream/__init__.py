@@ -1,0 +1,1 @@
+"""The upstream side: each model's route, and the pooled HTTP client that calls it."""
