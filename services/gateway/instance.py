@@ -17,7 +17,7 @@ from services.gateway.keys.feeder import KAFKA_ERRORS, Feeder
 from services.gateway.keys.subscriber import Subscriber
 from services.gateway.keys.trust import StateTrust
 from services.gateway.policies.gate import PolicyGate
-from services.gateway.policies.ledger import SpendLedger
+from services.gateway.policies.spend import SpendReader
 from services.gateway.proxy import Proxy
 from services.gateway.request.body import BodyBudget, BodyLimits
 from services.gateway.settings import GatewaySettings
@@ -107,7 +107,7 @@ class Gateway:
             self.redis,
             prefix=s.redis_prefix,
             breaker=Breaker(s.dependency_retry_s),
-            ledger=SpendLedger(self.keys_client, s.billing_url, s.internal_token),
+            ledger=SpendReader(self.keys_client, s.billing_url, s.internal_token),
             timeout_s=s.redis_timeout_s,
             lease_s=s.reservation_lease_s,
             reconcile_s=s.budget_reconcile_s,

@@ -21,8 +21,7 @@ from services.gateway.policies.counters import (
     RedisCounters,
 )
 from services.gateway.policies.headers import duration
-from services.gateway.policies.periods import window
-from services.gateway.policies.plan import Plan, Planner, to_nano
+from services.gateway.policies.plan import Plan, Planner, to_nano, window
 from shared.policy import Budget, RateLimits
 from tests.gateway.harness import new_key
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from services.gateway.policies.headers import duration
-from services.gateway.policies.ledger import LedgerUnavailable
 from services.gateway.policies.plan import BudgetCheck, RateCheck, from_nano
+from services.gateway.policies.spend import SpendUnavailable
 from shared.events import KeyState
 from shared.policy import Budget, RateLimits
 from shared.redis_client import REDIS_ERRORS
@@ -105,5 +105,5 @@ async def _ledger(gate: PolicyGate, budget: BudgetCheck) -> int:
     """The ledger's figure (what Redis may not hold yet), or the last one read."""
     try:
         return await asyncio.wait_for(gate.ledger.known(budget), 2.0)
-    except (LedgerUnavailable, TimeoutError):
+    except (SpendUnavailable, TimeoutError):
         return gate.ledger.last_known.get(budget.redis_key, 0)

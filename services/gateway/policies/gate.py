@@ -23,11 +23,11 @@ from services.gateway.breaker import Breaker
 from services.gateway.errors import EndpointNotAllowed, ModelNotAllowed
 from services.gateway.policies.counters import NEEDS_SEED, RedisCounters, Verdict
 from services.gateway.policies.headers import rate_headers
-from services.gateway.policies.ledger import LedgerUnavailable, SpendLedger, reconcile_once
 from services.gateway.policies.local import LocalCounters
 from services.gateway.policies.plan import BudgetCheck, Plan, Planner, settled_cost
 from services.gateway.policies.refusals import refuse_unless_admitted
 from services.gateway.policies.settler import Settlement, Settler
+from services.gateway.policies.spend import SpendReader, SpendUnavailable, reconcile_once
 from services.gateway.usage.meter import Usage
 from shared.catalogue import ModelEntry
 from shared.events import KeyState
@@ -61,7 +61,7 @@ class PolicyGate:
         *,
         prefix: str,
         breaker: Breaker,
-        ledger: SpendLedger,
+        ledger: SpendReader,
         timeout_s: float,
         lease_s: float,
         reconcile_s: float,
@@ -157,7 +157,7 @@ class PolicyGate:
             try:
                 known = await asyncio.wait_for(self.ledger.known(budget), 2.0)
                 from_ledger = True
-            except (LedgerUnavailable, TimeoutError) as exc:
+            except (SpendUnavailable, TimeoutError) as exc:
                 log.warning("budget started without the cost ledger: %s", exc)
                 known, from_ledger = self.ledger.last_known.get(budget.redis_key, 0), False
             await asyncio.wait_for(
@@ -222,7 +222,7 @@ class PolicyGate:
                 try:
                     amount = await asyncio.wait_for(self.ledger.known(budget), 2.0)
                     await self._ledger_seed(budget, amount)
-                except (LedgerUnavailable, *REDIS_ERRORS) as exc:
+                except (SpendUnavailable, *REDIS_ERRORS) as exc:
                     log.info("first reconciliation of a budget deferred: %s", exc)
 
         task = asyncio.create_task(reconcile())

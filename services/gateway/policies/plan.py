@@ -9,7 +9,7 @@ the admit script takes. A request is admitted on estimates, settled with its rea
   byte) plus the most output it may get (its output limit times its choices, or the model's
   ``max_output_tokens`` when the client set none), priced with the catalogue's price in force.
 
-The output limit is the one the upstream is sent (``request_fields.forwarded``), so it is the
+The output limit is the one the upstream is sent (``request/fields.py`` ``forwarded``), so it is the
 most the upstream may produce.
 """
 
@@ -17,19 +17,57 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from services.gateway.policies.periods import Window, window
 from shared.catalogue import ModelEntry
 from shared.events import KeyState
-from shared.policy import Budget, RateLimits
+from shared.policy import Budget, Period, RateLimits
 from shared.pricing import EXACT, request_cost
 
 NANO = Decimal(1_000_000_000)
 Kind = Literal["requests", "tokens"]
 Holder = Literal["key", "project"]
+
+
+# Budget periods: UTC day, UTC calendar month, or all time.
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One period of a budget: its counter's id, where it starts and when it resets."""
+
+    period_id: str
+    since: datetime
+    resets_at: datetime | None  # None: never (a total budget)
+
+    @property
+    def since_unix(self) -> int:
+        return int(self.since.timestamp())
+
+    def ended(self, now: datetime) -> bool:
+        return self.resets_at is not None and self.resets_at <= now
+
+    def ttl_ms(self, now: datetime) -> int:
+        """How long its counter must live: a day past its reset (0: for ever)."""
+        if self.resets_at is None:
+            return 0
+        return int((self.resets_at - now).total_seconds() * 1000) + _DAY_MS
+
+
+def window(period: Period, now: datetime) -> Window:
+    """The period of ``period`` that holds ``now``."""
+    now = now.astimezone(UTC)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return Window(f"d{start:%Y%m%d}", start, start + timedelta(days=1))
+    if period == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (start + timedelta(days=32)).replace(day=1)
+        return Window(f"m{start:%Y%m}", start, following)
+    return Window("total", datetime(1970, 1, 1, tzinfo=UTC), None)
 
 
 def to_nano(amount: Decimal) -> int:

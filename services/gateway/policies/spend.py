@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _WATCHED_MAX = 100_000
 
 
-class LedgerUnavailable(Exception):
+class SpendUnavailable(Exception):
     """Billing did not give a usable spend figure."""
 
 
@@ -45,7 +45,7 @@ class ProjectSpend:
         return self.keys.get(budget.key_id, Decimal(0))
 
 
-class SpendLedger:
+class SpendReader:
     """Reads spend from billing's internal endpoint; remembers the budgets it must reconcile."""
 
     def __init__(self, client: httpx.AsyncClient, billing_url: str, token: SecretStr) -> None:
@@ -75,10 +75,10 @@ class SpendLedger:
             )
         except httpx.HTTPError as exc:
             self.failures += 1
-            raise LedgerUnavailable(f"billing unreachable: {type(exc).__name__}") from exc
+            raise SpendUnavailable(f"billing unreachable: {type(exc).__name__}") from exc
         if answer.status_code != 200:
             self.failures += 1
-            raise LedgerUnavailable(f"billing answered {answer.status_code}")
+            raise SpendUnavailable(f"billing answered {answer.status_code}")
         try:
             body = answer.json()
             return ProjectSpend(
@@ -87,7 +87,7 @@ class SpendLedger:
             )
         except (ValueError, KeyError, TypeError, AttributeError, InvalidOperation) as exc:
             self.failures += 1
-            raise LedgerUnavailable("billing answered an invalid spend") from exc
+            raise SpendUnavailable("billing answered an invalid spend") from exc
 
     async def known(self, budget: BudgetCheck) -> int:
         """The ledger's spend for one budget in nano-dollars (remembered for degraded use)."""
@@ -120,7 +120,7 @@ class SpendLedger:
 Seed = Callable[[BudgetCheck, int], Awaitable[None]]
 
 
-async def reconcile_once(ledger: SpendLedger, seed: Seed, now: datetime) -> int:
+async def reconcile_once(ledger: SpendReader, seed: Seed, now: datetime) -> int:
     """Raise every watched budget's counter to the ledger's figure; answers how many."""
     done = 0
     by_read: dict[tuple[str, int], list[BudgetCheck]] = {}
@@ -129,7 +129,7 @@ async def reconcile_once(ledger: SpendLedger, seed: Seed, now: datetime) -> int:
     for (project_id, since), budgets in by_read.items():
         try:
             spend = await ledger.spend(project_id, since)
-        except LedgerUnavailable as exc:
+        except SpendUnavailable as exc:
             log.warning("budget reconciliation skipped for a project: %s", exc)
             continue
         for budget in budgets:
