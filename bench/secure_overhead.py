@@ -39,9 +39,13 @@ def parse_args() -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> None:
     plain = await servers.start(Path(tempfile.mkdtemp(prefix="tollgate-bench-plain-")))
-    secure = await servers.start(
-        Path(tempfile.mkdtemp(prefix="tollgate-bench-secure-")), secure=True
-    )
+    try:
+        secure = await servers.start(
+            Path(tempfile.mkdtemp(prefix="tollgate-bench-secure-")), secure=True
+        )
+    except BaseException:
+        plain.stop()  # started: never left behind
+        raise
     arms = [("direct", plain, "direct"), ("plain", plain, "gateway"), ("secure", secure, "gateway")]
     if args.policy:
         arms += [("plain+policy", plain, "policy"), ("secure+policy", secure, "policy")]
