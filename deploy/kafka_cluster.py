@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.private import write_private
 from deploy.process import (
     is_running,
     port_open,
@@ -83,21 +84,29 @@ class KafkaCluster:
         pid = self.pid(node_id)
         return pid is not None and is_running(pid)
 
+    def _listener_lines(self, node: KafkaNode) -> list[str]:
+        """A node's listeners (the secured cluster's: SASL_SSL, deploy/secure.py)."""
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{node.port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+
     def _config(self, node: KafkaNode) -> Path:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         replicas = min(3, len(self.nodes))
         config = self.node_dir(node.node_id) / "server.properties"
-        config.write_text(
+        # 0600: the secured cluster's listeners carry its administrator's password.
+        write_private(
+            config,
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     f"node.id={node.node_id}",
                     f"controller.quorum.voters={voters}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{node.port},"
-                    f"CONTROLLER://127.0.0.1:{node.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    *self._listener_lines(node),
                     f"log.dirs={self.node_dir(node.node_id) / 'data'}",
                     "num.partitions=3",
                     f"default.replication.factor={replicas}",
@@ -114,7 +123,7 @@ class KafkaCluster:
                     "log.cleaner.backoff.ms=1000",
                     "",
                 ]
-            )
+            ),
         )
         return config
 

@@ -78,8 +78,7 @@ class RedisCluster:
         pid = spawn_detached(
             [
                 binary,
-                "--port",
-                str(port),
+                *self._node_args(port),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -98,6 +97,14 @@ class RedisCluster:
         )
         self.pid_file(port).write_text(str(pid))
         self._wait_ping(port)
+
+    def _node_args(self, port: int) -> list[str]:
+        """Where a node listens (the secured cluster's: TLS only, ACLs, deploy/secure.py)."""
+        return ["--port", str(port)]
+
+    def _cli_base(self) -> list[str]:
+        """redis-cli as it reaches the nodes (the secured cluster's: TLS, as the admin)."""
+        return ["redis-cli"]
 
     def stop(self) -> None:
         for port in self.ports:
@@ -168,7 +175,7 @@ class RedisCluster:
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         done = subprocess.run(
             [
-                "redis-cli",
+                *self._cli_base(),
                 "--cluster",
                 "create",
                 *nodes,
@@ -202,10 +209,9 @@ class RedisCluster:
             time.sleep(0.05)
         raise StackError(f"Redis node {port} did not start; see {self.node_dir(port)}/redis.log")
 
-    @staticmethod
-    def _cli(port: int, *args: str) -> str:
+    def _cli(self, port: int, *args: str) -> str:
         done = subprocess.run(
-            ["redis-cli", "-p", str(port), *args],
+            [*self._cli_base(), "-h", "127.0.0.1", "-p", str(port), *args],
             capture_output=True,
             text=True,
             timeout=5,

@@ -50,9 +50,9 @@ from deploy.endpoints import Endpoints
 from deploy.kafka_cluster import KafkaCluster, KafkaNode
 from deploy.pki import Pki, ensure_pki
 from deploy.private import write_private
-from deploy.process import is_running, port_open, read_pid, run_to_end, spawn_detached
+from deploy.process import is_running, port_open, run_to_end
 from deploy.redis_cluster import RedisCluster
-from deploy.servers import REDIS_OPTIONS, Kafka, Ports, Postgres, Redis, StackError, kafka_java
+from deploy.servers import Kafka, Ports, Postgres, Redis, StackError, kafka_java
 from shared.kafka import Replication, broker_reachable, ensure_topics
 from shared.kafka_security import KafkaAccess
 from shared.redis_client import RedisAuth
@@ -103,6 +103,18 @@ def credentials(folder: Path) -> dict[str, str]:
     made = {user: secrets.token_urlsafe(24) for user in (*SERVICE_USERS, ADMIN_USER)}
     write_private(path, json.dumps(made))
     return made
+
+
+def scram_access(bootstrap: str, user: str, pki: Pki, passwords: Mapping[str, str]) -> KafkaAccess:
+    """How user connects to a secured Kafka: SASL_SSL with SCRAM-SHA-512, the run's CA."""
+    return KafkaAccess(
+        bootstrap,
+        security_protocol="SASL_SSL",
+        sasl_mechanism=SCRAM,
+        sasl_username=user,
+        sasl_password=SecretStr(passwords[user]),
+        ssl_cafile=pki.ca,
+    )
 
 
 def secured_listener(
@@ -167,34 +179,12 @@ class SecureKafka(Kafka):
     def bootstrap(self) -> str:
         return f"localhost:{self.ports.kafka}"
 
-    def _config(self) -> Path:
+    def _listener_lines(self) -> list[str]:
         p = self.ports
-        config = self.home / "server.properties"
-        lines = [
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
-            *secured_listener(p.kafka, p.kafka_controller, self.pki, self.passwords),
-            f"log.dirs={self.home / 'data'}",
-            "num.partitions=3",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=false",
-            "",
-        ]
-        write_private(config, "\n".join(lines))
-        return config
+        return secured_listener(p.kafka, p.kafka_controller, self.pki, self.passwords)
 
     def _format_args(self) -> list[str]:
         return scram_users(self.passwords)
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        super().start()
 
     def admin_properties(self) -> Path:
         """What the Kafka tools connect with: the administrator over SASL_SSL (0600)."""
@@ -293,39 +283,17 @@ class SecureRedis(Redis):
     def url(self) -> str:
         return f"rediss://localhost:{self.ports.redis}/0"
 
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(binary).exists():
-            raise StackError("Redis is not installed: run `make bootstrap`")
-        self.home.mkdir(parents=True, exist_ok=True)
-        pid = spawn_detached(
-            [
-                binary,
-                "--port",
-                "0",
-                "--tls-port",
-                str(self.ports.redis),
-                "--tls-cert-file",
-                str(self.pki.cert("server")),
-                "--tls-key-file",
-                str(self.pki.key("server")),
-                "--tls-ca-cert-file",
-                str(self.pki.ca),
-                "--tls-auth-clients",
-                "optional",
-                "--tls-protocols",
-                "TLSv1.2 TLSv1.3",
-                "--aclfile",
-                str(_acl_file(self.home, self.passwords)),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.home),
-                *REDIS_OPTIONS,
-            ],
-            self.log,
-        )
-        self.pid_file.write_text(str(pid))
+    def _listen_args(self) -> list[str]:
+        return [
+            "--port", "0",
+            "--tls-port", str(self.ports.redis),
+            "--tls-cert-file", str(self.pki.cert("server")),
+            "--tls-key-file", str(self.pki.key("server")),
+            "--tls-ca-cert-file", str(self.pki.ca),
+            "--tls-auth-clients", "optional",
+            "--tls-protocols", "TLSv1.2 TLSv1.3",
+            "--aclfile", str(_acl_file(self.home, self.passwords)),
+        ]  # fmt: skip
 
 
 class SecurePostgres(Postgres):
@@ -362,43 +330,22 @@ class SecurePostgres(Postgres):
                 shutil.chown(path, "postgres", "postgres")
         return cert, key
 
-    def start(self) -> None:
-        self._prepare_dirs()
-        if not (self.data / "PG_VERSION").exists():
-            self._init()
-            # TLS from any address, and nothing else over TCP.
-            (self.data / "pg_hba.conf").write_text(
-                "local all all scram-sha-256\n"
-                "hostssl all all 127.0.0.1/32 scram-sha-256\n"
-                "hostssl all all ::1/128 scram-sha-256\n"
-            )
+    def _init(self) -> None:
+        super()._init()
+        # TLS from any address, and nothing else over TCP.
+        (self.data / "pg_hba.conf").write_text(
+            "local all all scram-sha-256\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "hostssl all all ::1/128 scram-sha-256\n"
+        )
+
+    def _server_options(self) -> str:
         cert, key = self._tls_files()
-        options = (
-            f"-p {self.ports.postgres} -c listen_addresses=127.0.0.1 "
-            f"-c unix_socket_directories={self.home} -c max_connections=300 "
-            f"-c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key} "
-            "-c ssl_min_protocol_version=TLSv1.2 -c password_encryption=scram-sha-256"
+        return (
+            f"{super()._server_options()} -c ssl=on -c ssl_cert_file={cert} "
+            f"-c ssl_key_file={key} -c ssl_min_protocol_version=TLSv1.2 "
+            "-c password_encryption=scram-sha-256"
         )
-        done = subprocess.run(
-            self._as_owner(
-                [
-                    str(self.bin_dir() / "pg_ctl"),
-                    "start",
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.log),
-                    "-o",
-                    options,
-                    "-W",
-                ]
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise StackError(f"PostgreSQL did not start ({self.log}): {done.stderr}")
 
     async def roles(self) -> None:
         """A login role per service that uses the database, which may create schemas of its
@@ -542,16 +489,13 @@ class SecureEngines:
             self.kafka.grant()
             granted.touch()
 
+    def kafka_access(self, user: str) -> KafkaAccess:
+        """How user (a service, or the administrator) connects to the secured Kafka."""
+        return scram_access(self.kafka.bootstrap, user, self.pki, self.passwords)
+
     def admin_kafka(self) -> KafkaAccess:
         """The administrator's connection (topics, ACLs): never a service's."""
-        return KafkaAccess(
-            self.kafka.bootstrap,
-            security_protocol="SASL_SSL",
-            sasl_mechanism=SCRAM,
-            sasl_username=ADMIN_USER,
-            sasl_password=SecretStr(self.passwords[ADMIN_USER]),
-            ssl_cafile=self.pki.ca,
-        )
+        return self.kafka_access(ADMIN_USER)
 
     def up(self, deadline_s: float = 120.0) -> None:
         """Start each engine that does not run, wait until it answers over TLS, prepare."""
@@ -691,58 +635,11 @@ class SecureRedisCluster(RedisCluster):
             "--masterauth", admin,
         ]  # fmt: skip
 
-    def start_node(self, port: int) -> None:
-        pid = read_pid(self.pid_file(port))
-        if pid is not None and is_running(pid):
-            return
-        folder = self.node_dir(port)
-        folder.mkdir(parents=True, exist_ok=True)
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        pid = spawn_detached(
-            [
-                binary,
-                *self._node_args(port),
-                "--bind", "127.0.0.1",
-                "--dir", str(folder),
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000",
-                "--cluster-port", str(self.bus_ports[port]),
-                *REDIS_OPTIONS,
-            ],
-            folder / "redis.log",
-        )  # fmt: skip
-        self.pid_file(port).write_text(str(pid))
-        self._wait_ping(port)
-
-    def _tls_cli(self) -> list[str]:
+    def _cli_base(self) -> list[str]:
         return [
             "redis-cli", "--tls", "--cacert", str(self.pki.ca), "--user", ADMIN_USER,
             "--pass", self.passwords[ADMIN_USER], "--no-auth-warning",
         ]  # fmt: skip
-
-    def _cli(self, port: int, *args: str) -> str:  # type: ignore[override]
-        done = subprocess.run(
-            [*self._tls_cli(), "-h", "localhost", "-p", str(port), *args],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return done.stdout
-
-    def _create(self) -> None:
-        nodes = [f"127.0.0.1:{p}" for p in self.ports]
-        done = subprocess.run(
-            [*self._tls_cli(), "--cluster", "create", *nodes, "--cluster-replicas",
-             str(self.replicas), "--cluster-yes"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise StackError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
 
 
 def _acl_file(folder: Path, passwords: Mapping[str, str]) -> Path:
@@ -784,14 +681,7 @@ class SecureKafkaCluster(KafkaCluster):
 
     @property
     def client(self) -> KafkaAccess:
-        return KafkaAccess(
-            self.bootstrap,
-            security_protocol="SASL_SSL",
-            sasl_mechanism=SCRAM,
-            sasl_username=ADMIN_USER,
-            sasl_password=SecretStr(self.passwords[ADMIN_USER]),
-            ssl_cafile=self.pki.ca,
-        )
+        return scram_access(self.bootstrap, ADMIN_USER, self.pki, self.passwords)
 
     def _format_args(self) -> list[str]:
         return scram_users(self.passwords)
@@ -801,32 +691,8 @@ class SecureKafkaCluster(KafkaCluster):
         properties = admin_properties(self.home / "admin.properties", self.pki, self.passwords)
         grant_acls(self.bootstrap, properties, topic_prefix)
 
-    def _config(self, node: KafkaNode) -> Path:
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        replicas = min(3, len(self.nodes))
-        config = self.node_dir(node.node_id) / "server.properties"
-        lines = [
-            "process.roles=broker,controller",
-            f"node.id={node.node_id}",
-            f"controller.quorum.voters={voters}",
-            *secured_listener(node.port, node.controller_port, self.pki, self.passwords),
-            f"log.dirs={self.node_dir(node.node_id) / 'data'}",
-            "num.partitions=3",
-            f"default.replication.factor={replicas}",
-            f"min.insync.replicas={replicas - 1}",
-            f"offsets.topic.replication.factor={replicas}",
-            "offsets.topic.num.partitions=10",
-            f"transaction.state.log.replication.factor={replicas}",
-            f"transaction.state.log.min.isr={replicas - 1}",
-            f"share.coordinator.state.topic.replication.factor={replicas}",
-            f"share.coordinator.state.topic.min.isr={replicas - 1}",
-            "unclean.leader.election.enable=false",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=false",
-            "",
-        ]
-        write_private(config, "\n".join(lines))
-        return config
+    def _listener_lines(self, node: KafkaNode) -> list[str]:
+        return secured_listener(node.port, node.controller_port, self.pki, self.passwords)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.private import write_private
 from deploy.process import read_pid, spawn_detached, stop_pid, tail
 
 # Every Redis server the stack starts: durable (append-only file, no RDB snapshots), in the
@@ -127,20 +128,28 @@ class Kafka:
     def pid(self) -> int | None:
         return read_pid(self.pid_file)
 
+    def _listener_lines(self) -> list[str]:
+        """The node's listeners (the secured node's: SASL_SSL, deploy/secure.py)."""
+        p = self.ports
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.kafka_controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{p.kafka}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+
     def _config(self) -> Path:
         p = self.ports
         config = self.home / "server.properties"
-        config.write_text(
+        # 0600: the secured node's listeners carry its administrator's password.
+        write_private(
+            config,
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{p.kafka_controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{p.kafka},"
-                    f"CONTROLLER://127.0.0.1:{p.kafka_controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{p.kafka}",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    *self._listener_lines(),
                     f"log.dirs={self.home / 'data'}",
                     "num.partitions=3",
                     "offsets.topic.replication.factor=1",
@@ -153,7 +162,7 @@ class Kafka:
                     "log.cleaner.backoff.ms=1000",
                     "",
                 ]
-            )
+            ),
         )
         return config
 
@@ -301,15 +310,20 @@ class Postgres:
         self.password_file.write_text(password)
         self.password_file.chmod(0o600)
 
-    def start(self) -> None:
-        self._prepare_dirs()
-        if not (self.data / "PG_VERSION").exists():
-            self._init()
-        options = (
+    def _server_options(self) -> str:
+        """pg_ctl's ``-o``: the port, the address, the socket folder, the sizes (the secured
+        cluster adds its TLS settings)."""
+        return (
             f"-p {self.ports.postgres} -c listen_addresses=127.0.0.1 "
             f"-c unix_socket_directories={self.home} -c max_connections=300 "
             "-c shared_buffers=256MB -c fsync=on -c synchronous_commit=on"
         )
+
+    def start(self) -> None:
+        self._prepare_dirs()
+        if not (self.data / "PG_VERSION").exists():
+            self._init()
+        options = self._server_options()
         done = subprocess.run(
             self._as_owner(
                 [
@@ -356,6 +370,10 @@ class Redis:
     def pid(self) -> int | None:
         return read_pid(self.pid_file)
 
+    def _listen_args(self) -> list[str]:
+        """Where it listens (the secured one: TLS only, with its ACL file)."""
+        return ["--port", str(self.ports.redis)]
+
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
@@ -364,8 +382,7 @@ class Redis:
         pid = spawn_detached(
             [
                 binary,
-                "--port",
-                str(self.ports.redis),
+                *self._listen_args(),
                 "--bind",
                 "127.0.0.1",
                 "--dir",

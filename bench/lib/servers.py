@@ -179,16 +179,8 @@ async def start(work: Path, *, secure: bool = False) -> Servers:
         prefix = ""
         redis_prefix = f"tollgate:bench-{uuid.uuid4().hex[:8]}:"
         own = {f"TOLLGATE_GATEWAY_{k}": v for k, v in engines.service_settings("gateway").items()}
-        keys = engines.service_settings("keys")
         redis_options = engines.redis_auth(ADMIN_USER).options(endpoints.redis_url)
-        publisher = KafkaAccess(
-            keys["KAFKA_BOOTSTRAP"],
-            security_protocol="SASL_SSL",
-            sasl_mechanism="SCRAM-SHA-512",
-            sasl_username="keys",
-            sasl_password=SecretStr(keys["KAFKA_SASL_PASSWORD"]),
-            ssl_cafile=Path(keys["KAFKA_SSL_CAFILE"]),
-        )
+        publisher = engines.kafka_access("keys")  # key events, as the key service writes them
     else:
         endpoints = stack_endpoints()
         prefix = f"bench-{uuid.uuid4().hex[:8]}."

@@ -394,3 +394,29 @@ async def test_changes_made_through_the_console_name_the_browser(keys_only: Apis
         ]
         assert entry["user_agent"] == browser_agent
         assert entry["actor"]["id"] == writer["id"]
+
+
+async def test_the_audit_log_page_takes_hostile_filters_calmly(keys_only: Apis) -> None:
+    """Every filter a browser sends is hostile: a clear answer each, never a 500."""
+    async with (
+        keys_only.client(keys_only.keys) as api,
+        console_client(console_settings(), keys_only.transports()) as client,
+    ):
+        ours, _ = await two_projects(api)
+        auditor = await admin_key(api, ["projects:read", "audit:read"], [ours], name="auditor")
+        await sign_in(client, token=auditor["value"])
+        hostile = [
+            {"after": "audit_log-" + "0" * 32},  # a cursor that names no entry
+            {"after": "'; DROP TABLE audit_logs; --"},
+            {"resource": "key_\x00\x01\x7f"},
+            {"actor": "a" * 5000},
+            {"project": "../../etc/passwd"},
+            {"type": "api_key.created\r\nSet-Cookie: x=1"},
+            {"start": "9999-99-99", "end": "0000-00-00"},
+            {"start": "2026-01-02", "end": "2026-01-01"},
+        ]
+        for params in hostile:
+            answer = await client.get("/audit", params=params)
+            assert answer.status_code in (200, 400, 404), (params, answer.status_code)
+            assert "set-cookie" not in {k.lower() for k in answer.headers if k != "set-cookie"}
+            assert "x=1" not in answer.headers.get("set-cookie", "")

@@ -8,6 +8,7 @@ while the operator token still works."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from services.billing.main import create_app as create_billing
 from services.keys.main import create_app as create_keys
 from services.metering.main import create_app as create_metering
 from shared import apikeys
+from shared.events import AdminKeyState
 from shared.http_server import HttpProtocol
 from tests.keys.harness import AUTH as KEYS_AUTH
 from tests.keys.harness import make_settings
@@ -203,3 +205,48 @@ async def test_with_the_key_service_away_admin_keys_get_503_and_the_operator_tok
     assert (await world.metering.get(USAGE.format(project), headers=AUTH)).status_code == 200
     ready = (await world.metering.get("/readyz")).json()
     assert ready["admin_keys_current"] is False
+
+
+async def test_hostile_credentials_are_401_at_both(world: World) -> None:
+    project = await world.project()
+    for authorization in (
+        "Bearer",
+        "Bearer sk-tg-admin-%" + "A" * 47,  # a character outside the key's alphabet
+        "Basic " + "sk-tg-admin-" + "A" * 48,
+        "Bearer sk-tg-admin-" + "A" * 20_000,  # long, under the head limit
+        "Bearer sk-tg-admin-\t" + "A" * 48,
+        "bearer  " + apikeys.generate_admin(),  # well formed, never issued
+    ):
+        headers = {"Authorization": authorization}
+        usage = await world.metering.get(USAGE.format(project), headers=headers)
+        costs = await world.billing.get(COSTS.format(project), headers=headers)
+        assert (usage.status_code, costs.status_code) == (401, 401), authorization[:40]
+        assert usage.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_the_admin_key_stream_is_for_the_internal_token_only(
+    world: World, case: Case
+) -> None:
+    project = await world.project()
+    admin = await world.admin_key(["usage:read"], [project])
+    api_key = await world.keys.post(f"/v1/projects/{project}/keys", json={"name": "k"})
+    url = world.keys_served.url + "/internal/v1/admin_key_states"
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(url)).status_code == 401  # no credential at all
+        for token in ("wrong-token-0123456789", KEYS_AUTH["Authorization"][7:],
+                      admin["value"], api_key.json()["key"]):  # fmt: skip
+            refused = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+            assert refused.status_code == 401, token[:12]
+        internal = world.metering_app.state.admin_keys.token.get_secret_value()
+        async with client.stream(
+            "GET", url, headers={"Authorization": f"Bearer {internal}"}
+        ) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["cache-control"] == "no-store"
+            first = await anext(stream.aiter_lines())
+    snapshot = json.loads(first)
+    assert snapshot["type"] == "snapshot"
+    mine = [s for s in snapshot["states"] if s["id"] == admin["id"]]
+    assert len(mine) == 1
+    assert admin["value"] not in first, "never a secret on the stream"
+    assert set(mine[0]) == set(AdminKeyState.model_fields)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,9 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return ensure_pki(tmp_path_factory.mktemp("other-pki"))
 
 
-def kafka_of(engines: SecureEngines, user: str, **change: object) -> KafkaAccess:
-    values: dict[str, object] = {
-        "bootstrap": engines.kafka.bootstrap,
-        "security_protocol": "SASL_SSL",
-        "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_username": user,
-        "sasl_password": SecretStr(engines.passwords[user]),
-        "ssl_cafile": engines.pki.ca,
-    }
-    return KafkaAccess(**(values | change))  # type: ignore[arg-type]
+def kafka_of(engines: SecureEngines, user: str, **change: Any) -> KafkaAccess:
+    """user's connection to the secured Kafka, with change (a wrong password, say)."""
+    return replace(engines.kafka_access(user), **change)
 
 
 def _record(topic: str) -> bytes:

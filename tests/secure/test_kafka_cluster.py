@@ -11,10 +11,9 @@ from collections.abc import Iterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import TopicAuthorizationFailedError
-from pydantic import SecretStr
 
 from deploy.ports import free_port
-from deploy.secure import SecureEngines, SecureKafkaCluster
+from deploy.secure import SecureEngines, SecureKafkaCluster, scram_access
 from shared.kafka import Replication, ensure_topics, idempotent_producer
 from shared.kafka_security import KafkaAccess, kafka_options
 
@@ -43,14 +42,7 @@ def kafka(
 
 
 def as_user(kafka: SecureKafkaCluster, engines: SecureEngines, user: str) -> KafkaAccess:
-    return KafkaAccess(
-        kafka.bootstrap,
-        security_protocol="SASL_SSL",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username=user,
-        sasl_password=SecretStr(engines.passwords[user]),
-        ssl_cafile=engines.pki.ca,
-    )
+    return scram_access(kafka.bootstrap, user, engines.pki, engines.passwords)
 
 
 async def _send(access: KafkaAccess, topic: str, values: list[bytes]) -> None:
