@@ -13,27 +13,142 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-from shared.events import UNKNOWN_MODEL, ModelName
+from shared.events import UNKNOWN_MODEL, UPSTREAM_ENDPOINT_MAX, ModelName, printable
 
 ModelKind = Literal["chat", "completion", "embedding"]
+
+
+def _endpoint_url(url: str) -> str:
+    """An http(s) URL with a host, printable, no credentials in it (it names the endpoint on
+    usage events and metrics)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL with a host: {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a base_url holds no credentials: name them in api_key_env")
+    if parts.fragment:
+        raise ValueError("a base_url has no #fragment")
+    parts.port  # noqa: B018 - raises on a port out of range
+    return url
+
+
+EndpointUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=UPSTREAM_ENDPOINT_MAX),
+    AfterValidator(printable),
+    AfterValidator(_endpoint_url),
+]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Upstream(_Frozen):
-    """Where a model is served, and how to authenticate there."""
+class FleetEndpoint(_Frozen):
+    """One server of a model's fleet, and its share of the requests."""
 
-    base_url: str = Field(examples=["http://127.0.0.1:8090/v1"])
+    base_url: EndpointUrl = Field(examples=["http://10.0.0.11:8000/v1"])
+    weight: float = Field(1.0, gt=0, le=1000, description="its share, relative to the others")
+
+
+class DnsUpstream(_Frozen):
+    """A name whose addresses are the fleet (a Kubernetes headless Service), re-resolved."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.-]+$")
+    port: int = Field(ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    path: str = Field("/v1", pattern=r"^/[A-Za-z0-9/_.~-]*$", max_length=200)
+    interval_s: float = Field(5.0, ge=0.1, le=3600, description="how often it is re-resolved")
+
+
+class Health(_Frozen):
+    """How an endpoint is probed: before an ejected one returns, and (``interval_s``) always."""
+
+    path: str | None = Field(
+        None,
+        pattern=r"^/[A-Za-z0-9/_.~-]*$",
+        max_length=200,
+        description="from the server's root, e.g. /health; default: the base URL's /models",
+    )
+    interval_s: float | None = Field(
+        None, gt=0, le=3600, description="probe every endpoint this often; none: only to return"
+    )
+    timeout_s: float = Field(2.0, gt=0, le=60)
+
+
+class Ejection(_Frozen):
+    """Passive health: ``after_failures`` failures in a row eject an endpoint for a back-off
+    that doubles with each ejection (from ``base_s`` to ``max_s``)."""
+
+    after_failures: int = Field(3, ge=1, le=1000)
+    base_s: float = Field(1.0, gt=0, le=3600)
+    max_s: float = Field(60.0, gt=0, le=86400)
+
+
+class ServerQueue(_Frozen):
+    """Where the ``server_queue`` policy reads each server's queue (vLLM's, SGLang's)."""
+
+    path: str = Field("/metrics", pattern=r"^/[A-Za-z0-9/_.~-]*$", max_length=200)
+    interval_s: float = Field(1.0, ge=0.05, le=60)
+
+
+class Upstream(_Frozen):
+    """Where a model is served, and how to authenticate there: one ``base_url``, a list of
+    ``endpoints``, or a ``dns`` name whose addresses are the endpoints."""
+
+    base_url: EndpointUrl | None = Field(None, examples=["http://127.0.0.1:8090/v1"])
+    endpoints: tuple[FleetEndpoint, ...] = Field((), max_length=1024)
+    dns: DnsUpstream | None = None
+    balance: Literal["least_inflight", "server_queue"] = Field(
+        "least_inflight",
+        description="least_inflight: of two endpoints drawn by weight, the one with fewer "
+        "requests in flight from this gateway; server_queue: by the servers' own queues",
+    )
+    affinity: Literal["none", "key_prefix"] = Field(
+        "none", description="key_prefix: a key and its first messages stick to one endpoint"
+    )
+    health: Health = Health()
+    ejection: Ejection = Ejection()
+    server_queue: ServerQueue = ServerQueue()
+    retries: int = Field(
+        2, ge=0, le=10, description="other endpoints tried when nothing of a request was sent"
+    )
     api_key_env: str | None = Field(None, description="env var holding the upstream's key")
     model: str | None = Field(None, description="the upstream's name for it; default: the id")
     timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Upstream:
+        forms = [self.base_url is not None, bool(self.endpoints), self.dns is not None]
+        if sum(forms) != 1:
+            raise ValueError("an upstream has exactly one of base_url, endpoints or dns")
+        urls = [e.base_url.rstrip("/") for e in self.endpoints]
+        if len(set(urls)) != len(urls):
+            raise ValueError("two endpoints share a base_url")
+        if self.ejection.max_s < self.ejection.base_s:
+            raise ValueError("ejection.max_s is shorter than ejection.base_s")
+        return self
+
+    def fixed_endpoints(self) -> tuple[FleetEndpoint, ...]:
+        """The endpoints the catalogue names (none for a ``dns`` upstream)."""
+        if self.base_url is not None:
+            return (FleetEndpoint(base_url=self.base_url),)
+        return self.endpoints
 
     def api_key(self) -> str | None:
         """The upstream credential, read from the environment when asked for."""

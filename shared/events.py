@@ -78,6 +78,12 @@ KeyName = Annotated[
 ]
 # Empty is accepted for events written before UNKNOWN_MODEL existed; no gateway writes it now.
 ModelName = Annotated[str, StringConstraints(max_length=MODEL_MAX), AfterValidator(printable)]
+UPSTREAM_ENDPOINT_MAX = 512
+UpstreamEndpoint = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=UPSTREAM_ENDPOINT_MAX),
+    AfterValidator(printable),
+]
 
 
 class Event(BaseModel):
@@ -223,6 +229,14 @@ class UsageRecorded(Event):
         "upstream",
         description="upstream: the model server's own counts; estimated: the gateway's own "
         "estimate (the upstream reported none: an error, or a stream cut short)",
+    )
+    upstream_endpoint: UpstreamEndpoint | None = Field(
+        None,
+        description="the model server that served the request (its base URL in the catalogue, "
+        "or an address its DNS name gave), or the last one tried when none answered; null "
+        "when the request reached none (refused by the gateway) and in events written before "
+        "fleets",
+        examples=["http://10.0.0.11:8000/v1"],
     )
 
 

@@ -23,6 +23,7 @@ ApiError (shared)
     ├── AuthUnavailable         503 (neither Redis nor the key service answered)
     ├── BudgetUnavailable       503 (a budget could be checked nowhere)
     ├── LargeBodiesBusy         503 (too many large bodies in flight; retry)
+    ├── NoHealthyUpstream       503 no_healthy_upstream (every endpoint of the model ejected)
     └── UsageUnavailable        503 (usage could not be kept: spool full, Kafka away)
 """
 
@@ -146,6 +147,17 @@ class LargeBodiesBusy(ServiceUnavailable):
             "send a smaller request."
         )
         self.headers["retry-after"] = "1"
+
+
+class NoHealthyUpstream(ServiceUnavailable):
+    code = "no_healthy_upstream"
+
+    def __init__(self, model: str, retry_after_s: int) -> None:
+        super().__init__(
+            f"No server of the model `{shown(model)}` is available right now (each failed and is "
+            "being given time to recover). Please retry shortly."
+        )
+        self.headers["retry-after"] = str(retry_after_s)
 
 
 class Forbidden(ApiError):

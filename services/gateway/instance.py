@@ -21,8 +21,12 @@ from services.gateway.policies.spend import SpendReader
 from services.gateway.proxy import Proxy
 from services.gateway.request.body import BodyBudget, BodyLimits
 from services.gateway.settings import GatewaySettings
+from services.gateway.telemetry.fleet_metrics import FleetCollector
 from services.gateway.telemetry.metrics import Metrics
+from services.gateway.upstream.fleet import Fleet
+from services.gateway.upstream.health import FleetKeeper
 from services.gateway.upstream.pool import UpstreamPool
+from services.gateway.upstream.reload import CatalogueWatch
 from services.gateway.usage.emitter import UsageEmitter
 from services.gateway.usage.spool import Spool
 from shared.catalogue import Catalogue
@@ -123,6 +127,10 @@ class Gateway:
             ),
             budget=BodyBudget(s.large_body_budget_bytes, s.large_body_wait_s),
         )
+        # The models' fleets: probes, queue reads, DNS; the catalogue reloaded as it changes.
+        self.keeper = FleetKeeper(self.fleets)
+        self.catalogue_watch = CatalogueWatch(s.catalogue_path, self.reload, s.catalogue_poll_s)
+        metrics.registry.register(FleetCollector(self.fleets))
         # Background work: key events in, usage events out, settlements and upkeep. A bug
         # in one event must not stop key or usage events: each restarts after a failure.
         loops = Backoff(0.5, 5.0)
@@ -137,7 +145,18 @@ class Gateway:
             Worker("spool-replayer", self.emitter.run_replayer, backoff=loops),
             Worker("policy-settler", self.policies.run_settler, backoff=loops),
             Worker("policy-upkeep", self.policies.run_upkeep, backoff=loops),
+            Worker("upstream-health", self.keeper.run, backoff=loops),
+            Worker("catalogue-watch", self.catalogue_watch.run, backoff=loops),
         )
+
+    def fleets(self) -> list[Fleet]:
+        """Every model's fleet, as the current catalogue has them."""
+        return [route.fleet for route in self.proxy.routes.values()]
+
+    def reload(self, catalogue: Catalogue) -> None:
+        """Route by ``catalogue`` from now on (its file changed, or SIGHUP)."""
+        self.proxy.reload(catalogue)
+        self.catalogue = catalogue
 
     def start(self) -> None:
         """Start the background workers; none of them blocks start-up."""
@@ -150,6 +169,7 @@ class Gateway:
         await self.policies.flush()
         await self.policies.leave()
         await self.emitter.close()
+        await self.keeper.close()
         await self.upstream.close()
         await self.keys_client.aclose()
         await self.redis.aclose()
@@ -171,5 +191,16 @@ class Gateway:
             "key_states_subscribed": self.subscriber.up,
             "key_states_received": self.subscriber.received,
             **self.policies.stats(),
+            "upstreams": self.upstreams(),
             "workers": self.workers.health(),
+        }
+
+    def upstreams(self) -> dict[str, dict[str, Any]]:
+        """Each model's endpoints that take requests, and those ejected for now."""
+        return {
+            fleet.model: {
+                "healthy": [r.name for r in fleet.replicas if not r.ejected],
+                "ejected": [r.name for r in fleet.replicas if r.ejected],
+            }
+            for fleet in self.fleets()
         }

@@ -14,6 +14,7 @@ from services.gateway.instance import Gateway
 from services.gateway.settings import GatewaySettings
 from services.gateway.telemetry.metrics import Metrics
 from services.gateway.transport.asgi import ProxiedRoutes
+from services.gateway.upstream.sighup import reloads
 from services.gateway.usage.responses import OverheadMiddleware
 from shared.catalogue import load_catalogue
 from shared.engine_checks import check_engines
@@ -57,12 +58,15 @@ def create_app(settings: GatewaySettings | None = None) -> ProxiedRoutes:
         await check_engines(settings, topics=(KEYS_EVENTS, USAGE_EVENTS), redis=True)
         gateway = Gateway(settings, catalogue, metrics)
         app.state.gateway = gateway
+        await gateway.keeper.prime()  # a DNS fleet's endpoints, before the first request
         gateway.start()
+        reloads.add(gateway.catalogue_watch.request)
         _tune_gc()
         log.info("gateway started", extra={"models": [m.id for m in catalogue.models]})
         try:
             yield
         finally:
+            reloads.discard(gateway.catalogue_watch.request)
             await gateway.stop()
 
     app = FastAPI(title="Tollgate gateway", lifespan=lifespan, docs_url=None, redoc_url=None)

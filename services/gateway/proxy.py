@@ -31,6 +31,7 @@ from starlette.responses import Response
 
 from services.gateway.errors import (
     ModelNotFound,
+    NoHealthyUpstream,
     UpstreamError,
     UpstreamTimeout,
     WrongModelKind,
@@ -47,9 +48,10 @@ from services.gateway.request.body import (
 )
 from services.gateway.request.fields import Reading, forwarded, read_fields
 from services.gateway.telemetry.probe import tracing
-from services.gateway.upstream.client import UpstreamConnectionError
-from services.gateway.upstream.pool import UpstreamPool, UpstreamResponse
-from services.gateway.upstream.route import ENDPOINT_KINDS, Route
+from services.gateway.upstream.client import UpstreamConnectFailed, UpstreamConnectionError
+from services.gateway.upstream.fleet import Replica, affinity_of
+from services.gateway.upstream.pool import NotSent, UpstreamPool, UpstreamResponse
+from services.gateway.upstream.route import ENDPOINT_KINDS, Route, routes_of
 from services.gateway.usage.emitter import UsageEmitter
 from services.gateway.usage.event import usage_message
 from services.gateway.usage.meter import StreamMeter, Usage, answer_usage
@@ -95,6 +97,7 @@ class Call:
     stream: bool = False
     done: bool = False
     admission: Admission | None = None  # its claims on rate limits and budgets, if any
+    upstream_endpoint: str | None = None  # the fleet's endpoint that served it (or last tried)
 
 
 class Proxy:
@@ -112,7 +115,7 @@ class Proxy:
         budget: BodyBudget,
     ) -> None:
         self.catalogue = catalogue
-        self.routes = {entry.id: Route.of(entry) for entry in catalogue.models}
+        self.routes = routes_of(catalogue.models)
         self.auth = auth
         self.policies = policies
         self.pool = pool
@@ -159,6 +162,13 @@ class Proxy:
                 if body is not None and body.held:
                     self.budget.give(body.held)
 
+    def reload(self, catalogue: Catalogue) -> None:
+        """Route by ``catalogue`` from the next request on; requests under way finish on the
+        endpoints they were sent to, and an endpoint both catalogues name keeps its load and
+        health."""
+        self.routes = routes_of(catalogue.models, self.routes)
+        self.catalogue = catalogue
+
     def _route(self, call: Call, payload: dict[str, Any]) -> Route:
         model = requested_model(payload)
         route = self.routes.get(model)
@@ -195,7 +205,8 @@ class Proxy:
         # Always written again: {"model": "cheap", "model": "dear"}, or a key spelled with
         # escapes, reaches the upstream as the one value the gateway routed and metered.
         body = serialise(upstream_payload)
-        upstream, content = await self._exchange(request, call, route, body)
+        affinity = _affinity(call, payload) if route.fleet.affinity else None
+        upstream, content = await self._exchange(request, call, route, body, affinity)
         if upstream.status >= 400:
             return self._upstream_failure(call, upstream, content)
         if call.stream:
@@ -211,18 +222,17 @@ class Proxy:
         )
 
     async def _exchange(
-        self, request: Request, call: Call, route: Route, body: bytes
+        self, request: Request, call: Call, route: Route, body: bytes, affinity: int | None
     ) -> tuple[UpstreamResponse, bytes]:
         """The upstream's answer and, unless it is a stream, its whole body (read here, so
         that its timeouts and breaks are 504 and 502). A connection not read to its end
         (a failure, or the client gone) is closed, never reused."""
-        request_id = b"x-request-id: %s\r\n" % call.request_id.encode()
         sent = perf_counter()
         upstream: UpstreamResponse | None = None
+        replica: Replica | None = None
         try:
-            upstream = await self.pool.post(
-                route.targets[call.endpoint], body, request_id, route.timeouts
-            )
+            replica, upstream = await self._send(call, route, body, affinity)
+            # From here, a failure is the answer's (its body timed out or broke off).
             content = b""
             if not call.stream or upstream.status >= 400:
                 content = await upstream.read()
@@ -230,12 +240,16 @@ class Proxy:
         except TimeoutError:
             if upstream is not None:
                 upstream.close()
+            if replica is not None:
+                route.fleet.failed(replica, "timeout")
             raise UpstreamTimeout(
                 f"The model's server did not answer within {route.entry.upstream.timeout_s:g} s."
             ) from None
         except UpstreamConnectionError as exc:
             if upstream is not None:
                 upstream.close()
+            if replica is not None:
+                route.fleet.failed(replica, "broken")
             raise UpstreamError(
                 f"The model's server could not be reached ({type(exc).__name__})."
             ) from None
@@ -246,6 +260,57 @@ class Proxy:
         finally:
             request.state.upstream_s = perf_counter() - sent
         return upstream, content
+
+    async def _send(
+        self, call: Call, route: Route, body: bytes, affinity: int | None
+    ) -> tuple[Replica, UpstreamResponse]:
+        """Send to an endpoint of the model's fleet; one that nothing of the request reached
+        (refused, or a pooled connection closed under it) leaves the request to another, at
+        most ``retries`` times within the model's timeout. A request that reached a server is
+        never sent again."""
+        fleet = route.fleet
+        request_id = b"x-request-id: %s\r\n" % call.request_id.encode()
+        started = perf_counter()
+        tried: list[Replica] = []
+        while True:
+            replica = fleet.pick(tried, affinity)
+            if replica is None:
+                raise NoHealthyUpstream(call.model, fleet.retry_after_s())
+            call.upstream_endpoint = replica.name
+            fleet.sent(replica)
+            began = perf_counter()
+            try:
+                upstream = await self.pool.post(
+                    replica.targets[call.endpoint], body, request_id, route.timeouts, replica
+                )
+            except NotSent as exc:
+                replica.end()
+                connect = isinstance(exc.error, UpstreamConnectFailed)
+                fleet.failed(replica, "connect" if connect else "broken")
+                tried.append(replica)
+                out_of_time = perf_counter() - started >= route.timeouts.pool_s
+                if len(tried) > route.entry.upstream.retries or out_of_time:
+                    raise exc.error from None
+                log.info(
+                    "upstream %s of %s failed before the request reached it (%s); retrying",
+                    replica.name,
+                    call.model,
+                    type(exc.error).__name__,
+                )
+                continue
+            except TimeoutError:
+                replica.end()
+                fleet.failed(replica, "timeout")
+                raise
+            except UpstreamConnectionError:
+                replica.end()
+                fleet.failed(replica, "broken")
+                raise
+            except BaseException:
+                replica.end()
+                raise
+            fleet.answered(replica, upstream.status, perf_counter() - began)
+            return replica, upstream
 
     def _upstream_failure(self, call: Call, upstream: UpstreamResponse, content: bytes) -> Response:
         status = upstream.status
@@ -315,5 +380,22 @@ class Proxy:
                 usage=usage,
                 latency_s=perf_counter() - call.started,
                 stream=call.stream,
+                upstream_endpoint=call.upstream_endpoint,
             )
         )
+
+
+# How much of a request's first messages its endpoint affinity hashes.
+_AFFINITY_PREFIX_BYTES = 2048
+
+
+def _affinity(call: Call, payload: dict[str, Any]) -> int:
+    """The hash a key and its request's first two messages (or input, or prompt) stick by."""
+    head = payload.get("messages") or payload.get("input") or payload.get("prompt") or ""
+    if isinstance(head, list):
+        head = head[:2]
+    try:
+        prefix = orjson.dumps(head)[:_AFFINITY_PREFIX_BYTES]
+    except (TypeError, orjson.JSONEncodeError):
+        prefix = b""
+    return affinity_of(call.key.key_id, prefix)

@@ -35,6 +35,12 @@ class GatewaySettings(ServiceSettings, KeyringSettings):
         30.0, gt=0, description="how often budgets in use are raised to the cost ledger's spend"
     )
     catalogue_path: Path = Field(_REPO / "deploy" / "models.yaml", description="model catalogue")
+    catalogue_poll_s: float = Field(
+        2.0,
+        ge=0,
+        description="how often the catalogue file is checked for changes and reloaded (0: "
+        "only on SIGHUP)",
+    )
     spool_dir: Path = Field(
         _REPO / ".run" / "spool", description="usage events while Kafka is down"
     )

@@ -26,7 +26,13 @@ from services.gateway.upstream.client import (
     UpstreamConnection,
     UpstreamDisconnected,
 )
-from services.gateway.upstream.pool import Target, Timeouts, UpstreamPool, UpstreamResponse
+from services.gateway.upstream.pool import (
+    NotSent,
+    Target,
+    Timeouts,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 TIMEOUTS = Timeouts(pool_s=2.0, connect_s=2.0, read_s=2.0)
 # What one read of a socket hands the protocol at most (asyncio's selector transports).
@@ -408,9 +414,11 @@ async def test_an_idle_connection_is_closed_after_its_expiry(
 # 5. a pooled connection that the server closed
 
 
-async def test_a_pooled_connection_closed_by_the_server_is_retried_on_a_new_one(
+async def test_a_pooled_connection_closed_by_the_server_is_not_sent(
     serve: Serve, make_pool: MakePool
 ) -> None:
+    """Its keep-alive ended as it was reused: ``NotSent``, so the proxy may send it again
+    (tests/gateway/test_fleet_proxy.py), and the next post opens a new connection."""
     async def handle(peer: Peer) -> None:
         await peer.request()
         await peer.send(answer(b"first"))
@@ -426,8 +434,12 @@ async def test_a_pooled_connection_closed_by_the_server_is_retried_on_a_new_one(
     response = await pool.post(upstream.target(), b"{}", b"", TIMEOUTS)
     assert await read_all(response) == b"first"
 
-    response = await pool.post(upstream.target(), b'{"n":2}', b"", TIMEOUTS)
+    with pytest.raises(NotSent) as raised:
+        await pool.post(upstream.target(), b'{"n":2}', b"", TIMEOUTS)
+    assert isinstance(raised.value.error, UpstreamDisconnected)
+    assert pool._open == 0
 
+    response = await pool.post(upstream.target(), b'{"n":2}', b"", TIMEOUTS)
     assert response.status == 200
     assert await read_all(response) == b"first"  # a new connection's first answer
     assert len(upstream.peers) == 2
@@ -480,7 +492,7 @@ async def test_a_new_connection_closed_before_answering_is_not_sent_again(
 # 6. nothing listening
 
 
-async def test_a_refused_connect_fails_after_one_retry(
+async def test_a_refused_connect_is_not_sent(
     make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = make_pool()
@@ -494,10 +506,11 @@ async def test_a_refused_connect_fails_after_one_retry(
     monkeypatch.setattr(pool, "_connect", counted)
     target = Target.of(f"http://127.0.0.1:{free_port()}/v1/embeddings", {})
 
-    with pytest.raises(UpstreamConnectFailed, match="ConnectionRefusedError"):
+    with pytest.raises(NotSent, match="ConnectionRefusedError") as raised:
         await pool.post(target, b"{}", b"", TIMEOUTS)
 
-    assert len(attempts) == 2
+    assert isinstance(raised.value.error, UpstreamConnectFailed)
+    assert len(attempts) == 1  # another endpoint, or this one again, is the proxy's choice
     assert pool._open == 0
 
 

@@ -13,6 +13,8 @@ _WORKERS = {
     "spool-replayer",
     "policy-settler",
     "policy-upkeep",
+    "upstream-health",
+    "catalogue-watch",
 }
 
 

@@ -3,8 +3,9 @@ server, bounded in all, a few kept idle per server, each idle one dropped after 
 
 ``UpstreamPool.post`` sends one request and returns once the answer's headers are in; the
 ``UpstreamResponse`` then gives the body whole or as it streams, and gives the connection
-back (or closes it) when done with. A pooled connection found closed under us, or a connect
-that fails, is retried once on a new connection: that request never got an answer. A new
+back (or closes it) when done with. A connect that fails, or a pooled connection found closed
+under us before any answer, raises ``NotSent``: the request never reached a server that could
+answer it, so the proxy may send it again (to another endpoint of the model's fleet). A new
 connection closed before its answer is not: the server may have acted on the request.
 
 At the limit, a request takes a connection given back to its server's idle ones, or closes
@@ -14,12 +15,12 @@ an idle connection to another server to open its own, before it waits for one.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from time import monotonic
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from services.gateway.upstream.client import (
@@ -27,8 +28,6 @@ from services.gateway.upstream.client import (
     UpstreamConnection,
     UpstreamDisconnected,
 )
-
-log = logging.getLogger("services.gateway.proxy")
 
 _UNSAFE_IN_HEADERS = ("\r", "\n", "\x00")
 
@@ -49,18 +48,21 @@ class Target:
     and the route's fixed headers); ``headers`` must not hold a line break."""
 
     scheme: str
-    host: str
+    host: str  # where to connect
     port: int
     head: bytes
+    name: str  # the server's name: its TLS name and Host (the host, unless an address of it)
 
     @classmethod
-    def of(cls, url: str, headers: dict[str, str]) -> Target:
+    def of(cls, url: str, headers: dict[str, str], server_name: str | None = None) -> Target:
+        """``server_name``: the name an address in ``url`` was resolved from (a DNS fleet)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         default = (parts.scheme, port) in (("http", 80), ("https", 443))
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        name = server_name or parts.hostname
+        host = name if ":" not in name else f"[{name}]"
         lines = [
             f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
             f"host: {host if default else f'{host}:{port}'}",
@@ -69,29 +71,43 @@ class Target:
         ]
         if any(c in line for line in lines for c in _UNSAFE_IN_HEADERS):
             raise ValueError("an upstream header or URL holds a line break")
-        return cls(parts.scheme, parts.hostname, port, ("\r\n".join(lines) + "\r\n").encode())
+        head = ("\r\n".join(lines) + "\r\n").encode()
+        return cls(parts.scheme, parts.hostname, port, head, name)
 
     @property
     def server(self) -> tuple[str, str, int]:
         return (self.scheme, self.host, self.port)
 
 
-class _Retry(Exception):
-    """The request never reached a server that could answer it: sent again, once."""
+class NotSent(Exception):
+    """The request never reached a server that could answer it: it may be sent again."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
 
 
+class Ending(Protocol):
+    """Told once when the answer is done with (a fleet's endpoint counting its requests)."""
+
+    def end(self) -> None: ...
+
+
 class UpstreamResponse:
     """An answer whose headers are in; its body is read whole (``read``) or as it comes
     (``iter_chunks``), then ``release`` or ``close`` hands the connection back or closes it."""
 
-    def __init__(self, pool: UpstreamPool, connection: UpstreamConnection, read_s: float) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        connection: UpstreamConnection,
+        read_s: float,
+        ending: Ending | None = None,
+    ) -> None:
         self._pool = pool
         self._connection = connection
         self._read_s = read_s
+        self._ending = ending
         self._done = False
         self.status = connection.status
         self.headers = connection.headers
@@ -110,12 +126,16 @@ class UpstreamResponse:
         if not self._done:
             self._done = True
             self._pool.give_back(self._connection)
+            if self._ending is not None:
+                self._ending.end()
 
     def close(self) -> None:
         if not self._done:
             self._done = True
             self._connection.close()
             self._pool.give_back(self._connection)
+            if self._ending is not None:
+                self._ending.end()
 
 
 class UpstreamPool:
@@ -141,27 +161,21 @@ class UpstreamPool:
         self._closed = False
 
     async def post(
-        self, target: Target, body: bytes, headers: bytes, timeouts: Timeouts
+        self,
+        target: Target,
+        body: bytes,
+        headers: bytes,
+        timeouts: Timeouts,
+        ending: Ending | None = None,
     ) -> UpstreamResponse:
         """Send ``target``'s head, ``headers`` (whole ``name: value\r\n`` lines) and
-        ``body``; return once the answer's status and headers are in."""
+        ``body``; return once the answer's status and headers are in. ``NotSent`` when no
+        server could have acted on it; ``ending`` is told when the answer is done with."""
         request = b"%scontent-length: %d\r\n%s\r\n%s" % (target.head, len(body), headers, body)
-        try:
-            return await self._attempt(target, request, timeouts)
-        except _Retry as retry:
-            log.info("upstream connection failed (%s); retrying once", type(retry.error).__name__)
-        try:
-            return await self._attempt(target, request, timeouts)
-        except _Retry as again:
-            raise again.error from None
-
-    async def _attempt(
-        self, target: Target, request: bytes, timeouts: Timeouts
-    ) -> UpstreamResponse:
         try:
             connection = await self._connection(target, timeouts)
         except UpstreamConnectFailed as exc:
-            raise _Retry(exc) from exc  # nothing was sent
+            raise NotSent(exc) from exc  # nothing was sent
         try:
             connection.send(request)
             await connection.answer(timeouts.read_s)
@@ -169,13 +183,13 @@ class UpstreamPool:
             connection.close()
             self.give_back(connection)
             if connection.reused:  # its keep-alive ended as we reused it: never answered
-                raise _Retry(exc) from exc
+                raise NotSent(exc) from exc
             raise
         except BaseException:
             connection.close()
             self.give_back(connection)
             raise
-        return UpstreamResponse(self, connection, timeouts.read_s)
+        return UpstreamResponse(self, connection, timeouts.read_s, ending)
 
     async def _connection(self, target: Target, timeouts: Timeouts) -> UpstreamConnection:
         connection = self._idle_connection(target.server)
@@ -237,7 +251,7 @@ class UpstreamPool:
                     target.host,
                     target.port,
                     ssl=context,
-                    server_hostname=target.host if context else None,
+                    server_hostname=target.name if context else None,
                 )
         except OSError as exc:  # refused, unreachable, a name not found, TLS (SSLError)
             raise UpstreamConnectFailed(f"{type(exc).__name__}: {exc}") from exc

@@ -1,14 +1,16 @@
-"""How each catalogue model's upstream is reached, built once at start.
+"""How each catalogue model's upstream is reached, built once per catalogue (at start and at
+each reload).
 
-Apart from the proxy because it is made once per model, not per request: the headers with
-the upstream's credential, each endpoint's request head, the timeouts.
+Apart from the proxy because it is made once per model, not per request: the headers with the
+upstream's credential, the fleet of endpoints with each one's request heads, the timeouts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.gateway.upstream.pool import Target, Timeouts
+from services.gateway.upstream.fleet import Fleet
+from services.gateway.upstream.pool import Timeouts
 from shared.catalogue import ModelEntry
 from shared.events import Endpoint
 
@@ -26,11 +28,13 @@ class Route:
     """How one catalogue model is reached (headers built once, credential read once)."""
 
     entry: ModelEntry
-    targets: dict[Endpoint, Target]
+    fleet: Fleet
     timeouts: Timeouts
 
     @classmethod
-    def of(cls, entry: ModelEntry) -> Route:
+    def of(cls, entry: ModelEntry, previous: Route | None = None) -> Route:
+        """The model's route; an endpoint ``previous`` (the same model before a reload) had
+        keeps its load and health."""
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         credential = entry.upstream.api_key()
         if credential:
@@ -39,7 +43,23 @@ class Route:
         # No overall limit (a stream may last): waiting for a pooled connection and each read
         # (between chunks too) bounded by the model's timeout, a connect by at most 10 s.
         timeouts = Timeouts(pool_s=seconds, connect_s=min(seconds, 10.0), read_s=seconds)
-        base_url = entry.upstream.base_url.rstrip("/")
-        # Each request head built once: per request only its length and id are added.
-        targets = {e: Target.of(base_url + e.removeprefix("/v1"), headers) for e in ENDPOINT_KINDS}
-        return cls(entry, targets, timeouts)
+        fleet = Fleet(entry.id, entry.upstream, headers)
+        if previous is not None:
+            if entry.upstream.dns is not None and previous.entry.upstream.dns == entry.upstream.dns:
+                # The same name: its addresses stay until the next resolution says otherwise.
+                kept = [(r.name, r.weight, r.server_name) for r in previous.fleet.replicas]
+                fleet.place(kept, reuse=previous.fleet.replicas)
+            else:
+                fixed = entry.upstream.fixed_endpoints()
+                fleet.place(
+                    ((e.base_url, e.weight, None) for e in fixed), reuse=previous.fleet.replicas
+                )
+        return cls(entry, fleet, timeouts)
+
+
+def routes_of(
+    entries: tuple[ModelEntry, ...], previous: dict[str, Route] | None = None
+) -> dict[str, Route]:
+    """Every model's route, by catalogue id."""
+    before = previous or {}
+    return {entry.id: Route.of(entry, before.get(entry.id)) for entry in entries}

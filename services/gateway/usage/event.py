@@ -49,7 +49,14 @@ def _tokens(count: int) -> int:
 
 
 def _bounded(
-    key: KeyState, usage: Usage, *, endpoint: Endpoint, status: int, latency_s: float, stream: bool
+    key: KeyState,
+    usage: Usage,
+    *,
+    endpoint: Endpoint,
+    status: int,
+    latency_s: float,
+    stream: bool,
+    upstream_endpoint: str | None,
 ) -> dict[str, Any]:
     """The event's fields but its id, request id and model, each within the event's bounds."""
     input_tokens = _tokens(usage.input_tokens)
@@ -65,6 +72,8 @@ def _bounded(
         "latency_ms": max(0, int(latency_s * 1000)),
         "stream": stream,
         "usage_source": usage.source,
+        # A catalogue's base URL (checked as the catalogue loaded) or an address DNS gave.
+        "upstream_endpoint": upstream_endpoint,
     }
 
 
@@ -90,10 +99,17 @@ def usage_message(
     usage: Usage,
     latency_s: float,
     stream: bool,
+    upstream_endpoint: str | None = None,
 ) -> Message:
     """The usage event of one request as it goes on the topic: keyed by its key id."""
     fields = _bounded(
-        key, usage, endpoint=endpoint, status=status, latency_s=latency_s, stream=stream
+        key,
+        usage,
+        endpoint=endpoint,
+        status=status,
+        latency_s=latency_s,
+        stream=stream,
+        upstream_endpoint=upstream_endpoint,
     )
     if not (_SANE_REQUEST_ID.fullmatch(request_id) and _valid_model(model)):
         event = _validated(fields, request_id, model)
@@ -125,10 +141,17 @@ def usage_event(
     usage: Usage,
     latency_s: float,
     stream: bool,
+    upstream_endpoint: str | None = None,
 ) -> UsageRecorded:
     """The usage event of one request, with every field inside the event's bounds."""
     fields = _bounded(
-        key, usage, endpoint=endpoint, status=status, latency_s=latency_s, stream=stream
+        key,
+        usage,
+        endpoint=endpoint,
+        status=status,
+        latency_s=latency_s,
+        stream=stream,
+        upstream_endpoint=upstream_endpoint,
     )
     return _validated(fields, request_id, model)
 
