@@ -14,14 +14,14 @@ help: ## list the targets
 bootstrap: ## install what is missing: uv, Python deps, JDK, Maven, PostgreSQL, Redis, Kafka jars
 	@bash deploy/bootstrap.sh
 
-up: bootstrap ## start Kafka, PostgreSQL, Redis and the services (TOLLGATE_GATEWAY_REPLICAS=N: N gateways; TOLLGATE_CLUSTER=1: 3 Kafka nodes, a Redis Cluster, 2 of each scaled service)
+up: bootstrap ## start Kafka, PostgreSQL, Redis and the services (TOLLGATE_GATEWAY_REPLICAS=N: N gateways; TOLLGATE_CLUSTER=1: 3 Kafka nodes, a Redis Cluster, 2 of each scaled service; TOLLGATE_CATALOGUE=path: your own model catalogue)
 	@$(RUN) python -m deploy.stack up
 
 down: ## stop everything `make up` started, by PID (and the secured engines, when they ran)
 	@$(RUN) python -m deploy.stack down
 	@$(RUN) python -m deploy.secure down
 
-status: ## what runs: every server, node and replica, with PID and port
+status: ## what runs: every server, node and replica, with PID and port, and the catalogue the services read
 	@$(RUN) python -m deploy.stack status
 
 test: bootstrap ## the whole test suite against real Kafka, PostgreSQL and Redis (but the cluster and compose tests: their own targets)
@@ -57,7 +57,7 @@ compose-bootstrap: ## install what the compose path needs: Debian's docker.io, d
 images: bootstrap compose-bootstrap ## build local stand-ins of the official images (no registry needed); cached
 	@$(RUN) python -m deploy.compose images
 
-compose-up: bootstrap compose-bootstrap ## docker-compose.yml on this machine: dockerd if none answers, images, health, first key
+compose-up: bootstrap compose-bootstrap ## docker-compose.yml on this machine: dockerd if none answers, images, health, first key (TOLLGATE_CATALOGUE=path: your own catalogue)
 	@$(RUN) python -m deploy.compose up
 
 compose-down: ## remove what compose-up started (containers, network; its dockerd); VOLUMES=1 drops the data

@@ -8,7 +8,10 @@ healthy (``migrate`` exited 0), creates the first key and prints it once, as ``m
 does. The operator token, internal token, key states' keyring and database password come from
 the environment (``TOLLGATE_ADMIN_TOKEN``, ``TOLLGATE_INTERNAL_TOKEN``,
 ``TOLLGATE_STATE_MAC_KEYS``, ``POSTGRES_PASSWORD``) or are
-generated once into the run folder (``.run/compose/``). ``down`` removes the containers and
+generated once into the run folder (``.run/compose/``). ``TOLLGATE_CATALOGUE`` names an
+operator's own model catalogue (a relative path from the current directory), checked before
+anything starts and mounted where docker-compose.yml mounts it for every service that reads
+it. ``down`` removes the containers and
 the network (``--volumes``: the data too), checks nothing is left, and stops the engine if
 ``up`` started it and nothing else runs in it.
 """
@@ -31,6 +34,7 @@ from deploy.first_key import ensure_first_key
 from deploy.private import write_private
 from deploy.process import port_open
 from deploy.servers import REPO, StackError
+from deploy.services import CATALOGUE_VARIABLE, catalogue_from_env
 from shared.state_mac import new_keyring_text
 
 RUN_DIR = Path(os.environ.get("TOLLGATE_RUN_DIR", REPO / ".run"))
@@ -71,6 +75,10 @@ class Compose:
     def env(self) -> dict[str, str]:
         env = self.engine.env()
         env.update({name: self.secret(name) for name in SECRETS})
+        given = os.environ.get(CATALOGUE_VARIABLE, "").strip()
+        if given:
+            # docker-compose would read it from the project's folder, not from here.
+            env[CATALOGUE_VARIABLE] = str(Path(given).expanduser().absolute())
         env["COMPOSE_PROFILES"] = self.profiles
         env["COMPOSE_PROJECT_NAME"] = self.project
         env.setdefault("COMPOSE_HTTP_TIMEOUT", "180")
@@ -130,6 +138,7 @@ class Compose:
     def up(self) -> None:
         """Engine, images, containers, health, first key."""
         started = time.monotonic()
+        catalogue = catalogue_from_env()  # refused here, before anything starts
         if self.engine.ensure():
             print(f"dockerd      started, data in {self.engine.data_root}, log {self.engine.log}")
         running = {c["service"] for c in self.containers() if c["state"] == "running"}
@@ -145,6 +154,7 @@ class Compose:
         self.compose("up", "-d", "--no-build", "--remove-orphans")
         self.wait_healthy()
         print(f"ready in {time.monotonic() - started:.1f}s")
+        print(f"catalogue    {catalogue}")
         for name, port in PORTS.items():
             print(f"{name:12} http://127.0.0.1:{port}{'/v1' if name == 'gateway' else ''}")
         print(f"admin token  in {self.home / 'admin-token'} (unless TOLLGATE_ADMIN_TOKEN is set)")

@@ -13,20 +13,31 @@ billing scale the same way (``TOLLGATE_METERING_REPLICAS``, ``TOLLGATE_BILLING_R
 8082 + 100 i, 8083 + 100 i), each replica one member of its service's consumer group; the
 cluster mode (``TOLLGATE_CLUSTER=1``) runs two of each. ``TOLLGATE_SERVICES_PORT_OFFSET``
 moves every service's port (a second stack beside the one ``make up`` started).
+
+Every service that reads the model catalogue (``Service.catalogue``) reads the same file:
+``TOLLGATE_CATALOGUE`` (a relative path is taken from the current directory), else the demo
+catalogue ``deploy/models.yaml``. A file that is missing or does not load as a catalogue is
+refused before anything starts; the one the services run on is kept in
+``<run>/services/catalogue`` for ``make status``, and a later ``up`` asking for another file
+while they run is refused (``make down`` first: a running service keeps its path; the gateway
+reloads that file when it changes, the others read it at start).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import yaml
+from pydantic import ValidationError
 
 from deploy import system
 from deploy.endpoints import Endpoints
@@ -35,6 +46,7 @@ from deploy.private import write_private
 from deploy.process import is_running, port_open, read_pid, spawn_detached, stop_pid, tail
 from deploy.servers import REPO, StackError
 from deploy.system import SERVICES, Service, replica_name
+from shared.catalogue import load_catalogue
 from shared.state_mac import new_keyring_text
 
 GATEWAY_PORT = next(s.port for s in SERVICES if s.name == "gateway")
@@ -43,6 +55,7 @@ MAX_REPLICAS = 20
 # The services that run as several replicas, and how many the cluster mode runs of each.
 SCALED = ("gateway", "metering", "billing")
 CLUSTER_REPLICAS = 2
+CATALOGUE_VARIABLE = "TOLLGATE_CATALOGUE"
 
 
 def replicas_from_env(base: str = "gateway", default: int = 1) -> int:
@@ -67,6 +80,81 @@ def port_offset_from_env() -> int:
     if not raw.lstrip("-").isdigit():
         raise StackError(f"TOLLGATE_SERVICES_PORT_OFFSET must be a number, not {raw!r}")
     return int(raw)
+
+
+def catalogue_from_env() -> Path:
+    """``TOLLGATE_CATALOGUE`` as an absolute path (a relative one from the current directory),
+    else the demo catalogue; checked as ``check_catalogue`` does."""
+    raw = os.environ.get(CATALOGUE_VARIABLE, "").strip()
+    if not raw:
+        return check_catalogue(system.CATALOGUE)
+    return check_catalogue(Path(raw).expanduser().absolute(), CATALOGUE_VARIABLE)
+
+
+def check_catalogue(path: Path, given_by: str | None = None) -> Path:
+    """path, if it loads as a catalogue (``shared.catalogue.load_catalogue``, ``${...}`` read
+    as the services will); else a one-line StackError naming the file and what is wrong."""
+    where = f"{given_by} {path}" if given_by else f"the catalogue {path}"
+    if not path.is_file():
+        problem = "no such file" if not path.exists() else "not a file"
+        raise StackError(f"{where}: {problem}")
+    try:
+        with _demo_upstream_set():
+            load_catalogue(path)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        place = ".".join(map(str, first["loc"])) or "the file"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise StackError(f"{where} is not a catalogue: {place}: {first['msg']}{more}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise StackError(f"{where} is not YAML: {exc.problem}{at}") from None
+    except (yaml.YAMLError, ValueError, OSError) as exc:
+        problem = " ".join(str(exc).split())
+        raise StackError(f"{where} is not a catalogue: {problem}") from None
+    return path
+
+
+@contextlib.contextmanager
+def _demo_upstream_set() -> Iterator[None]:
+    """TOLLGATE_DEMO_UPSTREAM_URL set while a catalogue is checked, as every service gets it."""
+    given = os.environ.get("TOLLGATE_DEMO_UPSTREAM_URL")
+    os.environ.setdefault("TOLLGATE_DEMO_UPSTREAM_URL", system.DEMO_UPSTREAM_URL)
+    try:
+        yield
+    finally:
+        if given is None:
+            os.environ.pop("TOLLGATE_DEMO_UPSTREAM_URL", None)
+
+
+def _catalogue_record(run_dir: Path) -> Path:
+    return run_dir / "services" / "catalogue"
+
+
+def catalogue_in_use(run_dir: Path) -> Path | None:
+    """The catalogue the running services were started on; None when none of the services
+    that read it runs (or an older ``up`` kept no record)."""
+    record = _catalogue_record(run_dir)
+    readers = {s.name for s in SERVICES if s.catalogue}
+    running = (
+        name
+        for name, pid, _ in processes(run_dir, dict.fromkeys(SCALED, 1))
+        if pid is not None and name.rsplit("-", 1)[0] in readers
+    )
+    if not record.is_file() or next(running, None) is None:
+        return None
+    return Path(record.read_text().strip())
+
+
+def refuse_other_catalogue(run_dir: Path, catalogue: Path) -> None:
+    """A StackError when the services run on another catalogue file: a running service keeps
+    the path it was started with."""
+    used = catalogue_in_use(run_dir)
+    if used is not None and used != catalogue:
+        raise StackError(
+            f"the services run on the catalogue {used}, not {catalogue}: `make down` first"
+        )
 
 
 def _scale(replicas: int | dict[str, int]) -> dict[str, int]:
@@ -115,15 +203,19 @@ def token(
     return path.read_text().strip()
 
 
-def wiring(run_dir: Path, endpoints: Endpoints, port_offset: int = 0) -> system.Wiring:
+def wiring(
+    run_dir: Path, endpoints: Endpoints, port_offset: int = 0, catalogue: Path | None = None
+) -> system.Wiring:
     """The system on this machine: the services on their ports (moved by port_offset), the
-    tokens of the run folder, the demo catalogue, the spools in the run folder."""
+    tokens of the run folder, the catalogue (default: ``catalogue_from_env``), the spools in
+    the run folder."""
     return system.Wiring(
         endpoints,
         urls={s.name: f"http://127.0.0.1:{s.port + port_offset}" for s in SERVICES},
         admin_token=token(run_dir, "admin-token", "TOLLGATE_ADMIN_TOKEN"),
         internal_token=token(run_dir, "internal-token", "TOLLGATE_INTERNAL_TOKEN"),
         spools=run_dir,
+        catalogue=catalogue_from_env() if catalogue is None else catalogue,
         state_mac_keys=token(
             run_dir, "state-mac-keys", "TOLLGATE_STATE_MAC_KEYS", new=new_keyring_text
         ),
@@ -150,16 +242,22 @@ def up(
     *,
     replicas: int | dict[str, int] | None = None,
     port_offset: int = 0,
+    catalogue: Path | None = None,
 ) -> None:
     """Start every service that is not running and wait for its health URL; the scaled ones
-    as ``replicas`` replicas (an int: the gateway's; default from the environment). Replicas
+    as ``replicas`` replicas (an int: the gateway's; default from the environment), those
+    that read the catalogue on ``catalogue`` (default: ``catalogue_from_env``). Replicas
     beyond that which a former ``up`` started keep running: ``status`` lists them and
     ``down`` stops them."""
     wanted = scale_from_env(endpoints.cluster) if replicas is None else replicas
+    catalogue = catalogue_from_env() if catalogue is None else catalogue
+    refuse_other_catalogue(run_dir, catalogue)
     folder = run_dir / "services"
     folder.mkdir(parents=True, exist_ok=True)
     services = _available(layout(wanted, port_offset))
-    wired = wiring(run_dir, endpoints, port_offset)
+    wired = wiring(run_dir, endpoints, port_offset, catalogue)
+    _catalogue_record(run_dir).write_text(f"{catalogue}\n")
+    print(f"catalogue {catalogue}")
     for service in services:
         pid_file = folder / f"{service.name}.pid"
         log = folder / f"{service.name}.log"
@@ -198,6 +296,7 @@ def down(run_dir: Path) -> None:
         names.append(service.name)
     for name in names:
         stop_pid(folder / f"{name}.pid", signal.SIGTERM, timeout=20)
+    _catalogue_record(run_dir).unlink(missing_ok=True)
 
 
 def status(

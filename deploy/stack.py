@@ -8,7 +8,9 @@ replicas). A second ``up`` reuses what already runs. With ``TOLLGATE_CLUSTER=1``
 cluster mode instead (``deploy.cluster``): three KRaft nodes, a Redis Cluster of six nodes and
 two replicas of the gateway, metering and billing.
 ``down`` stops exactly the processes that ``up`` recorded, by PID, and checks their ports
-are free again.
+are free again. ``TOLLGATE_CATALOGUE=<path>`` runs the services on an operator's own model
+catalogue (``deploy.services.catalogue_from_env``); ``up`` checks it before anything starts
+and ``status`` names the one the services run on.
 """
 
 from __future__ import annotations
@@ -251,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     try:
         offset = services.port_offset_from_env()
+        catalogue = None
+        if args.command == "up":
+            # The operator's catalogue (TOLLGATE_CATALOGUE) is checked before anything starts.
+            catalogue = services.catalogue_from_env()
+            services.refuse_other_catalogue(stack.run_dir, catalogue)
         if args.command in ("up", "infra") and secure_from_env():
             # TOLLGATE_SECURE=1: the secured engines (deploy/secure.py), every service with
             # its own credentials over TLS.
@@ -259,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             engines.up()
             print(f"secured engines up; credentials in {engines.folder} (0600)")
             if args.command == "up":
-                services.up(stack.run_dir, engines.endpoints(), port_offset=offset)
+                services.up(
+                    stack.run_dir, engines.endpoints(), port_offset=offset, catalogue=catalogue
+                )
             print(f"ready in {time.monotonic() - started:.1f}s")
         elif args.command in ("up", "infra"):
             started = time.monotonic()
@@ -270,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"postgres  127.0.0.1:{stack.ports.postgres}   log {stack.postgres.log}")
             print(f"redis     {endpoints.redis_url}   log {redis_log}")
             if args.command == "up":
-                services.up(stack.run_dir, endpoints, port_offset=offset)
+                services.up(stack.run_dir, endpoints, port_offset=offset, catalogue=catalogue)
             print(f"ready in {time.monotonic() - started:.1f}s")
         elif args.command == "down":
             services.down(stack.run_dir)
@@ -282,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, pid, port in listed:
                 state = f"running, pid {pid}" if pid else "stopped"
                 print(f"{name:10} {state:22} port {port}")
+            used = services.catalogue_in_use(stack.run_dir)
+            if used is not None:
+                print(f"{'catalogue':10} {used}")
         else:
             for key, value in stack.endpoints().as_env().items():
                 print(f"export {key}={value}")

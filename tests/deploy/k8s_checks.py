@@ -250,4 +250,51 @@ def check_replicas(objects: list[Obj]) -> list[str]:
     ]
 
 
-CHECKS: list[Check] = [check_schemas, check_workloads, check_commands, check_env, check_replicas]
+# The services that read the model catalogue (deploy/system.py's Service.catalogue).
+CATALOGUE_READERS = {s.name for s in SERVICES if s.catalogue} & APPS
+
+
+def catalogue_volumes(objects: list[Obj]) -> dict[str, str | None]:
+    """The ConfigMap each Deployment reads the catalogue from (None: a path to no
+    ConfigMap), by app; a Deployment that sets no catalogue path is not listed."""
+    out: dict[str, str | None] = {}
+    for d in of(objects, "Deployment").values():
+        pod = d["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in containers(d):
+            mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in c.get("volumeMounts", [])}
+            for e in c.get("env", []):
+                if e["name"].endswith("_CATALOGUE_PATH"):
+                    folder = str(Path(e.get("value", "")).parent)
+                    out[app_of(d)] = mounts.get(folder, {}).get("configMap", {}).get("name")
+    return out
+
+
+def check_catalogue(objects: list[Obj]) -> list[str]:
+    """Every service that reads the catalogue is given a path in a mounted ConfigMap, and all
+    mount the same one (an operator's overlay replaces it once for all); no other sets one."""
+    found = catalogue_volumes(objects)
+    problems = [
+        f"{app}: reads the catalogue and is given none" for app in CATALOGUE_READERS - set(found)
+    ]
+    problems += [
+        f"{app}: given a catalogue it does not read" for app in set(found) - CATALOGUE_READERS
+    ]
+    problems += [
+        f"{app}: its catalogue path is in no mounted ConfigMap"
+        for app, name in found.items()
+        if name is None
+    ]
+    if len(set(found.values())) > 1:
+        problems.append(f"the services read different catalogues: {found}")
+    return problems
+
+
+CHECKS: list[Check] = [
+    check_schemas,
+    check_workloads,
+    check_commands,
+    check_env,
+    check_replicas,
+    check_catalogue,
+]
