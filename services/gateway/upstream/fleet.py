@@ -4,8 +4,9 @@ A ``Fleet`` holds one ``Replica`` per endpoint (one for a plain ``base_url``). `
 among the healthy ones:
 
 - ``least_inflight`` (the default): two endpoints drawn at random by weight, the one with fewer
-  requests in flight from this gateway per unit of weight wins (power of two choices: close to
-  the best pick, without the herd that always picking the least loaded makes);
+  requests in flight from this gateway per unit of weight wins, a tie by a coin weighted by
+  the two weights (power of two choices: close to the best pick, without the herd that always
+  picking the least loaded makes; the most loaded endpoint is never picked);
 - ``server_queue``: the same draw, each endpoint scored by its own server's queue (requests
   running and waiting, as vLLM and SGLang report them, read by ``upstream/health.py``) plus what
   this gateway sent it since; an endpoint whose KV cache is full is picked only if all are;
@@ -70,7 +71,7 @@ class Replica:
         self.weight = weight
         self.targets = targets
         self.server_name = server_name  # the TLS name and Host of a DNS fleet's address
-        self.salt = _mix(int.from_bytes(name.encode()[-8:].rjust(8, b"\0"), "big") ^ len(name))
+        self.salt = int.from_bytes(blake2b(name.encode(), digest_size=8).digest(), "big")
         self.in_flight = 0
         self.failures = 0  # in a row
         self.ejections = 0  # in a row: each doubles the next back-off
@@ -120,6 +121,7 @@ class Fleet:
         upstream: Upstream,
         headers: dict[str, str],
         *,
+        reuse: Sequence[Replica] = (),
         rng: random.Random | None = None,
     ) -> None:
         self.model = model
@@ -134,7 +136,7 @@ class Fleet:
         self._healthy: tuple[Replica, ...] = ()
         self._bounds: list[float] = []  # cumulative weights of the healthy ones
         self._single: Replica | None = None  # the one healthy endpoint, if only one
-        self.place((e.base_url, e.weight, None) for e in upstream.fixed_endpoints())
+        self.place(((e.base_url, e.weight, None) for e in upstream.fixed_endpoints()), reuse)
 
     # Membership
 
@@ -144,7 +146,7 @@ class Fleet:
         """Set the endpoints (base URL, weight, TLS name): one already here (or in ``reuse``,
         a reloaded catalogue's previous fleet) with the same head keeps its load and health;
         requests in flight on one removed finish where they are."""
-        known = {r.name: r for r in (*reuse, *self.replicas)}
+        known = {r.name: r for r in (*self.replicas, *reuse)}
         placed = []
         for base_url, weight, server_name in endpoints:
             name = base_url.rstrip("/")
@@ -197,14 +199,19 @@ class Fleet:
                 return sticky
         if len(healthy) == 1:
             return healthy[0]
-        first, second = self._two(healthy)
+        return self._lighter(*self._two(healthy))
+
+    def _lighter(self, first: Replica, second: Replica) -> Replica:
+        """The less loaded of two; at equal loads, one by a coin weighted as they are (so that
+        at no load each endpoint's share follows its weight)."""
         first_load, second_load = self.load(first), self.load(second)
         if first_load == second_load:
-            return first if self._rng.random() < 0.5 else second
+            share = first.weight / (first.weight + second.weight)
+            return first if self._rng.random() < share else second
         return first if first_load < second_load else second
 
     def _two(self, healthy: tuple[Replica, ...]) -> tuple[Replica, Replica]:
-        """Two different endpoints drawn by weight."""
+        """Two different endpoints, each drawn by weight."""
         if len(healthy) == 2:
             return healthy[0], healthy[1]
         if healthy is self._healthy:
@@ -218,12 +225,13 @@ class Fleet:
         rng = self._rng.random
         last = len(healthy) - 1
         first = min(bisect(bounds, rng() * top), last)
-        second = first
-        for _ in range(4):
-            second = min(bisect(bounds, rng() * top), last)
-            if second != first:
-                break
-        else:
+        # The second from the weights that remain: the first's span is skipped over.
+        span = healthy[first].weight
+        point = rng() * (top - span)
+        if point >= bounds[first] - span:
+            point += span
+        second = min(bisect(bounds, point), last)
+        if second == first:  # only at a float's edge
             second = (first + 1) % len(healthy)
         return healthy[first], healthy[second]
 

@@ -43,17 +43,12 @@ class Route:
         # No overall limit (a stream may last): waiting for a pooled connection and each read
         # (between chunks too) bounded by the model's timeout, a connect by at most 10 s.
         timeouts = Timeouts(pool_s=seconds, connect_s=min(seconds, 10.0), read_s=seconds)
-        fleet = Fleet(entry.id, entry.upstream, headers)
-        if previous is not None:
-            if entry.upstream.dns is not None and previous.entry.upstream.dns == entry.upstream.dns:
-                # The same name: its addresses stay until the next resolution says otherwise.
-                kept = [(r.name, r.weight, r.server_name) for r in previous.fleet.replicas]
-                fleet.place(kept, reuse=previous.fleet.replicas)
-            else:
-                fixed = entry.upstream.fixed_endpoints()
-                fleet.place(
-                    ((e.base_url, e.weight, None) for e in fixed), reuse=previous.fleet.replicas
-                )
+        before = previous.fleet.replicas if previous is not None else ()
+        fleet = Fleet(entry.id, entry.upstream, headers, reuse=before)
+        dns = entry.upstream.dns
+        if previous is not None and dns is not None and previous.entry.upstream.dns == dns:
+            # The same name: its addresses stay until the next resolution says otherwise.
+            fleet.place(((r.name, r.weight, r.server_name) for r in before), reuse=before)
         return cls(entry, fleet, timeouts)
 
 
