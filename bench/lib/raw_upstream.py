@@ -7,6 +7,7 @@ fraction of the gateway's and the benchmark's ceiling is the gateway, not the up
                                stream_options.include_usage), ending with ``data: [DONE]``
     POST /v1/embeddings        one vector of BENCH_EMBED_DIMS floats per input
     GET  /healthz              200
+    /replica-<n>/...           the same (one server as several endpoints of a model's fleet)
 
     uvicorn bench.lib.raw_upstream:app --http httptools --loop uvloop --port 8090
 """
@@ -145,6 +146,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     path, method = scope["path"], scope["method"]
+    if path.startswith("/replica-"):  # one server standing for several endpoints of a fleet
+        path = path[path.find("/", 1) :]
     if method == "GET" and path == "/healthz":
         await _answer(send, 200, b'{"status":"ok"}', _JSON)
         return

@@ -155,6 +155,7 @@ class Servers:
     work: Path
     secure: bool = False  # on the secured engines (deploy/secure.py): its topics are kept
     redis_options: dict[str, Any] = field(default_factory=dict)  # the benchmark's own reads
+    env: dict[str, str] = field(default_factory=dict)  # the gateway's (another starts from it)
 
     def stop(self) -> None:
         for process in (self.gateway, self.upstream):
@@ -214,7 +215,7 @@ async def start(work: Path, *, secure: bool = False) -> Servers:
     servers = Servers(
         upstream, gateway, f"http://127.0.0.1:{upstream_port}",
         f"http://127.0.0.1:{gateway_port}", {}, {}, prefix, endpoints, work, secure,
-        redis_options,
+        redis_options, env,
     )  # fmt: skip
     try:
         await wait_status(servers.upstream_url + "/healthz")
