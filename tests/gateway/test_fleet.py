@@ -268,6 +268,15 @@ def test_the_back_off_is_bounded_and_starts_over_after_a_healthy_while() -> None
     assert bad.ejected_until == now + 7
 
 
+def test_a_late_success_of_an_ejected_endpoint_keeps_its_back_off_growing() -> None:
+    fleet = fleet_of(1, 1, ejection={"base_s": 1, "max_s": 60})
+    bad = fleet.replicas[0]
+    fleet.eject(bad, now=1000)
+    fleet.answered(bad, 200, 0.01, now=1000.5)  # a request it held before its ejection
+    fleet.probed(bad, passed=False, now=1001)
+    assert bad.ejected_until == 1003  # 2 s: the second in a row
+
+
 def test_a_failed_active_probe_ejects_at_once() -> None:
     fleet = fleet_of(1, 1)
     replica = fleet.replicas[0]

@@ -93,6 +93,7 @@ async def test_an_endpoint_sigkilled_under_load_fails_only_what_it_held(
                 interval=0.02,
                 what="the dead endpoint ejected within a second",
             )
+            ejected_after = time.monotonic() - killed
             await asyncio.sleep(0.5)
             await victim.start()  # the same port: it must come back
             restarted = time.monotonic()
@@ -111,6 +112,7 @@ async def test_an_endpoint_sigkilled_under_load_fails_only_what_it_held(
             )
             outcomes = await load.stop()
         assert back_after < 5.0
+        print(f"ejected after {ejected_after:.3f} s, back {back_after:.3f} s after its restart")
         assert len(outcomes) > 100
         failed = [o for o in outcomes if o.status != 200 or not o.complete]
         # Only requests under way at the victim when it died may fail: none started after.

@@ -419,6 +419,7 @@ async def test_a_pooled_connection_closed_by_the_server_is_not_sent(
 ) -> None:
     """Its keep-alive ended as it was reused: ``NotSent``, so the proxy may send it again
     (tests/gateway/test_fleet_proxy.py), and the next post opens a new connection."""
+
     async def handle(peer: Peer) -> None:
         await peer.request()
         await peer.send(answer(b"first"))

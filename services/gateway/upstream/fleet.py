@@ -280,9 +280,10 @@ class Fleet:
             self.failed(replica, "status_429", now)
         else:
             replica.failures = 0
-            now = monotonic() if now is None else now
-            if replica.ejections and now - replica.returned_at > self.ejection.max_s:
-                replica.ejections = 0  # healthy long enough: the next back-off starts over
+            if replica.ejections and not replica.ejected:
+                now = monotonic() if now is None else now
+                if now - replica.returned_at > self.ejection.max_s:
+                    replica.ejections = 0  # back for long enough: the next back-off starts over
 
     def failed(self, replica: Replica, failure: Failure, now: float | None = None) -> None:
         """A failure of the replica's; ``after_failures`` in a row eject it (a probe's at once)."""
