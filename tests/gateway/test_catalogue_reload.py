@@ -14,6 +14,8 @@ from services.gateway.upstream.reload import CatalogueWatch
 from services.gateway.upstream.sighup import Reloads
 from shared.catalogue import Catalogue
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 ONE = """models:
   - id: m
     upstream: {base_url: "http://10.0.0.1:8000/v1"}

@@ -14,6 +14,8 @@ from services.gateway.upstream.health import read_queue
 from services.gateway.upstream.route import Route, routes_of
 from shared.catalogue import ModelEntry, Upstream
 
+pytestmark = pytest.mark.unit  # no server: `make test-unit`
+
 HEADERS = {"content-type": "application/json"}
 
 
