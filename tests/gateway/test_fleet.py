@@ -43,7 +43,7 @@ def test_one_base_url_is_a_fleet_of_one() -> None:
 
 
 @pytest.mark.parametrize(
-    "upstream",
+    "spec",
     [
         {},
         {"base_url": "http://a/v1", "endpoints": [{"base_url": "http://b/v1"}]},
@@ -62,9 +62,9 @@ def test_one_base_url_is_a_fleet_of_one() -> None:
         {"base_url": "http://a/v1", "balance": "round_robin"},
     ],
 )
-def test_a_malformed_upstream_is_refused(upstream: dict[str, Any]) -> None:
+def test_a_malformed_upstream_is_refused(spec: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        Upstream.model_validate(upstream)
+        Upstream.model_validate(spec)
 
 
 def test_a_dns_upstream_starts_empty_and_takes_its_addresses() -> None:
