@@ -242,24 +242,6 @@ def test_compose_up_hands_compose_the_absolute_path(
     assert "TOLLGATE_CATALOGUE" not in Compose(run_dir=tmp_path / "run").env()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not here")
-def test_docker_compose_resolves_the_mount(tmp_path: Path) -> None:
-    own = _own(tmp_path)
-    secrets = {"TOLLGATE_ADMIN_TOKEN", "TOLLGATE_INTERNAL_TOKEN", "TOLLGATE_STATE_MAC_KEYS"}
-    env = {**os.environ, **dict.fromkeys(secrets, "x"), "POSTGRES_PASSWORD": "x"}
-    config = subprocess.run(
-        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config"],
-        env={**env, "TOLLGATE_CATALOGUE": str(own)},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    resolved = yaml.safe_load(config)["services"]
-    for name in CATALOGUE_READERS:
-        (bind,) = [v for v in resolved[name]["volumes"] if v["target"] == MOUNT]
-        assert (bind["source"], bind["read_only"]) == (str(own), True), name
-
-
 # deploy/k8s
 
 
