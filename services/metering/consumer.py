@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 async def apply_usage(conn: Conn, events: list[UsageRecorded]) -> None:
     """Add fresh (already deduplicated) events to the ledger, inside the batch transaction."""
-    await repository.add_minutes(conn, minute_deltas(events))
+    await repository.add_usage(conn, minute_deltas(events))
 
 
 def usage_consumer(

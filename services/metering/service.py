@@ -13,6 +13,8 @@ from shared.usage_query import UsageQuery
 
 GROUP_FIELDS = ("api_key_id", "model", "project_id")
 WIDTHS = ("1m", "1h", "1d")
+# The ledger's tables, by the seconds each row covers: minutes, hours, days (UTC).
+LEDGER_GRAINS = (60, 3600, 86400)
 
 
 @dataclass
@@ -44,6 +46,23 @@ def minute_deltas(events: Iterable[UsageRecorded]) -> dict[MinuteKey, MinuteDelt
         d.output_tokens += e.output_tokens
         d.errors += e.status_code >= 400
     return deltas
+
+
+def rolled_up(deltas: dict[MinuteKey, MinuteDelta], grain: int) -> dict[MinuteKey, MinuteDelta]:
+    """Minute deltas summed into rows of ``grain`` seconds (hours, days), UTC-aligned."""
+    out: dict[MinuteKey, MinuteDelta] = {}
+    for (project, minute, key, model), d in deltas.items():
+        stamp = int(minute.timestamp())
+        at = datetime.fromtimestamp(stamp - stamp % grain, UTC)
+        total = out.get((project, at, key, model))
+        if total is None:
+            total = out[(project, at, key, model)] = MinuteDelta()
+        total.requests += d.requests
+        total.input_tokens += d.input_tokens
+        total.cached_input_tokens += d.cached_input_tokens
+        total.output_tokens += d.output_tokens
+        total.errors += d.errors
+    return out
 
 
 def usage_page(project_id: str, query: UsageQuery, rows: Sequence[Any]) -> dict[str, Any]:
