@@ -46,13 +46,23 @@ ON CONFLICT (project_id, {column}, key_id, model) DO UPDATE SET
 _ADD = {grain: _add_sql(*TABLES[grain]) for grain in LEDGER_GRAINS}
 
 
-async def add_usage(conn: Conn, deltas: dict[MinuteKey, MinuteDelta]) -> None:
+async def add_usage(
+    conn: Conn, deltas: dict[MinuteKey, MinuteDelta], minutes_from: datetime | None = None
+) -> None:
     """Add the minute deltas to the minute, hour and day rows, each table in key order so
-    concurrent writers never deadlock."""
+    concurrent writers never deadlock; minutes before ``minutes_from`` (past the minute rows'
+    retention) to the hours and days only."""
     if not deltas:
         return
     for grain in LEDGER_GRAINS:
-        grained = deltas if grain == 60 else rolled_up(deltas, grain)
+        if grain == 60:
+            grained = deltas
+            if minutes_from is not None:
+                grained = {k: d for k, d in deltas.items() if k[1] >= minutes_from}
+        else:
+            grained = rolled_up(deltas, grain)
+        if not grained:
+            continue
         rows = [
             (*k, d.requests, d.input_tokens, d.cached_input_tokens, d.output_tokens, d.errors)
             for k, d in sorted(grained.items())
@@ -140,8 +150,10 @@ async def sum_buckets(
     conn: Conn | asyncpg.Pool, project_id: str, query: UsageQuery
 ) -> Sequence[asyncpg.Record]:
     """The ledger summed per bucket (and per key and model when grouped by them)."""
-    key_col = "key_id" if "api_key_id" in query.group_by else "NULL::text"
-    model_col = "model" if "model" in query.group_by else "NULL::text"
+    # Sorted bytewise ("C"): the ids are ASCII, and a locale's comparisons cost a third of
+    # a month's page grouped by key.
+    key_col = 'key_id COLLATE "C"' if "api_key_id" in query.group_by else "NULL::text"
+    model_col = 'model COLLATE "C"' if "model" in query.group_by else "NULL::text"
     sql = f"""
         SELECT date_bin($2::interval, t, TIMESTAMPTZ 'epoch') AS bucket,
                {key_col} AS key_id, {model_col} AS model,

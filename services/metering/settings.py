@@ -15,3 +15,10 @@ class MeteringSettings(LedgerServiceSettings):
 
     db_schema: str = Field("metering", description="PostgreSQL schema of the usage ledger")
     consumer_group: str = Field("metering", description="Kafka consumer group")
+    minute_retention_days: int = Field(
+        35,
+        ge=1,
+        le=3660,
+        description="minute rows are kept this many days (dropped a day at a time); hour and "
+        "day rows for ever",
+    )

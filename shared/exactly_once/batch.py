@@ -34,7 +34,14 @@ from shared.exactly_once import store as ledger_store
 from shared.exactly_once.dlq import DeadLetterSender
 from shared.exactly_once.retry import RETRYABLE, backoff
 from shared.exactly_once.split import CONTROL_SIZE, NotRecordSpecific, Refused, confirm, split_apply
-from shared.exactly_once.types import Apply, ConsumerConfig, ConsumerStats, Poison, T
+from shared.exactly_once.types import (
+    Apply,
+    BeforeBatch,
+    ConsumerConfig,
+    ConsumerStats,
+    Poison,
+    T,
+)
 
 if TYPE_CHECKING:
     from shared.exactly_once.types import Conn
@@ -88,12 +95,18 @@ class BatchWriter(Generic[T]):
     """Stores prepared batches for one consumer, and counts what happened."""
 
     def __init__(
-        self, config: ConsumerConfig, pool: asyncpg.Pool, apply: Apply[T], stats: ConsumerStats
+        self,
+        config: ConsumerConfig,
+        pool: asyncpg.Pool,
+        apply: Apply[T],
+        stats: ConsumerStats,
+        before: BeforeBatch[T] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.apply = apply
         self.stats = stats
+        self.before = before  # storage the batch needs (day partitions), in its own transaction
         self.control: list[T] = []  # events the database accepted: see shared/exactly_once/split.py
 
     async def write(self, batch: Prepared[T], dlq: DeadLetterSender) -> None:
@@ -102,6 +115,9 @@ class BatchWriter(Generic[T]):
             await self.dead_letters(dlq, batch.poison)
         items = batch.items
         started = time.perf_counter()
+        if self.before is not None and items:
+            before = self.before
+            await self.retrying(lambda conn: before(conn, items))
         while True:
             outcome = await self.retrying(
                 lambda conn: self._attempt(conn, items, batch.offsets)  # noqa: B023

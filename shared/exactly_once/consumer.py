@@ -37,7 +37,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Generic
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -48,18 +49,23 @@ from shared.events import utc_now
 from shared.exactly_once import store as ledger_store
 from shared.exactly_once.batch import BatchWriter, Prepared, prepare
 from shared.exactly_once.dlq import DeadLetterSender
+from shared.exactly_once.partitions import DayPartitions, day_start, days_between, uuid7_time
 from shared.exactly_once.progress import Progress, watch_ends
-from shared.exactly_once.retry import RETRYABLE
 from shared.exactly_once.types import (
     Apply,
+    BeforeBatch,
     ConsumerConfig,
     ConsumerStats,
     Identified,
     Poison,
     T,
+    Upkeep,
 )
 from shared.kafka_security import kafka_options
 from shared.worker import Backoff, Worker, Workers
+
+if TYPE_CHECKING:
+    from shared.exactly_once.types import Conn
 
 __all__ = ["ConsumerConfig", "ConsumerStats", "Identified", "LedgerConsumer", "Poison"]
 
@@ -94,14 +100,20 @@ class LedgerConsumer(Generic[T]):
         pool: asyncpg.Pool,
         parse: Callable[[bytes | None], T],
         apply: Apply[T],
+        *,
+        before_batch: BeforeBatch[T] | None = None,
+        upkeep: Upkeep | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.parse = parse
         self.apply = apply
+        self.upkeep = upkeep  # the service's own tables' days, at start and every cleanup
         self.stats = ConsumerStats()
         self.progress = Progress(config.stall_after_s)
-        self.writer = BatchWriter(config, pool, apply, self.stats)
+        # Event ids by the day of their UUIDv7 time: dropped whole past the dedupe window.
+        self.seen_days = DayPartitions("processed_events", "uuid7")
+        self.writer = BatchWriter(config, pool, apply, self.stats, self._before(before_batch))
         self.batch_lock = asyncio.Lock()
         self.epoch = 0
         self.pending_seek: set[TopicPartition] = set()
@@ -148,6 +160,7 @@ class LedgerConsumer(Generic[T]):
             partition_assignment_strategy=(RoundRobinPartitionAssignor,),
         )
         await self.dlq.start()
+        await self.writer.retrying(self._upkeep)  # the days a batch needs, before the first
         self.consumer.subscribe([self.config.topic], listener=_Listener(self))
         await self.consumer.start()
         self.workers.start()
@@ -252,7 +265,26 @@ class LedgerConsumer(Generic[T]):
     def _prepare(self, batch: dict[TopicPartition, list[Any]], epoch: int) -> Prepared[T]:
         """Parse every record on its own: good events (once each), poison, next offsets."""
         started = time.perf_counter()
-        prepared = prepare(batch, self._parse, epoch)
+        now = utc_now()  # once a batch: the clock costs
+        latest = now + self.config.future_tolerance
+        oldest = self.oldest_id_time(now)
+
+        def parse(value: bytes | None) -> T:
+            item = self.parse(value)
+            if item.occurred_at > latest:
+                raise Poison(f"occurred_at {item.occurred_at.isoformat()} is too far in the future")
+            made = uuid7_time(item.event_id)
+            if made is None:
+                raise Poison("event_id is not a UUIDv7: it cannot be deduplicated by day")
+            if not oldest <= made <= latest:
+                raise Poison(
+                    f"event_id was made at {made.isoformat()}, outside the dedupe window "
+                    f"({oldest.isoformat()} to {latest.isoformat()}): a replay of it could not "
+                    "be recognised"
+                )
+            return item
+
+        prepared = prepare(batch, parse, epoch)
         self.stats.prepare_s += time.perf_counter() - started
         return prepared
 
@@ -278,23 +310,44 @@ class LedgerConsumer(Generic[T]):
         except KafkaError as exc:  # a rebalance moved a partition: PostgreSQL holds the truth
             log.warning("kafka offset commit failed", extra={"error": repr(exc)})
 
-    def _parse(self, value: bytes | None) -> T:
-        item = self.parse(value)
-        if item.occurred_at > utc_now() + self.config.future_tolerance:
-            raise Poison(f"occurred_at {item.occurred_at.isoformat()} is too far in the future")
-        return item
-
     async def _watch_ends(self) -> None:
         await watch_ends(self.consumer, self.progress, self.config.lag_interval_s)
+
+    def oldest_id_time(self, now: datetime) -> datetime:
+        """The earliest event id time kept: the start of the oldest day within the window."""
+        return day_start((now - self.config.dedupe_window).date())
+
+    def _before(self, service: BeforeBatch[T] | None) -> BeforeBatch[T]:
+        async def before(conn: Conn, items: list[T]) -> None:
+            days = {uuid7_time(i.event_id) for i in items}
+            await self.seen_days.ensure(conn, {d.date() for d in days if d is not None})
+            if service is not None:
+                await service(conn, items)
+
+        return before
+
+    async def _upkeep(self, conn: Conn) -> None:
+        """Event ids' days: made ahead, dropped past the window; then the service's own."""
+        now = utc_now()
+        first = self.oldest_id_time(now).date()
+        await self.seen_days.ensure(
+            conn, days_between(first, now.date() + timedelta(self.config.days_ahead))
+        )
+        dropped = await self.seen_days.drop_before(conn, first)
+        if dropped:
+            log.info("forgot the event ids of %d days past the dedupe window", len(dropped))
+        if self.upkeep is not None:
+            await self.upkeep(conn)
 
     async def _cleanup_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.cleanup_interval_s)
             try:
-                await self.cleanup_dedupe()
-            except RETRYABLE as exc:
-                log.warning("dedupe cleanup failed", extra={"error": repr(exc)})
+                await self.cleanup()
+            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:  # upkeep is retried
+                log.warning("partition upkeep failed; next try later", extra={"error": repr(exc)})
 
-    async def cleanup_dedupe(self) -> int:
-        """Forget event ids older than the dedupe window (kept at least the topic's retention)."""
-        return await ledger_store.forget_old_events(self.pool, self.config.dedupe_window)
+    async def cleanup(self) -> None:
+        """Days made ahead and dropped past retention (event ids, the service's tables)."""
+        async with self.pool.acquire() as conn:
+            await self._upkeep(conn)

@@ -1,18 +1,17 @@
 """The SQL of the exactly-once plumbing: event-id dedupe and offsets stored in PostgreSQL.
 
-Tables (``migrations/0001_exactly_once.sql``, applied to each ledger service's schema before
-the service's own migrations: ``migrations()``): ``processed_events(event_id uuid primary key,
-seen_at timestamptz)`` and ``consumer_offsets(consumer_group, topic, partition, next_offset)``.
+Tables (``migrations/``, applied to each ledger service's schema before the service's own
+migrations: ``migrations()``): ``processed_events(event_id uuid primary key, seen_at
+timestamptz)``, partitioned by the day of its UUIDv7 ids (``partitions.py``), and
+``consumer_offsets(consumer_group, topic, partition, next_offset)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from aiokafka import TopicPartition
 
 from shared.db import MigrationSet
@@ -76,19 +75,3 @@ async def read_offsets(
     )
     stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
     return {tp: offset for tp, offset in stored.items() if tp in tps}
-
-
-async def forget_old_events(pool: asyncpg.Pool, window: timedelta, chunk: int = 10_000) -> int:
-    """Delete event ids seen longer ago than window, a chunk at a time; return how many."""
-    deleted = 0
-    while True:
-        status = await pool.execute(
-            "DELETE FROM processed_events WHERE event_id IN (SELECT event_id"
-            " FROM processed_events WHERE seen_at < now() - $1::interval LIMIT $2)",
-            window,
-            chunk,
-        )
-        count = int(status.rsplit(" ", 1)[-1])
-        deleted += count
-        if count < chunk:
-            return deleted

@@ -52,6 +52,9 @@ class Identified(Protocol):
 
 T = TypeVar("T", bound=Identified)
 Apply: TypeAlias = "Callable[[Conn, list[T]], Awaitable[None]]"
+# A ledger's own storage upkeep: before a batch's transaction (its items), or on a schedule.
+BeforeBatch: TypeAlias = "Callable[[Conn, list[T]], Awaitable[None]]"
+Upkeep: TypeAlias = "Callable[[Conn], Awaitable[None]]"
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ConsumerConfig:
     session_timeout_ms: int = 10_000
     future_tolerance: timedelta = timedelta(minutes=5)
     dedupe_window: timedelta = timedelta(days=8)
+    days_ahead: int = 2  # day partitions made ahead of today
     cleanup_interval_s: float = 600.0
     stall_after_s: float = 60.0  # no commit this long while lag > 0: not ready
     lag_interval_s: float = 5.0  # how often end offsets are asked of the broker

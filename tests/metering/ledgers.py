@@ -64,7 +64,10 @@ class Case:
         }
         return (
             MeteringSettings(
-                db_schema=self.schemas[0], consumer_group=f"metering-{self.unique}", **common
+                db_schema=self.schemas[0],
+                consumer_group=f"metering-{self.unique}",
+                # The tests' usage is in March 2026: its minutes are kept.
+                **{"minute_retention_days": 3660, **common},
             ),
             BillingSettings(
                 db_schema=self.schemas[1],

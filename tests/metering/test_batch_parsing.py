@@ -14,7 +14,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.metering.consumer import apply_usage
+from services.metering.consumer import MinuteDays
 from shared.events import utc_now
 from shared.exactly_once import parse_usage
 from shared.exactly_once.consumer import LedgerConsumer
@@ -48,7 +48,7 @@ def test_a_batch_across_partitions_is_sorted_record_by_record() -> None:
     }
     config = ConsumerConfig("x", "t", "d", "g", "c")
     no_pool: Any = None  # parsing needs no database
-    consumer = LedgerConsumer(config, no_pool, parse_usage, apply_usage)
+    consumer = LedgerConsumer(config, no_pool, parse_usage, MinuteDays(35).apply)
     prepared = consumer._prepare(batch, epoch=0)
     assert [e.event_id for e in prepared.items] == [good.event_id, soon.event_id]
     reasons = {r.offset: reason for r, reason in prepared.poison}

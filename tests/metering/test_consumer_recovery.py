@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.metering.consumer import apply_usage
+from services.metering.consumer import MinuteDays
 from services.metering.main import MIGRATIONS
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
@@ -29,7 +29,15 @@ async def test_a_failing_parser_stalls_then_resumes_without_skipping(case: Case)
     pool = await create_pool(case.database_url, settings.db_schema)
     try:
         await apply_migrations(pool, settings.db_schema, MIGRATIONS)
-        consumer = LedgerConsumer(settings.consumer_config("test"), pool, flaky, apply_usage)
+        days = MinuteDays(settings.minute_retention_days)
+        consumer = LedgerConsumer(
+            settings.consumer_config("test"),
+            pool,
+            flaky,
+            days.apply,
+            before_batch=days.before_batch,
+            upkeep=days.upkeep,
+        )
         await consumer.start()
         try:
 

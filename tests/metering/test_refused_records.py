@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from services.metering.consumer import apply_usage
+from services.metering.consumer import MinuteDays
 from services.metering.main import MIGRATIONS
 from shared.db import apply_migrations, create_pool
 from shared.events import UsageRecorded
@@ -81,12 +81,14 @@ async def test_a_real_data_error_on_chosen_records_dead_letters_only_them(case: 
     for i, e in enumerate(chosen):
         events.insert(150 * i + 7, e)
 
+    days = MinuteDays(settings.minute_retention_days)
+
     async def refusing_apply(conn: Any, batch: list[UsageRecorded]) -> None:
         for e in batch:
             if e.request_id.startswith("req_refuse"):
                 # A real class 22 error from the server: 22P02 invalid_text_representation.
                 await conn.fetchval("SELECT $1::text::int", e.request_id)
-        await apply_usage(conn, batch)
+        await days.apply(conn, batch)
 
     positions = await send(
         case.bootstrap, case.topic, [(e.key_id.encode(), e.to_bytes()) for e in events]
@@ -96,7 +98,14 @@ async def test_a_real_data_error_on_chosen_records_dead_letters_only_them(case: 
     try:
         await apply_migrations(pool, settings.db_schema, MIGRATIONS)
         config = settings.consumer_config("test-refusing")
-        consumer = LedgerConsumer(config, pool, parse_usage, refusing_apply)
+        consumer = LedgerConsumer(
+            config,
+            pool,
+            parse_usage,
+            refusing_apply,
+            before_batch=days.before_batch,
+            upkeep=days.upkeep,
+        )
         await consumer.start()
         try:
             await eventually(lambda: _requests(pool), until=lambda n: n == len(good), timeout=60)

@@ -13,6 +13,7 @@ import pytest
 
 from deploy.stack import Endpoints
 from services.metering import repository
+from services.metering.consumer import MinuteDays
 from services.metering.main import MIGRATIONS
 from services.metering.repository import _SLOTS, segments
 from services.metering.service import minute_deltas
@@ -113,9 +114,12 @@ async def test_pages_from_rollups_equal_pages_from_minutes(pool: asyncpg.Pool) -
         )
         for _ in range(3_000)
     ]
+    days = MinuteDays(3660)  # March 2026's minutes kept
     for i in range(0, len(events), 500):  # several batches, rows added to again
-        async with pool.acquire() as conn, conn.transaction():
-            await repository.add_usage(conn, minute_deltas(events[i : i + 500]))
+        async with pool.acquire() as conn:
+            await days.before_batch(conn, events[i : i + 500])
+            async with conn.transaction():
+                await repository.add_usage(conn, minute_deltas(events[i : i + 500]))
     hours = await pool.fetchval("SELECT count(*) FROM usage_hour")
     minutes = await pool.fetchval("SELECT count(*) FROM usage_minute")
     assert 0 < hours < minutes
