@@ -2,7 +2,8 @@
 
     uv run --frozen python bench/ledger_throughput.py [--events 200000] [--batch 5000]
 
-1. Produces N usage events to a topic of its own (6 partitions), then runs ONE metering
+1. Produces N usage events to a topic of its own (6 partitions; ``--shape``: a backlog of the
+   last five minutes of 1,000 keys, or a day of 200 keys), then runs ONE metering
    consumer and then ONE billing consumer (each a real LedgerConsumer: dedupe table,
    offsets in PostgreSQL, one transaction a batch) and reports events/s until every
    offset is stored.
@@ -53,15 +54,19 @@ MODELS = ("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen3-Embedding-0.6B")
 TOKEN = "bench-operator-token-0123456789"
 
 
-def events(count: int) -> list[bytes]:
-    """count events over the last day, across 200 keys of 20 projects and both demo models."""
-    base = datetime.now(UTC) - timedelta(days=1)
+def events(count: int, shape: str = "recent") -> list[bytes]:
+    """``recent``: a backlog of live traffic, count events over the last five minutes across
+    1,000 keys of 20 projects and both demo models (what a consumer catches up on after a
+    pause); ``day``: count events over the last day across 200 keys (nearly every event its
+    own minute row: the ledger's worst case)."""
+    span, keys = (300, 1000) if shape == "recent" else (86400, 200)
+    base = datetime.now(UTC) - timedelta(seconds=span)
     return [
         UsageRecorded(
-            occurred_at=base + timedelta(seconds=i * 86400 / count),
+            occurred_at=base + timedelta(seconds=i * span / count),
             request_id=f"req_{i}",
-            project_id=f"proj_{i % 20}",
-            key_id=f"key_{i % 200}",
+            project_id=f"proj_{i % keys % 20}",
+            key_id=f"key_{i % keys}",
             model=MODELS[i % 2],
             endpoint="/v1/chat/completions",
             input_tokens=100 + i % 1000,
@@ -196,6 +201,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--shape", choices=("recent", "day"), default="recent")
     parser.add_argument("--keys", type=int, default=1000, help="keys of the large ledger (0: skip)")
     parser.add_argument("--rounds", type=int, default=100, help="timed runs of each query")
     args = parser.parse_args()
@@ -204,7 +210,7 @@ async def main() -> None:
     prefix = f"bench-{run}."
     topic = prefix + USAGE_EVENTS
     await ensure_topics(endpoints.kafka_bootstrap, prefix=prefix)
-    values = events(args.events)
+    values = events(args.events, args.shape)
     took = await produce(endpoints.kafka_bootstrap, topic, values)
     print(f"produced  {args.events} events in {took:.2f} s")
     common = {
