@@ -203,6 +203,17 @@ def token(
     return path.read_text().strip()
 
 
+def usage_partitions_from_env() -> int | None:
+    """``TOLLGATE_USAGE_PARTITIONS``: usage.events' partitions for every service (the most
+    replicas a ledger can use); unset, each service's default (6). Out of 1..1024: StackError."""
+    raw = os.environ.get("TOLLGATE_USAGE_PARTITIONS")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise StackError(f"TOLLGATE_USAGE_PARTITIONS={raw!r}: a number of partitions, 1 to 1024")
+    return int(raw)
+
+
 def wiring(
     run_dir: Path, endpoints: Endpoints, port_offset: int = 0, catalogue: Path | None = None
 ) -> system.Wiring:
@@ -216,6 +227,7 @@ def wiring(
         internal_token=token(run_dir, "internal-token", "TOLLGATE_INTERNAL_TOKEN"),
         spools=run_dir,
         catalogue=catalogue_from_env() if catalogue is None else catalogue,
+        usage_partitions=usage_partitions_from_env(),
         state_mac_keys=token(
             run_dir, "state-mac-keys", "TOLLGATE_STATE_MAC_KEYS", new=new_keyring_text
         ),

@@ -163,6 +163,7 @@ class Wiring:
     internal_token: str
     spools: Path | None = None  # needed when a service that spools runs
     catalogue: Path = CATALOGUE
+    usage_partitions: int | None = None  # usage.events' partitions; None: the default (6)
     isolation: Isolation | None = None
     # The key states' keyring (shared/state_mac.py), the key service's and the gateways'.
     state_mac_keys: str = field(default_factory=new_keyring_text)
@@ -191,6 +192,8 @@ def settings_of(service: Service, wiring: Wiring) -> dict[str, str]:
         out[f"{peer.upper()}_URL"] = wiring.urls[peer]
     if service.catalogue:
         out["CATALOGUE_PATH"] = str(wiring.catalogue)
+    if wiring.usage_partitions is not None and "kafka" in service.servers:
+        out["USAGE_PARTITIONS"] = str(wiring.usage_partitions)
     if service.spool:
         if wiring.spools is None:
             raise ValueError(f"{service.name} keeps a spool, and the wiring gives no folder")

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -86,6 +86,7 @@ async def ensure_topics(
         names = None if checked is None else {prefix + name for name in checked}
         present = [s for s in wanted if s.name in existing and (names is None or s.name in names)]
         if present:
+            await _grow(admin, [s for s in present if s.growable])
             await _check(admin, present, replication)
     finally:
         await admin.close()
@@ -123,6 +124,28 @@ def _raise_refusals(answer: object, replication: Replication, ours: set[str] | N
         raise KafkaError("topics not created: " + "; ".join(refused))
 
 
+async def _grow(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """Add partitions to each growable topic that has fewer than its spec wants (partitions
+    are never removed: a topic with more keeps them)."""
+    if not specs:
+        return
+    described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
+    grow = {
+        s.name: NewPartitions(total_count=s.partitions)
+        for s in specs
+        if 0 < len(described.get(s.name, {}).get("partitions", [])) < s.partitions
+    }
+    if grow:
+        answer = await admin.create_partitions(grow)
+        # INVALID_PARTITIONS (37): another replica grew it first; anything else is logged.
+        errors = [e for e in getattr(answer, "topic_errors", ()) if e[1] not in (0, 37)]
+        if errors:
+            log.warning("could not add partitions", extra={"errors": [list(e) for e in errors]})
+        else:
+            counts = {name: p.total_count for name, p in grow.items()}
+            log.info("added partitions", extra={"topics": counts})
+
+
 async def _check(
     admin: AIOKafkaAdminClient, specs: list[TopicSpec], replication: Replication
 ) -> None:
@@ -139,7 +162,8 @@ async def _check(
         partitions = described.get(spec.name, {}).get("partitions", [])
         if not partitions:
             continue  # created a moment ago by another replica: not in the metadata yet
-        if len(partitions) != spec.partitions:
+        # A growable topic was grown above (its metadata may lag), and may have more.
+        if len(partitions) != spec.partitions and not spec.growable:
             problems.append(f"{spec.name}: {len(partitions)} partitions, not {spec.partitions}")
         factors = {len(p["replicas"]) for p in partitions}
         if factors and factors != {replication.factor}:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.kafka import Replication
 from shared.kafka_security import KafkaAccess, SaslMechanism, SecurityProtocol
 from shared.redis_client import RedisAuth
+from shared.topics import USAGE_PARTITIONS, TopicSpec, with_usage_partitions
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "admin"})
 
@@ -63,6 +64,13 @@ class ServiceSettings(BaseSettings):
     topic_min_insync_replicas: int = Field(
         1, ge=1, description="min.insync.replicas of each topic (2 on a cluster)"
     )
+    usage_partitions: int = Field(
+        USAGE_PARTITIONS,
+        ge=1,
+        le=1024,
+        description="partitions of usage.events: at most this many replicas of each ledger "
+        "share its work; an existing topic with fewer is grown to it, never shrunk",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
     otel_exporter: Literal["none", "console", "otlp"] = Field(
@@ -107,6 +115,11 @@ class ServiceSettings(BaseSettings):
             ssl_keyfile=self.kafka_ssl_keyfile,
             oauth_token_provider=self.kafka_sasl_oauth_token_provider,
         )
+
+    @property
+    def topics(self) -> tuple[TopicSpec, ...]:
+        """The topics as this deployment wants them (usage.events' partitions set here)."""
+        return with_usage_partitions(self.usage_partitions)
 
     @property
     def replication(self) -> Replication:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 KEYS_EVENTS = "keys.events"
 USAGE_EVENTS = "usage.events"
@@ -12,6 +12,9 @@ AUDIT_EVENTS = "audit.events"
 DAY_MS = 24 * 60 * 60 * 1000
 USAGE_RETENTION_MS = 7 * DAY_MS
 AUDIT_RETENTION_MS = 90 * DAY_MS
+# usage.events' partitions by default: at most this many replicas of each ledger share its work
+# (TOLLGATE_<SERVICE>_USAGE_PARTITIONS changes it; a topic with fewer is grown to it).
+USAGE_PARTITIONS = 6
 
 
 @dataclass(frozen=True)
@@ -21,9 +24,12 @@ class TopicSpec:
     name: str
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
+    # More partitions may be added to it when it exists with fewer (usage.events: each event
+    # stands alone, deduplicated by id and summed, so a key moving partition changes nothing).
+    growable: bool = False
 
     def with_prefix(self, prefix: str) -> TopicSpec:
-        return TopicSpec(prefix + self.name, self.partitions, dict(self.configs))
+        return TopicSpec(prefix + self.name, self.partitions, dict(self.configs), self.growable)
 
 
 TOPICS: tuple[TopicSpec, ...] = (
@@ -40,8 +46,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         USAGE_EVENTS,
-        partitions=6,
+        partitions=USAGE_PARTITIONS,
         configs={"cleanup.policy": "delete", "retention.ms": str(USAGE_RETENTION_MS)},
+        growable=True,
     ),
     TopicSpec(
         USAGE_EVENTS_DLQ,
@@ -56,6 +63,16 @@ TOPICS: tuple[TopicSpec, ...] = (
         configs={"cleanup.policy": "delete", "retention.ms": str(AUDIT_RETENTION_MS)},
     ),
 )
+
+
+def with_usage_partitions(
+    partitions: int, specs: tuple[TopicSpec, ...] = TOPICS
+) -> tuple[TopicSpec, ...]:
+    """The topics, usage.events with ``partitions`` partitions."""
+    return tuple(
+        replace(spec, partitions=partitions) if spec.name == USAGE_EVENTS else spec
+        for spec in specs
+    )
 
 
 def topic_name(name: str, prefix: str = "") -> str:

@@ -106,6 +106,7 @@ class Gateway:
             metrics=metrics,
             trust=self.trust,
             replication=s.replication,
+            topics=s.topics,
         )
         self.policies = PolicyGate(
             self.redis,

@@ -171,6 +171,7 @@ class LastUsedConsumer:
             # Subscribing to a topic not created yet only logs errors until it exists.
             await ensure_topics(
                 self.settings.kafka,
+                self.settings.topics,
                 prefix=self.settings.topic_prefix,
                 timeout=10,
                 replication=self.settings.replication,

@@ -160,6 +160,7 @@ class OutboxRelay:
         if self._publishers is None:
             await ensure_topics(
                 self.settings.kafka,
+                self.settings.topics,
                 prefix=self.settings.topic_prefix,
                 timeout=10,
                 replication=self.settings.replication,

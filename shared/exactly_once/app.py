@@ -72,6 +72,7 @@ def ledger_app(
                 await check_engines(settings, topics=(USAGE_EVENTS, USAGE_EVENTS_DLQ))
                 await ensure_topics(
                     settings.kafka,
+                    settings.topics,
                     prefix=settings.topic_prefix,
                     replication=settings.replication,
                     checked=(USAGE_EVENTS, USAGE_EVENTS_DLQ),

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from deploy.stack import Endpoints
 from services.gateway.settings import GatewaySettings
 from shared.kafka import Replication, TopicMismatch, ensure_topics, idempotent_producer
-from shared.topics import KEYS_EVENTS, TOPICS, USAGE_EVENTS
+from shared.topics import AUDIT_EVENTS, KEYS_EVENTS, TOPICS, USAGE_EVENTS, with_usage_partitions
 from tests.polling import eventually
 
 
@@ -123,10 +123,14 @@ async def test_existing_topics_with_other_settings_are_reported_not_used(
     topic_prefix += "byhand."  # the fixture's own topics exist already, as Tollgate makes them
     usage = next(t for t in TOPICS if t.name == USAGE_EVENTS)
     keys = next(t for t in TOPICS if t.name == KEYS_EVENTS)
-    # Someone created them by hand: usage with 2 partitions, keys without compaction.
+    # Someone created them by hand: usage without retention's policy, keys with 2 partitions
+    # and without compaction.
     await ensure_topics(
         bootstrap,
-        [replace(usage, partitions=2), replace(keys, configs={"cleanup.policy": "delete"})],
+        [
+            replace(usage, configs={"cleanup.policy": "compact"}),
+            replace(keys, partitions=2, configs={"cleanup.policy": "delete"}),
+        ],
         prefix=topic_prefix,
     )
 
@@ -138,13 +142,44 @@ async def test_existing_topics_with_other_settings_are_reported_not_used(
         return ""
 
     message = await eventually(mismatch, until=lambda m: "cleanup.policy" in m, what="report")
-    assert f"{topic_prefix}{USAGE_EVENTS}: 2 partitions, not 6" in message
+    assert f"{topic_prefix}{USAGE_EVENTS}: cleanup.policy=compact, not delete" in message
+    assert f"{topic_prefix}{KEYS_EVENTS}: 2 partitions, not 3" in message
     assert f"{topic_prefix}{KEYS_EVENTS}: cleanup.policy=delete, not compact" in message
     # A caller checks only the topics it uses: the feeder reads keys.events alone.
-    await ensure_topics(bootstrap, [usage], prefix=topic_prefix, checked=(KEYS_EVENTS,))
+    await ensure_topics(bootstrap, [usage], prefix=topic_prefix, checked=(AUDIT_EVENTS,))
     # As Tollgate creates them, they pass.
     await ensure_topics(bootstrap, [usage], prefix=topic_prefix + "fresh.")
     await ensure_topics(bootstrap, [usage], prefix=topic_prefix + "fresh.")
+
+
+async def test_usage_events_grows_to_the_partitions_asked_and_never_shrinks(
+    endpoints: Endpoints, topic_prefix: str
+) -> None:
+    bootstrap = endpoints.kafka_bootstrap
+    topic_prefix += "grow."
+    usage = next(t for t in with_usage_partitions(6) if t.name == USAGE_EVENTS)
+    await ensure_topics(bootstrap, [usage], prefix=topic_prefix)
+    await ensure_topics(bootstrap, with_usage_partitions(9), prefix=topic_prefix)
+
+    async def partitions() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (topic,) = await admin.describe_topics([topic_prefix + USAGE_EVENTS])
+            return len(topic["partitions"])
+        finally:
+            await admin.close()
+
+    await eventually(partitions, until=lambda n: n == 9, what="usage.events grown to 9")
+    # A service still asking for 6 takes the 9 as they are; other topics are exact.
+    await ensure_topics(bootstrap, with_usage_partitions(6), prefix=topic_prefix)
+    assert await partitions() == 9
+    settings = GatewaySettings(
+        internal_token=SecretStr("x" * 32),
+        state_mac_keys=SecretStr("k1:" + "m" * 32),
+        usage_partitions=9,
+    )
+    assert settings.topics == with_usage_partitions(9)
 
 
 async def test_a_replication_factor_above_the_brokers_is_a_clear_error(

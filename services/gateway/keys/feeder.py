@@ -38,7 +38,7 @@ from shared.kafka import Replication, ensure_topics, topic_partitions
 from shared.kafka_security import KafkaAccess, kafka_options
 from shared.key_store import KeyStore
 from shared.redis_client import REDIS_ERRORS
-from shared.topics import KEYS_EVENTS, topic_name
+from shared.topics import KEYS_EVENTS, TOPICS, TopicSpec, topic_name
 
 log = logging.getLogger(__name__)
 _EMPTY_CHECK_S = 2.0
@@ -60,10 +60,12 @@ class Feeder:
         metrics: Metrics,
         trust: StateTrust,
         replication: Replication = Replication(),  # noqa: B008 (frozen, so shared safely)
+        topics: tuple[TopicSpec, ...] = TOPICS,
     ) -> None:
         self.trust = trust
         self.bootstrap = bootstrap
         self.replication = replication
+        self.topics = topics  # as the deployment wants them (usage.events' partitions)
         self.topic_prefix = topic_prefix
         self.topic = topic_name(KEYS_EVENTS, topic_prefix)
         self.local = local
@@ -78,6 +80,7 @@ class Feeder:
         """Read the topic until Kafka fails (the worker that runs it reconnects: main.py)."""
         await ensure_topics(
             self.bootstrap,
+            self.topics,
             prefix=self.topic_prefix,
             timeout=10,
             replication=self.replication,
