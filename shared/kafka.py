@@ -78,10 +78,16 @@ async def ensure_topics(
                 for s in missing
             ]
             names = None if checked is None else {prefix + name for name in checked}
-            # Another replica may create a topic between our list and our create.
+            # Another replica may create a topic between our list and our create, and a topic
+            # made a moment ago may not be listed yet: either way it exists, and is checked.
             with contextlib.suppress(TopicAlreadyExistsError):
                 answer = await admin.create_topics(new)
                 _raise_refusals(answer, replication, names)
+                existing |= {
+                    topic
+                    for topic, code, *_ in getattr(answer, "topic_errors", ())
+                    if code == TopicAlreadyExistsError.errno
+                }
             log.info("created topics", extra={"topics": [s.name for s in missing]})
         names = None if checked is None else {prefix + name for name in checked}
         present = [s for s in wanted if s.name in existing and (names is None or s.name in names)]
