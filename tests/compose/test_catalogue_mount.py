@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -38,5 +39,14 @@ def test_docker_compose_resolves_the_mount(tmp_path: Path) -> None:
     ).stdout
     resolved = yaml.safe_load(config)["services"]
     for name in CATALOGUE_READERS:
-        (bind,) = [v for v in resolved[name]["volumes"] if v["target"] == MOUNT]
+        (bind,) = [v for v in map(_volume, resolved[name]["volumes"]) if v["target"] == MOUNT]
         assert (bind["source"], bind["read_only"]) == (str(own), True), name
+
+
+def _volume(volume: str | dict[str, Any]) -> dict[str, Any]:
+    """A volume as docker-compose's config prints it: the long form (compose v2), or
+    ``source:target[:mode]`` (docker-compose 1.x, Debian's)."""
+    if isinstance(volume, dict):
+        return {**volume, "read_only": bool(volume.get("read_only"))}
+    source, target, *mode = volume.split(":")
+    return {"source": source, "target": target, "read_only": "ro" in ",".join(mode).split(",")}
