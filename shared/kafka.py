@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -80,8 +79,11 @@ async def ensure_topics(
             names = None if checked is None else {prefix + name for name in checked}
             # Another replica may create a topic between our list and our create, and a topic
             # made a moment ago may not be listed yet: either way it exists, and is checked.
-            with contextlib.suppress(TopicAlreadyExistsError):
+            try:
                 answer = await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                existing |= {s.name for s in missing}  # described below, as listed ones are
+            else:
                 _raise_refusals(answer, replication, names)
                 existing |= {
                     topic

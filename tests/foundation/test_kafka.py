@@ -159,7 +159,6 @@ async def test_usage_events_grows_to_the_partitions_asked_and_never_shrinks(
     topic_prefix += "grow."
     usage = next(t for t in with_usage_partitions(6) if t.name == USAGE_EVENTS)
     await ensure_topics(bootstrap, [usage], prefix=topic_prefix)
-    await ensure_topics(bootstrap, with_usage_partitions(9), prefix=topic_prefix)
 
     async def partitions() -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -170,6 +169,9 @@ async def test_usage_events_grows_to_the_partitions_asked_and_never_shrinks(
         finally:
             await admin.close()
 
+    # As a service starting later finds it: created, and known to the broker's metadata.
+    await eventually(partitions, until=lambda n: n == 6, what="usage.events created")
+    await ensure_topics(bootstrap, with_usage_partitions(9), prefix=topic_prefix)
     await eventually(partitions, until=lambda n: n == 9, what="usage.events grown to 9")
     # A service still asking for 6 takes the 9 as they are; other topics are exact.
     await ensure_topics(bootstrap, with_usage_partitions(6), prefix=topic_prefix)
